@@ -1,0 +1,120 @@
+# The deployment's values, as pure data (no nixpkgs, no functions).
+#
+# The NixOS modules import this file for their option defaults, and the lab and
+# the tests read it with `nix-instantiate --eval --strict --json` (see
+# services/flashpods/lab/deployment.py), so the two can never drift apart.
+# Names, paths, modes and ports are the seed's (../shared/seed/13-nixos.md).
+{
+  user = "flashpods";
+  group = "flashpods";
+
+  wireguard = {
+    interface = "wg0";
+    hostAddress = "10.0.0.1";
+    laptopAddress = "10.0.0.2";
+    prefixLength = 24;
+    listenPort = 51820;
+  };
+
+  api = {
+    port = 8080;
+    listenAddress = "10.0.0.1:8080";
+  };
+
+  rsync = {
+    port = 873;
+    module = "uploads";
+  };
+
+  # Every directory and file the host needs, with owner and mode (system.md "Host layout").
+  # kind: "d" = directory created at boot, "f" = file that must exist (content from the operator),
+  # "socket" = created by a service; listed so tests can check mode and owner.
+  paths = [
+    { path = "/tmp/flashpods";                 kind = "d"; user = "flashpods"; group = "flashpods"; mode = "0755"; }
+    { path = "/tmp/flashpods/uploads";         kind = "d"; user = "flashpods"; group = "flashpods"; mode = "0755"; }
+    { path = "/var/lib/flashpods";             kind = "d"; user = "flashpods"; group = "flashpods"; mode = "0755"; }
+    { path = "/var/lib/flashpods/artifacts";   kind = "d"; user = "flashpods"; group = "flashpods"; mode = "0755"; }
+    { path = "/var/lib/flashpods/db";          kind = "d"; user = "flashpods"; group = "flashpods"; mode = "0755"; }
+    { path = "/var/log/flashpods";             kind = "d"; user = "flashpods"; group = "flashpods"; mode = "0755"; }
+    { path = "/etc/flashpods";                 kind = "d"; user = "root";      group = "root";      mode = "0700"; }
+    { path = "/etc/flashpods/api-token";       kind = "f"; user = "root";      group = "root";      mode = "0600"; }
+    { path = "/etc/flashpods/secrets.json";    kind = "f"; user = "root";      group = "root";      mode = "0600"; }
+    { path = "/run/flashpods";                 kind = "d"; user = "flashpods"; group = "flashpods"; mode = "0750"; }
+    { path = "/run/flashpods/podman.sock";     kind = "socket"; user = "flashpods"; group = "flashpods"; mode = "0660"; }
+    { path = "/run/flashpods/token.sock";      kind = "socket"; user = "flashpods"; group = "flashpods"; mode = "0660"; }
+    { path = "/etc/spire";                     kind = "d"; user = "root";      group = "root";      mode = "0755"; }
+    { path = "/var/lib/spire";                 kind = "d"; user = "root";      group = "root";      mode = "0700"; }
+    { path = "/var/lib/spire/server";          kind = "d"; user = "root";      group = "root";      mode = "0700"; }
+    { path = "/var/lib/spire/agent";           kind = "d"; user = "root";      group = "root";      mode = "0700"; }
+    { path = "/run/spire";                     kind = "d"; user = "root";      group = "root";      mode = "0755"; }
+    { path = "/run/spire/sockets";             kind = "d"; user = "root";      group = "root";      mode = "0755"; }
+    { path = "/run/spire/sockets/agent.sock";  kind = "socket"; user = "root"; group = "root";      mode = "0777"; }
+  ];
+
+  # Environment of flashpods-api.service (seed names). The token itself arrives as the
+  # systemd credential `api-token` ($CREDENTIALS_DIRECTORY/api-token); FLASHPODS_TOKEN_FILE
+  # stays the seed's path for operators running the binary by hand.
+  apiEnvironment = {
+    FLASHPODS_DB_PATH = "/var/lib/flashpods/db/flashpods.db";
+    FLASHPODS_UPLOADS_PATH = "/tmp/flashpods/uploads";
+    FLASHPODS_ARTIFACTS_PATH = "/var/lib/flashpods/artifacts";
+    FLASHPODS_LOGS_PATH = "/var/log/flashpods";
+    FLASHPODS_LISTEN_ADDR = "10.0.0.1:8080";
+    FLASHPODS_TOKEN_FILE = "/etc/flashpods/api-token";
+    FLASHPODS_PODMAN_SOCKET = "/run/flashpods/podman.sock";
+    FLASHPODS_SPIRE_SOCKET_DIR = "/run/spire/sockets";
+    FLASHPODS_TOKEN_SOCKET = "/run/flashpods/token.sock";
+    RUST_LOG = "info";
+  };
+
+  # Environment of flashpods-token-service.service (seed names).
+  tokenServiceEnvironment = {
+    FLASHPODS_SECRETS_FILE = "/etc/flashpods/secrets.json";
+    FLASHPODS_SOCKET_PATH = "/run/flashpods/token.sock";
+    FLASHPODS_SPIRE_SOCKET = "/run/spire/sockets/agent.sock";
+    RUST_LOG = "info";
+  };
+
+  # services.rsyncd.settings (nixos-24.05 shape: `global` becomes [global], other keys are modules).
+  rsyncd = {
+    global = {
+      address = "10.0.0.1";
+      "hosts allow" = "10.0.0.2";
+      "hosts deny" = "*";
+      "max connections" = 10;
+      "use chroot" = true;
+      timeout = 300;
+    };
+    uploads = {
+      path = "/tmp/flashpods/uploads";
+      "read only" = false;
+      uid = "flashpods";
+      gid = "flashpods";
+    };
+  };
+
+  spire = {
+    version = "1.13.3";
+    trustDomain = "flashpods.local";
+    serverBindAddress = "127.0.0.1";
+    serverBindPort = 8081;
+    nodeSpiffeId = "spiffe://flashpods.local/host";
+    workerSpiffeId = "spiffe://flashpods.local/worker";
+    agentSpiffeId = "spiffe://flashpods.local/agent";
+    tokenServiceAudience = "flashpods-token-service";
+    jwtSvidTtl = "5m";
+    roleLabel = "flashpods-job-type";
+    serverSocketPath = "/run/spire/server/private/api.sock";
+    agentSocketPath = "/run/spire/sockets/agent.sock";
+    podmanSocketUrl = "unix:///run/flashpods/podman.sock";
+  };
+
+  # Start order of the units (seed "Service Startup Order"): each unit after the ones listed.
+  serviceOrder = {
+    "podman-socket-flashpods" = [ "network.target" ];
+    "spire-server" = [ "network.target" ];
+    "spire-agent" = [ "spire-server" "podman-socket-flashpods" ];
+    "flashpods-api" = [ "podman-socket-flashpods" "spire-agent" ];
+    "flashpods-token-service" = [ "spire-agent" ];
+  };
+}

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Bring up the lab (laptop + host + internet namespaces, WireGuard, firewall, rsyncd,
+# SPIRE, token service, API) and run a real job end to end from the laptop.
+source "$(dirname "$0")/lib.sh"
+bash "$REPO/scripts/setup.sh"
+export PATH="$VENV/bin:$PATH"
+flashpods-lab up
+flashpods-lab demo

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Everything a fresh Debian 12 machine needs, idempotent and cached: Debian packages,
+# container config, the Python venv with this package, SPIRE v1.13.3 and the job image.
+source "$(dirname "$0")/lib.sh"
+
+DEB_PACKAGES=(podman runc uidmap slirp4netns wireguard-go wireguard-tools nftables rsync
+  iproute2 curl jq nix-bin busybox-static debootstrap procps psmisc openssl)
+
+missing=()
+for p in "${DEB_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  log "installing Debian packages: ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+command -v go >/dev/null || die "Go (>= 1.25.3) is needed to build SPIRE; install it first"
+
+# Rootful podman with runc: crun fails on this cgroup-v1 hybrid host, and podman 4.3's
+# default ulimits are refused in this sandbox (lab.md).
+mkdir -p /etc/containers
+if ! grep -qs 'flashpods-lab' /etc/containers/containers.conf; then
+  cat > /etc/containers/containers.conf <<'CONF'
+# written by flashpods scripts/setup.sh (flashpods-lab)
+[containers]
+default_ulimits = []
+[engine]
+runtime = "runc"
+CONF
+fi
+
+if [ ! -x "$VENV/bin/python" ]; then
+  log "creating Python venv in $VENV"
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q --upgrade pip
+fi
+log "installing flashpods (editable) into the venv"
+"$VENV/bin/pip" install -q -e "$REPO[test]"
+
+bash "$REPO/scripts/build-spire.sh"
+bash "$REPO/scripts/build-image.sh"
+log "setup complete"

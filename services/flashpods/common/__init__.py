@@ -1,0 +1,1 @@
+"""Pieces shared by the API, the token service and the client."""

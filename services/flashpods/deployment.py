@@ -1,0 +1,59 @@
+"""The deployment's values, read from the same files the NixOS modules use.
+
+`modules/data/flashpods.nix` is pure data; we evaluate it with Debian's nix-bin
+(`nix-instantiate --eval --strict --json`, no nixpkgs needed), so the lab and the
+tests cannot drift from what `nixos-rebuild` deploys.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+
+def repo_root() -> Path:
+    override = os.environ.get("FLASHPODS_REPO")
+    if override:
+        return Path(override)
+    return Path(__file__).resolve().parents[2]
+
+
+def data_dir() -> Path:
+    return repo_root() / "modules" / "data"
+
+
+@functools.cache
+def values() -> dict[str, Any]:
+    """modules/data/flashpods.nix as a dict."""
+    out = subprocess.run(
+        ["nix-instantiate", "--eval", "--strict", "--json", str(data_dir() / "flashpods.nix")],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    result: dict[str, Any] = json.loads(out.stdout)
+    return result
+
+
+def firewall_table_body(data: dict[str, Any] | None = None) -> str:
+    """The `table inet flashpods` body with its placeholders filled, as the module does."""
+    data = data or values()
+    text = (data_dir() / "firewall.nft").read_text()
+    substitutions = {
+        "@WG_IFACE@": data["wireguard"]["interface"],
+        "@LAPTOP_ADDR@": data["wireguard"]["laptopAddress"],
+        "@API_PORT@": str(data["api"]["port"]),
+        "@RSYNC_PORT@": str(data["rsync"]["port"]),
+    }
+    for placeholder, value in substitutions.items():
+        text = text.replace(placeholder, value)
+    return text
+
+
+def firewall_ruleset(data: dict[str, Any] | None = None) -> str:
+    """A complete ruleset for `nft -f`, the same table NixOS generates."""
+    return "table inet flashpods {\n" + firewall_table_body(data) + "}\n"

@@ -1,0 +1,32 @@
+"""The pure-data deployment files evaluate without nixpkgs and render a valid ruleset."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import pytest
+
+from flashpods import deployment
+
+
+def test_values_evaluate_with_plain_nix() -> None:
+    data = deployment.values()
+    assert data["wireguard"]["hostAddress"] == "10.0.0.1"
+    assert data["apiEnvironment"]["FLASHPODS_LISTEN_ADDR"] == "10.0.0.1:8080"
+    modes = {entry["path"]: entry["mode"] for entry in data["paths"]}
+    assert modes["/run/flashpods"] == "0750"
+    assert modes["/etc/flashpods/api-token"] == "0600"
+
+
+def test_firewall_has_no_unfilled_placeholders() -> None:
+    ruleset = deployment.firewall_ruleset()
+    assert "@" not in ruleset
+    assert 'iifname "wg0" ip saddr 10.0.0.2 tcp dport 8080 accept' in ruleset
+
+
+@pytest.mark.skipif(shutil.which("nft") is None, reason="nft not installed")
+def test_firewall_ruleset_passes_nft_check(tmp_path) -> None:
+    rules = tmp_path / "flashpods.nft"
+    rules.write_text(deployment.firewall_ruleset())
+    subprocess.run(["nft", "--check", "-f", str(rules)], check=True)
