@@ -1,0 +1,1 @@
+"""The Flashpods API service (flashpods-api)."""
