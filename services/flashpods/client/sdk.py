@@ -1,0 +1,520 @@
+"""The Flashpods Python SDK: every API operation, with retries, on requests.
+
+fp = Flashpods.from_config()
+upload = fp.upload(Path("."))
+job = fp.create_worker("make test", files_id=upload.upload_id)
+final = fp.wait(job.job_id)
+fp.download_artifacts(job.job_id, Path("out"))
+"""
+
+from __future__ import annotations
+
+import codecs
+import logging
+import os
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import requests
+
+from flashpods.client import paths
+from flashpods.client.config import ClientConfig, load_config
+from flashpods.client.errors import FlashpodsError
+from flashpods.client.models import (
+    ArtifactList,
+    Cancelled,
+    CreatedJob,
+    Health,
+    Job,
+    JobList,
+    JobOutput,
+    Upload,
+)
+from flashpods.client.retry import THROTTLED_STATUSES, RetryPolicy, parse_retry_after
+from flashpods.client.upload import DEFAULT_EXCLUDES, new_upload_id, run_rsync
+
+log = logging.getLogger("flashpods.client")
+
+# The API's maximum tail; following a log reads this much per poll.
+MAX_TAIL = 10000
+_CHUNK = 1 << 16
+
+
+@dataclass(frozen=True)
+class RetryEvent:
+    """Reported before each retry sleep (for progress displays and tests)."""
+
+    method: str
+    path: str
+    attempt: int  # the attempt that just failed, 1-based
+    delay: float
+    reason: str  # the API's error code, or network_error
+    status: int | None
+
+
+@dataclass(frozen=True)
+class PollSchedule:
+    """Polling intervals: start fast (short jobs finish in well under a second) and
+    back off to a modest ceiling, so waiting on long jobs costs few requests."""
+
+    first: float = 0.1
+    factor: float = 1.5
+    ceiling: float = 2.0
+
+    def intervals(self) -> Iterator[float]:
+        delay = self.first
+        while True:
+            yield delay
+            delay = min(self.ceiling, delay * self.factor)
+
+
+class Flashpods:
+    def __init__(
+        self,
+        base_url: str,
+        token: str,
+        *,
+        rsync_url: str | None = None,
+        retry: RetryPolicy | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        on_retry: Callable[[RetryEvent], None] | None = None,
+        timeout: tuple[float, float] = (5.0, 60.0),
+        poll: PollSchedule | None = None,
+        session: requests.Session | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.rsync_url = rsync_url
+        self.retry = retry or RetryPolicy()
+        self.poll = poll or PollSchedule()
+        self.sleep = sleep
+        self.on_retry = on_retry
+        self.timeout = timeout
+        self._session = session or requests.Session()
+        self._session.headers["Authorization"] = f"Bearer {token}"
+        self._session.headers["User-Agent"] = "flashpods-client/0.1"
+
+    @classmethod
+    def from_config(cls, config: ClientConfig | None = None, **kwargs: Any) -> Flashpods:
+        config = config or load_config()
+        return cls(config.base_url, config.token, rsync_url=config.rsync_url, **kwargs)
+
+    def close(self) -> None:
+        self._session.close()
+
+    def __enter__(self) -> Flashpods:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ transport
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: dict[str, Any] | None = None,
+        params: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+        stream: bool = False,
+    ) -> requests.Response:
+        """One logical request with the retry policy; returns the successful response.
+        The same X-Request-Id (and body, so the same idempotency key) goes on every try."""
+        url = self.base_url + path
+        all_headers = {"X-Request-Id": str(uuid.uuid4()), **(headers or {})}
+        throttled = network = 0
+        while True:
+            try:
+                resp = self._session.request(
+                    method,
+                    url,
+                    json=json,
+                    params=params,
+                    headers=all_headers,
+                    stream=stream,
+                    timeout=self.timeout,
+                )
+            except (requests.ConnectionError, requests.Timeout) as exc:
+                network += 1
+                delay = self.retry.network_delay(network)
+                if delay is None:
+                    raise FlashpodsError(
+                        "network_error",
+                        f"{method} {url} failed after {network} tries: {exc}",
+                    ) from exc
+                self._before_retry(method, path, throttled + network, delay, "network_error", None)
+                continue
+            if resp.status_code < 400:
+                return resp
+            error = _error_from(resp)
+            error.after_network_retry = network > 0
+            resp.close()
+            if resp.status_code not in THROTTLED_STATUSES:
+                raise error
+            throttled += 1
+            retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+            if retry_after is None and isinstance(error.details.get("retry_after_seconds"), int):
+                retry_after = float(error.details["retry_after_seconds"])
+            wait = self.retry.throttled_delay(throttled, retry_after)
+            if wait is None:
+                raise error
+            self._before_retry(method, path, throttled + network, wait, error.code, error.status)
+
+    def _before_retry(
+        self, method: str, path: str, attempt: int, delay: float, reason: str, status: int | None
+    ) -> None:
+        event = RetryEvent(method, path, attempt, delay, reason, status)
+        log.info("retry %s %s in %.1fs after %s (try %d)", method, path, delay, reason, attempt)
+        if self.on_retry is not None:
+            self.on_retry(event)
+        self.sleep(delay)
+
+    def _json(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        resp = self._send(method, path, **kwargs)
+        return _decode(resp)
+
+    # ------------------------------------------------------------------ health
+
+    def health(self) -> Health:
+        return Health.from_dict(self._json("GET", "/health"))
+
+    # ------------------------------------------------------------------ uploads
+
+    def upload(
+        self,
+        source: Path,
+        *,
+        excludes: Sequence[str] = DEFAULT_EXCLUDES,
+        upload_id: str | None = None,
+        on_progress: Callable[[int, int], None] | None = None,
+    ) -> Upload:
+        """rsync `source` to a fresh upload id, then finalize it. On failure the partial
+        upload is deleted so it does not count against the host's quota for 30 min."""
+        if self.rsync_url is None:
+            raise FlashpodsError("invalid_config", "no rsync URL configured for uploads")
+        upload_id = upload_id or new_upload_id()
+        try:
+            run_rsync(source, self.rsync_url, upload_id, excludes, on_progress)
+            return self.finalize_upload(upload_id)
+        except BaseException:
+            self._discard_upload(upload_id)
+            raise
+
+    def _discard_upload(self, upload_id: str) -> None:
+        try:
+            self.delete_upload(upload_id)
+        except FlashpodsError as exc:
+            if exc.code not in ("upload_not_found", "upload_already_consumed"):
+                log.warning("could not delete upload %s: %s", upload_id, exc)
+
+    def finalize_upload(self, upload_id: str) -> Upload:
+        try:
+            resp = self._send("POST", f"/uploads/{_seg(upload_id)}/finalize")
+        except FlashpodsError as exc:
+            # A retry after a network error may find our own first finalize done.
+            if not (exc.code == "upload_already_finalized" and exc.after_network_retry):
+                raise
+            return self.get_upload(upload_id)
+        return Upload.from_dict(_decode(resp))
+
+    def get_upload(self, upload_id: str) -> Upload:
+        return Upload.from_dict(self._json("GET", f"/uploads/{_seg(upload_id)}"))
+
+    def delete_upload(self, upload_id: str) -> None:
+        resp = self._send("DELETE", f"/uploads/{_seg(upload_id)}")
+        resp.close()
+
+    # ------------------------------------------------------------------ jobs
+
+    def create_job(self, body: dict[str, Any]) -> CreatedJob:
+        """POST /jobs. A client_job_id (UUID v4) is added unless given; every retry of
+        this call re-sends the same body, so the API creates at most one job."""
+        body = {k: v for k, v in body.items() if v is not None}
+        body.setdefault("client_job_id", str(uuid.uuid4()))
+        return CreatedJob.from_dict(self._json("POST", "/jobs", json=body))
+
+    def create_worker(
+        self,
+        command: str,
+        *,
+        files_id: str | None = None,
+        image: str | None = None,
+        cpus: int | None = None,
+        memory_gb: int | None = None,
+        timeout_minutes: int | None = None,
+        client_job_id: str | None = None,
+    ) -> CreatedJob:
+        return self.create_job(
+            {
+                "type": "worker",
+                "command": command,
+                "files_id": files_id,
+                "image": image,
+                "cpus": cpus,
+                "memory_gb": memory_gb,
+                "timeout_minutes": timeout_minutes,
+                "client_job_id": client_job_id,
+            }
+        )
+
+    def create_agent(
+        self,
+        task: str,
+        git_branch: str,
+        *,
+        context: str | None = None,
+        files_id: str | None = None,
+        image: str | None = None,
+        cpus: int | None = None,
+        memory_gb: int | None = None,
+        timeout_minutes: int | None = None,
+        client_job_id: str | None = None,
+    ) -> CreatedJob:
+        return self.create_job(
+            {
+                "type": "agent",
+                "task": task,
+                "git_branch": git_branch,
+                "context": context,
+                "files_id": files_id,
+                "image": image,
+                "cpus": cpus,
+                "memory_gb": memory_gb,
+                "timeout_minutes": timeout_minutes,
+                "client_job_id": client_job_id,
+            }
+        )
+
+    def get_job(self, job_id: str) -> Job:
+        return Job.from_dict(self._json("GET", f"/jobs/{_seg(job_id)}"))
+
+    def list_jobs(self, status: str | None = None, limit: int | None = None) -> JobList:
+        params = {k: v for k, v in (("status", status), ("limit", limit)) if v is not None}
+        return JobList.from_dict(self._json("GET", "/jobs", params=params))
+
+    def get_output(self, job_id: str, tail: int | None = None) -> JobOutput:
+        params = {"tail": tail} if tail is not None else None
+        return JobOutput.from_dict(self._json("GET", f"/jobs/{_seg(job_id)}/output", params=params))
+
+    def kill(self, job_id: str) -> Cancelled:
+        try:
+            resp = self._send("DELETE", f"/jobs/{_seg(job_id)}")
+        except FlashpodsError as exc:
+            # Our own earlier try may have landed before the connection broke.
+            if not (exc.code == "job_already_terminal" and exc.after_network_retry):
+                raise
+            job = self.get_job(job_id)
+            if job.status != "cancelled":
+                raise
+            return Cancelled(job.id, job.status, "Job was already cancelled", job.raw)
+        return Cancelled.from_dict(_decode(resp))
+
+    def wait(
+        self,
+        job_id: str,
+        *,
+        timeout: float | None = None,
+        on_status: Callable[[Job], None] | None = None,
+    ) -> Job:
+        """Poll until the job has ended; on_status sees every change of status."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        last = None
+        for delay in self.poll.intervals():
+            job = self.get_job(job_id)
+            if job.status != last and on_status is not None:
+                on_status(job)
+            last = job.status
+            if job.ended:
+                return job
+            if deadline is not None and time.monotonic() + delay > deadline:
+                raise FlashpodsError(
+                    "wait_timeout", f"{job_id} still {job.status} after {timeout}s"
+                )
+            self.sleep(delay)
+        raise AssertionError("unreachable: intervals() is infinite")
+
+    def follow(
+        self,
+        job_id: str,
+        write: Callable[[str], None],
+        *,
+        on_status: Callable[[Job], None] | None = None,
+        follower: OutputFollower | None = None,
+    ) -> Job:
+        """Stream the job's log through `write` until the job ends; returns the final job.
+        A follower that has already seen part of the log continues after that part."""
+        follower = follower or OutputFollower()
+        last = None
+        for delay in self.poll.intervals():
+            job = self.get_job(job_id)
+            if job.status != last and on_status is not None:
+                on_status(job)
+            last = job.status
+            if job.status not in ("pending",):
+                try:
+                    text = follower.feed(self.get_output(job_id, tail=MAX_TAIL))
+                except FlashpodsError as exc:
+                    if exc.code not in ("logs_not_available", "logs_deleted"):
+                        raise
+                    text = ""
+                if text:
+                    write(text)
+            if job.ended:
+                tail_text = follower.flush()
+                if tail_text:
+                    write(tail_text)
+                return job
+            self.sleep(delay)
+        raise AssertionError("unreachable: intervals() is infinite")
+
+    # ------------------------------------------------------------------ artifacts
+
+    def list_artifacts(self, job_id: str) -> ArtifactList:
+        return ArtifactList.from_dict(self._json("GET", f"/jobs/{_seg(job_id)}/artifacts"))
+
+    def download_artifact(
+        self, job_id: str, name: str, directory: Path, *, save_as: str | None = None
+    ) -> Path:
+        """Stream one artifact to directory/(save_as or name): into a temporary file next
+        to the target, then renamed, so a reader never sees half a file. Both the name
+        the server gave and save_as must stay inside `directory`."""
+        paths.check_relative(name)
+        target = paths.destination(
+            directory, save_as or name, "save_to" if save_as else "artifact name"
+        )
+        fd, tmp_name = tempfile.mkstemp(
+            dir=target.parent, prefix=f".{target.name}.", suffix=".part"
+        )
+        tmp = Path(tmp_name)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                self._stream_into(f"/jobs/{_seg(job_id)}/artifacts/{_seg(name)}", out)
+                out.flush()
+                os.fsync(out.fileno())
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, target)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return target
+
+    def _stream_into(self, path: str, out: Any) -> None:
+        """GET path into `out`; a connection that breaks mid-body is resumed with Range."""
+        written = 0
+        breaks = 0
+        while True:
+            headers = {"Range": f"bytes={written}-"} if written else None
+            resp = self._send("GET", path, headers=headers, stream=True)
+            with resp:
+                if written and resp.status_code != 206:
+                    out.seek(0)
+                    out.truncate()
+                    written = 0
+                expected = resp.headers.get("Content-Length")
+                got = 0
+                try:
+                    for chunk in resp.iter_content(_CHUNK):
+                        out.write(chunk)
+                        got += len(chunk)
+                except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
+                    written += got
+                    breaks += 1
+                    delay = self.retry.network_delay(breaks)
+                    if delay is None:
+                        raise FlashpodsError(
+                            "network_error", f"download of {path} broke {breaks} times: {exc}"
+                        ) from exc
+                    self._before_retry("GET", path, breaks, delay, "network_error", None)
+                    continue
+            if expected is not None and got != int(expected):
+                raise FlashpodsError(
+                    "invalid_response", f"{path}: got {got} bytes, Content-Length {expected}"
+                )
+            return
+
+    def download_artifacts(self, job_id: str, directory: Path) -> list[Path]:
+        return [
+            self.download_artifact(job_id, a.name, directory)
+            for a in self.list_artifacts(job_id).artifacts
+        ]
+
+
+class OutputFollower:
+    """Turns successive tails of a growing log into the text not yet shown.
+
+    GET /jobs/{id}/output returns the last lines plus `total_bytes`, the log's size.
+    The log only grows, so what is new since the last poll is the last
+    (total_bytes - seen) bytes of the tail. If more was written than one tail holds,
+    a marker says how much was skipped. Bytes are decoded incrementally so a UTF-8
+    character split across polls is not mangled.
+    """
+
+    def __init__(self, seen: int = 0) -> None:
+        self.seen = seen
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    @classmethod
+    def after(cls, shown: JobOutput) -> OutputFollower:
+        """A follower for a log whose tail `shown` was already displayed."""
+        return cls(seen=shown.total_bytes)
+
+    def feed(self, out: JobOutput) -> str:
+        new = out.total_bytes - self.seen
+        if new <= 0:
+            return ""
+        data = out.output.encode()
+        self.seen = out.total_bytes
+        if new <= len(data):
+            return self._decoder.decode(data[len(data) - new :])
+        skipped = new - len(data)
+        self._decoder.reset()
+        return f"[... {skipped} bytes of output skipped ...]\n" + self._decoder.decode(data)
+
+    def flush(self) -> str:
+        return self._decoder.decode(b"", final=True)
+
+
+def _seg(value: str) -> str:
+    """One URL path segment: a `/`, `..` or `?` in user input cannot change the route."""
+    return quote(value, safe="")
+
+
+def _decode(resp: requests.Response) -> dict[str, Any]:
+    try:
+        data = resp.json()
+    except ValueError as exc:
+        raise FlashpodsError(
+            "invalid_response", f"API answered non-JSON ({resp.status_code})", resp.status_code
+        ) from exc
+    if not isinstance(data, dict):
+        raise FlashpodsError("invalid_response", "API answered JSON that is not an object")
+    return data
+
+
+def _error_from(resp: requests.Response) -> FlashpodsError:
+    request_id = resp.headers.get("X-Request-Id")
+    try:
+        body = resp.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and isinstance(body.get("error"), str):
+        details = body.get("details")
+        return FlashpodsError(
+            body["error"],
+            str(body.get("message") or body["error"]),
+            resp.status_code,
+            details if isinstance(details, dict) else None,
+            request_id,
+        )
+    # Not the API's error shape (a proxy, or something else on the port).
+    fallback = {503: "service_unavailable", 429: "rate_limited"}.get(resp.status_code, "http_error")
+    text = resp.text[:200] if resp.headers.get("Content-Type", "").startswith("text/") else ""
+    message = f"HTTP {resp.status_code} {resp.reason} {text}".strip()
+    return FlashpodsError(fallback, message, resp.status_code, None, request_id)

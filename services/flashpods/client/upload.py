@@ -1,0 +1,106 @@
+"""The rsync half of an upload: copy a local folder to rsync://HOST/uploads/{id}/.
+
+The API half (finalize) lives in the SDK; this module only runs rsync and turns its
+failures into FlashpodsError codes.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from flashpods.client.errors import FlashpodsError
+
+DEFAULT_EXCLUDES = (".git", "node_modules", "target", "__pycache__", ".venv")
+UPLOAD_ID_RE = re.compile(r"^upload_[A-Za-z0-9_-]{1,64}$")
+# rsync --info=progress2 lines: "   1,234,567  42%   1.23MB/s    0:00:01 (xfr#3, to-chk=0/5)"
+_PROGRESS_RE = re.compile(r"^\s*([\d,]+)\s+(\d+)%\s+(\S+)")
+
+
+def new_upload_id() -> str:
+    return f"upload_{secrets.token_hex(16)}"
+
+
+def rsync_command(
+    source: Path, rsync_url: str, upload_id: str, excludes: Sequence[str], progress: bool
+) -> list[str]:
+    """Pure: the argv. The trailing slash on the source copies its contents, not the folder."""
+    if not UPLOAD_ID_RE.match(upload_id):
+        raise FlashpodsError("invalid_upload_id", f"not a valid upload id: {upload_id!r}")
+    argv = ["rsync", "-a", "--delete", "--timeout=300"]
+    if progress:
+        argv += ["--info=progress2", "--no-inc-recursive"]
+    argv += [f"--exclude={pattern}" for pattern in excludes]
+    argv += [f"{source}/", f"{rsync_url}/{upload_id}/"]
+    return argv
+
+
+def parse_progress(line: str) -> tuple[int, int] | None:
+    """(bytes transferred, percent) from one progress2 line, or None."""
+    m = _PROGRESS_RE.match(line)
+    if not m:
+        return None
+    return int(m.group(1).replace(",", "")), int(m.group(2))
+
+
+def classify_failure(returncode: int, stderr: str) -> FlashpodsError:
+    """Pure: the error for a failed rsync run."""
+    tail = stderr.strip()[-2000:]
+    if "No space left" in stderr:
+        return FlashpodsError(
+            "upload_disk_full",
+            "the Flashpods host has no space left for this upload; free space "
+            "(finished jobs' artifacts expire after 1 h) or upload less (see --exclude)",
+            details={"rsync_exit": returncode, "rsync_stderr": tail},
+        )
+    return FlashpodsError(
+        "upload_failed",
+        f"rsync exited with {returncode}: {tail.splitlines()[-1] if tail else 'no message'}",
+        details={"rsync_exit": returncode, "rsync_stderr": tail},
+    )
+
+
+def run_rsync(
+    source: Path,
+    rsync_url: str,
+    upload_id: str,
+    excludes: Sequence[str] = DEFAULT_EXCLUDES,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> None:
+    if not source.is_dir():
+        raise FlashpodsError("invalid_upload_source", f"not a directory: {source}")
+    if shutil.which("rsync") is None:
+        raise FlashpodsError("upload_failed", "rsync is not installed on this machine")
+    argv = rsync_command(source, rsync_url, upload_id, excludes, on_progress is not None)
+    # stderr goes to a file so a chatty rsync can never block on a full pipe.
+    with tempfile.TemporaryFile() as errfile:
+        with subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=errfile, stdin=subprocess.DEVNULL
+        ) as proc:
+            assert proc.stdout is not None
+            _pump_progress(proc.stdout.fileno(), on_progress)
+            returncode = proc.wait()
+        errfile.seek(0)
+        stderr = errfile.read().decode(errors="replace")
+    if returncode != 0:
+        raise classify_failure(returncode, stderr)
+
+
+def _pump_progress(fd: int, on_progress: Callable[[int, int], None] | None) -> None:
+    """progress2 rewrites one line with \\r; report each rewrite as it arrives."""
+    buf = b""
+    while chunk := os.read(fd, 4096):
+        if on_progress is None:
+            continue
+        buf += chunk
+        *lines, buf = re.split(rb"[\r\n]", buf)
+        for raw in lines:
+            parsed = parse_progress(raw.decode(errors="replace"))
+            if parsed is not None:
+                on_progress(*parsed)
