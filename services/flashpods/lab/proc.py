@@ -1,0 +1,60 @@
+"""Running commands for the lab: plain, inside a network namespace, or as a user.
+
+Namespaces are entered with `nsenter --net=` (not `ip netns exec`, which remounts
+/sys and hides the cgroup mounts podman needs); users are switched with `setpriv`
+(supplementary groups and no_new_privs like a systemd unit). Both exec, so the pid
+we record is the service's own.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Sequence
+
+from flashpods.lab.topology import NETNS_DIR
+
+
+class LabError(Exception):
+    """A failure the CLI reports as one clear line."""
+
+
+def in_netns(ns: str, argv: Sequence[str]) -> list[str]:
+    return ["nsenter", f"--net={NETNS_DIR / ns}", "--", *argv]
+
+
+def as_user(user: str, group: str, argv: Sequence[str], *, no_new_privs: bool) -> list[str]:
+    prefix = ["setpriv", f"--reuid={user}", f"--regid={group}", "--init-groups"]
+    if no_new_privs:
+        prefix.append("--no-new-privs")
+    return [*prefix, "--", *argv]
+
+
+def run(
+    argv: Sequence[str], *, check: bool = True, input: str | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """Run and capture; a failure becomes a LabError naming the command and its stderr."""
+    try:
+        proc = subprocess.run(
+            list(argv), capture_output=True, text=True, input=input, timeout=timeout, check=False
+        )
+    except FileNotFoundError as exc:
+        raise LabError(f"missing program: {argv[0]} (run scripts/setup.sh)") from exc
+    except subprocess.TimeoutExpired as exc:
+        raise LabError(f"timed out after {timeout:.0f} s: {' '.join(argv)}") from exc
+    if check and proc.returncode != 0:
+        detail = (proc.stderr or proc.stdout).strip().splitlines()
+        raise LabError(
+            f"{' '.join(argv)} failed ({proc.returncode}): {detail[-1] if detail else 'no output'}"
+        )
+    return proc
+
+
+def ns_run(
+    ns: str,
+    argv: Sequence[str],
+    *,
+    check: bool = True,
+    input: str | None = None,
+    timeout: float = 60,
+) -> subprocess.CompletedProcess[str]:
+    return run(in_netns(ns, argv), check=check, input=input, timeout=timeout)

@@ -1,0 +1,200 @@
+"""The lab's units, built from the deployment data (what the NixOS modules run).
+
+Environments, users, paths and the start order come from flashpods.nix; the only
+lab differences are named here and in docs/lab.md: podman is rootful (cgroup v1, see
+lab.md), the API gets the lab's image/pull/tools/instance settings, restarts come
+after 1 s instead of 5 s, and rsyncd also honours `address` (nixos-24.05 ignores it;
+the firewall carries that restriction there).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from flashpods.lab.proc import as_user, in_netns
+from flashpods.lab.topology import INSTANCE, JOB_IMAGE, STATE_DIR, Topology
+from flashpods.lab.units import FileMode, Readiness, Unit
+
+BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+@dataclass(frozen=True)
+class LabInputs:
+    """What the builder needs that is not in the deployment data."""
+
+    service_bin: Path  # the service venv's bin directory (console scripts, python)
+    spire_bin: Path
+    tools_dir: Path
+    credentials_dir: Path
+    rsyncd_conf: Path
+    www_dir: Path
+
+
+def _path_mode(values: dict[str, Any], path: str) -> FileMode:
+    for entry in values["paths"]:
+        if entry["path"] == path:
+            return FileMode(path, entry["user"], entry["group"], entry["mode"])
+    raise KeyError(f"{path} is not in flashpods.nix paths")
+
+
+def _user_env(user: str, home: str) -> dict[str, str]:
+    """What systemd sets for a unit with User= (HOME, USER, LOGNAME, PATH)."""
+    return {"HOME": home, "USER": user, "LOGNAME": user, "PATH": BASE_PATH}
+
+
+def build(values: dict[str, Any], topo: Topology, inputs: LabInputs) -> list[Unit]:
+    user, group = values["user"], values["group"]
+    spire = values["spire"]
+    host = topo.host_ns
+    py = str(inputs.service_bin / "python")
+    order: dict[str, list[str]] = values["serviceOrder"]
+    podman_sock = values["apiEnvironment"]["FLASHPODS_PODMAN_SOCKET"]
+    token_sock = values["tokenServiceEnvironment"]["FLASHPODS_SOCKET_PATH"]
+    root_env = _user_env("root", "/root")
+
+    podman = Unit(
+        name="podman-socket-flashpods",
+        description="Podman API socket (lab: rootful podman, cgroup v1)",
+        argv=tuple(
+            in_netns(host, ["podman", "system", "service", "--time=0", f"unix://{podman_sock}"])
+        ),
+        env=root_env,
+        after=tuple(order["podman-socket-flashpods"]),
+        ready=Readiness("unix", path=podman_sock),
+        post_start=(_path_mode(values, podman_sock),),
+    )
+    spire_server = Unit(
+        name="spire-server",
+        argv=tuple(
+            in_netns(
+                host,
+                [
+                    str(inputs.spire_bin / "spire-server"),
+                    "run",
+                    "-config",
+                    "/etc/spire/server.conf",
+                ],
+            )
+        ),
+        env=root_env,
+        after=tuple(order["spire-server"]),
+        ready=Readiness(
+            "command",
+            argv=(
+                str(inputs.spire_bin / "spire-server"),
+                "healthcheck",
+                "-socketPath",
+                spire["serverSocketPath"],
+            ),
+        ),
+    )
+    spire_agent = Unit(
+        name="spire-agent",
+        argv=tuple(
+            in_netns(
+                host,
+                [str(inputs.spire_bin / "spire-agent"), "run", "-config", "/etc/spire/agent.conf"],
+            )
+        ),
+        env=root_env,
+        after=tuple(order["spire-agent"]),
+        # The bootstrap (join token when the agent cannot resume, entries) before each start.
+        pre_start=((py, "-m", "flashpods.spire", "bootstrap"),),
+        ready=Readiness(
+            "command",
+            argv=(
+                str(inputs.spire_bin / "spire-agent"),
+                "healthcheck",
+                "-socketPath",
+                spire["agentSocketPath"],
+            ),
+        ),
+    )
+    token_service = Unit(
+        name="flashpods-token-service",
+        argv=tuple(in_netns(host, [str(inputs.service_bin / "flashpods-token-service")])),
+        env={**root_env, **values["tokenServiceEnvironment"]},
+        after=tuple(order["flashpods-token-service"]),
+        socket=_path_mode(values, token_sock),
+        ready=Readiness(
+            "command",
+            argv=(
+                "curl",
+                "-sf",
+                "--max-time",
+                "2",
+                "--unix-socket",
+                token_sock,
+                "http://localhost/health",
+            ),
+        ),
+    )
+    api_env = {
+        **_user_env(user, "/var/lib/flashpods"),
+        **values["apiEnvironment"],
+        "CREDENTIALS_DIRECTORY": str(inputs.credentials_dir),
+        "FLASHPODS_DEFAULT_IMAGE": JOB_IMAGE,
+        "FLASHPODS_PULL_POLICY": "never",
+        "FLASHPODS_TOOLS_DIR": str(inputs.tools_dir),
+        "FLASHPODS_INSTANCE": INSTANCE,
+    }
+    api = Unit(
+        name="flashpods-api",
+        user=user,
+        argv=tuple(
+            in_netns(
+                host,
+                as_user(
+                    user, group, [str(inputs.service_bin / "flashpods-api")], no_new_privs=True
+                ),
+            )
+        ),
+        env=api_env,
+        after=tuple(order["flashpods-api"]),
+        ready=Readiness("listen", netns=host, port=int(values["api"]["port"])),
+    )
+    rsyncd = Unit(
+        name="rsyncd",
+        argv=tuple(
+            in_netns(host, ["rsync", "--daemon", "--no-detach", f"--config={inputs.rsyncd_conf}"])
+        ),
+        env=root_env,
+        after=("network.target",),
+        ready=Readiness("listen", netns=host, port=int(values["rsync"]["port"])),
+    )
+    internet = Unit(
+        name="internet-http",
+        description="lab only: an HTTP server standing in for the internet",
+        argv=tuple(
+            in_netns(
+                topo.internet_ns,
+                [
+                    py,
+                    "-m",
+                    "http.server",
+                    "--bind",
+                    topo.up_inet_addr,
+                    "--directory",
+                    str(inputs.www_dir),
+                    str(topo.http_port),
+                ],
+            )
+        ),
+        env=root_env,
+        after=("network.target",),
+        ready=Readiness("listen", netns=topo.internet_ns, port=topo.http_port),
+    )
+    return [internet, rsyncd, podman, spire_server, spire_agent, token_service, api]
+
+
+def default_inputs(service_bin: Path, spire_bin: Path) -> LabInputs:
+    return LabInputs(
+        service_bin=service_bin,
+        spire_bin=spire_bin,
+        tools_dir=Path("/var/lib/flashpods-lab/tools"),
+        credentials_dir=STATE_DIR / "credentials" / "flashpods-api",
+        rsyncd_conf=STATE_DIR / "rsyncd.conf",
+        www_dir=STATE_DIR / "www",
+    )
