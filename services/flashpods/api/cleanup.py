@@ -1,0 +1,226 @@
+"""The cleanup loop: TTLs and total-size caps for uploads, logs and artifacts.
+
+Only ended jobs are touched. When a job's artifacts go (TTL, 1 h) it becomes `cleaning`;
+once its log is gone too (TTL 24 h, or the 10 GB cap took it) it becomes `cleaned` and
+only then is its idempotency key deactivated.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from flashpods.api.config import Config
+from flashpods.api.db import Store
+from flashpods.api.ids import is_job_id, is_upload_id
+from flashpods.api.jobs import ENDED
+from flashpods.api.uploads import Uploads, remove_tree
+
+log = logging.getLogger("flashpods.api.cleanup")
+
+_ENDED_SQL = "('completed', 'failed', 'timed_out', 'cancelled', 'cleaning')"
+# An ended job whose container is still stopping (cancel) or copying is not ended yet here.
+_SETTLED = f"status IN {_ENDED_SQL} AND cancel_requested = 0 AND copy_in_progress = 0"
+
+
+@dataclass
+class Report:
+    uploads_expired: int = 0
+    orphans_removed: int = 0
+    logs_deleted: int = 0
+    artifacts_deleted: int = 0
+    jobs_cleaned: int = 0
+
+
+class Cleaner:
+    def __init__(self, config: Config, store: Store, uploads: Uploads) -> None:
+        self.config = config
+        self.store = store
+        self.uploads = uploads
+
+    def run_once(self, now: float | None = None) -> Report:
+        now = time.time() if now is None else now
+        report = Report()
+        self._uploads(now, report)
+        self._logs(now, report)
+        self._artifacts(now, report)
+        self._finish_jobs(report)
+        self._orphan_job_files(report)
+        if report != Report():
+            log.info("cleanup: %s", report)
+        return report
+
+    # --- uploads ---------------------------------------------------------------------------
+
+    def _uploads(self, now: float, report: Report) -> None:
+        cfg = self.config
+        with self.uploads.lock:
+            for entry in _entries(cfg.uploads_path):
+                row = self.uploads.row(entry.name) if is_upload_id(entry.name) else None
+                if row is None and is_upload_id(entry.name) and entry.is_dir(follow_symlinks=False):
+                    now_ = time.time()
+                    self.store.execute(
+                        "INSERT OR IGNORE INTO uploads (upload_id, state, created_at, updated_at) "
+                        "VALUES (?, 'uploading', ?, ?)",
+                        (entry.name, now_, now_),
+                    )
+                elif row is None or row["state"] != "uploading":
+                    remove_tree(Path(entry.path))
+                    report.orphans_removed += 1
+            for entry in _entries(cfg.snapshots_path):
+                row = self.uploads.row(entry.name) if is_upload_id(entry.name) else None
+                if row is None or row["state"] not in ("finalized", "consumed"):
+                    remove_tree(Path(entry.path))
+                    report.orphans_removed += 1
+            expired = self.store.query(
+                "SELECT upload_id FROM uploads WHERE "
+                "(state = 'uploading' AND created_at + ? < ?) OR "
+                "(state = 'finalized' AND job_id IS NULL AND finalized_at + ? < ?)",
+                (cfg.upload_unfinalized_ttl, now, cfg.upload_finalized_ttl, now),
+            )
+            for row in expired:
+                self.uploads.expire(row["upload_id"])
+                report.uploads_expired += 1
+
+    # --- logs -------------------------------------------------------------------------------
+
+    def log_path(self, job_id: str) -> Path:
+        return self.config.logs_path / f"{job_id}.log"
+
+    def _delete_log(self, job_id: str, report: Report) -> None:
+        self.log_path(job_id).unlink(missing_ok=True)
+        self.store.execute(
+            "UPDATE jobs SET logs_deleted_at = ?, updated_at = ? WHERE id = ?",
+            (time.time(), time.time(), job_id),
+        )
+        report.logs_deleted += 1
+
+    def _logs(self, now: float, report: Report) -> None:
+        for row in self.store.query(
+            f"SELECT id FROM jobs WHERE {_SETTLED} AND logs_deleted_at IS NULL "
+            "AND completed_at + ? < ?",
+            (self.config.logs_ttl, now),
+        ):
+            self._delete_log(row["id"], report)
+        # Over the total cap: the oldest ended jobs' logs go first.
+        live = self.store.query(
+            "SELECT id, status, cancel_requested, copy_in_progress, completed_at FROM jobs "
+            "WHERE logs_deleted_at IS NULL AND status != 'pending' ORDER BY completed_at"
+        )
+        sizes = {row["id"]: _size(self.log_path(row["id"])) for row in live}
+        total = sum(sizes.values())
+        for row in live:
+            if total <= self.config.logs_total_max_bytes:
+                break
+            if _settled(row):
+                self._delete_log(row["id"], report)
+                total -= sizes[row["id"]]
+
+    # --- artifacts --------------------------------------------------------------------------
+
+    def _delete_artifacts(self, job_id: str, report: Report) -> None:
+        with self.store.transaction() as conn:
+            conn.execute(
+                "UPDATE jobs SET status = 'cleaning', updated_at = ? "
+                f"WHERE id = ? AND status IN {_ENDED_SQL}",
+                (time.time(), job_id),
+            )
+            conn.execute("DELETE FROM artifacts WHERE job_id = ?", (job_id,))
+            conn.execute(
+                "UPDATE jobs SET artifacts_deleted_at = ? WHERE id = ?", (time.time(), job_id)
+            )
+        remove_tree(self.config.artifacts_path / job_id)
+        report.artifacts_deleted += 1
+
+    def _artifacts(self, now: float, report: Report) -> None:
+        for row in self.store.query(
+            f"SELECT id FROM jobs WHERE {_SETTLED} AND artifacts_deleted_at IS NULL "
+            "AND completed_at + ? < ?",
+            (self.config.artifacts_ttl, now),
+        ):
+            self._delete_artifacts(row["id"], report)
+        live = self.store.query(
+            "SELECT j.id, j.status, j.cancel_requested, j.copy_in_progress, "
+            "coalesce(sum(a.size_bytes), 0) AS size "
+            "FROM jobs j JOIN artifacts a ON a.job_id = j.id "
+            "WHERE j.artifacts_deleted_at IS NULL GROUP BY j.id ORDER BY j.completed_at"
+        )
+        total = sum(row["size"] for row in live)
+        for row in live:
+            if total <= self.config.artifacts_total_max_bytes:
+                break
+            if _settled(row):
+                self._delete_artifacts(row["id"], report)
+                total -= row["size"]
+
+    # --- jobs -------------------------------------------------------------------------------
+
+    def _finish_jobs(self, report: Report) -> None:
+        done = self.store.query(
+            f"SELECT id FROM jobs WHERE {_SETTLED} AND logs_deleted_at IS NOT NULL "
+            "AND artifacts_deleted_at IS NOT NULL"
+        )
+        for row in done:
+            with self.store.transaction() as conn:
+                # cleaning is the only way in (ended -> cleaning -> cleaned).
+                conn.execute(
+                    f"UPDATE jobs SET status = 'cleaning' WHERE id = ? AND status IN {_ENDED_SQL}",
+                    (row["id"],),
+                )
+                conn.execute(
+                    "UPDATE jobs SET status = 'cleaned', updated_at = ? "
+                    "WHERE id = ? AND status = 'cleaning'",
+                    (time.time(), row["id"]),
+                )
+                conn.execute(
+                    "UPDATE idempotency_keys SET active = 0, deactivated_at = ? "
+                    "WHERE job_id = ? AND active = 1",
+                    (time.time(), row["id"]),
+                )
+            report.jobs_cleaned += 1
+
+    def _orphan_job_files(self, report: Report) -> None:
+        """Log files and artifact directories of jobs the database does not know."""
+        for entry in _entries(self.config.artifacts_path):
+            if (
+                is_job_id(entry.name)
+                and self.store.one("SELECT 1 AS x FROM jobs WHERE id = ?", (entry.name,)) is None
+            ):
+                remove_tree(Path(entry.path))
+                report.orphans_removed += 1
+        for entry in _entries(self.config.logs_path):
+            job_id = entry.name.removesuffix(".log")
+            if (
+                entry.name.endswith(".log")
+                and is_job_id(job_id)
+                and self.store.one("SELECT 1 AS x FROM jobs WHERE id = ?", (job_id,)) is None
+            ):
+                Path(entry.path).unlink(missing_ok=True)
+                report.orphans_removed += 1
+
+
+def _settled(row: dict[str, Any]) -> bool:
+    return (
+        (row["status"] in ENDED or row["status"] == "cleaning")
+        and not row["cancel_requested"]
+        and not row["copy_in_progress"]
+    )
+
+
+def _entries(directory: Path) -> list[os.DirEntry[str]]:
+    try:
+        with os.scandir(directory) as entries:
+            return list(entries)
+    except FileNotFoundError:
+        return []
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.lstat().st_size
+    except FileNotFoundError:
+        return 0

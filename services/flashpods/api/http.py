@@ -1,0 +1,399 @@
+"""The HTTP layer: routing table, auth, rate limit, request ids, error rendering.
+
+Thin on purpose: each route is a small function over the service objects; everything
+that can go wrong becomes the JSON error shape (never a traceback, an HTML page or a
+host path).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import json
+import logging
+import re
+import sqlite3
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler
+from importlib import metadata
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from flashpods.api.artifacts import Download, check_name
+from flashpods.api.ids import is_request_id
+from flashpods.api.jobs import STATUS_FILTERS
+from flashpods.api.logs import job_output, parse_tail
+from flashpods.common.errors import ServiceError
+
+if TYPE_CHECKING:
+    from flashpods.api.server import App
+
+log = logging.getLogger("flashpods.api.http")
+
+try:
+    VERSION = metadata.version("flashpods")
+except metadata.PackageNotFoundError:  # running from a source tree
+    VERSION = "0.0.0"
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    params: dict[str, str]
+    query: dict[str, list[str]]
+    headers: Any
+    body: bytes
+    request_id: str
+
+    def arg(self, name: str) -> str | None:
+        values = self.query.get(name)
+        return values[-1] if values else None
+
+    def json_object(self) -> dict[str, Any]:
+        try:
+            value = json.loads(self.body)
+        except (ValueError, UnicodeDecodeError):
+            raise ServiceError(400, "invalid_json", "The request body is not valid JSON") from None
+        if not isinstance(value, dict):
+            raise ServiceError(400, "invalid_json", "The request body must be a JSON object")
+        return value
+
+
+@dataclass
+class Response:
+    status: int
+    body: dict[str, Any] | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    download: Download | None = None
+
+
+Handler = Callable[["App", Request], Response]
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    template: str  # as in docs/openapi.yaml
+    handler: Handler
+    public: bool = False
+
+    @property
+    def regex(self) -> re.Pattern[str]:
+        # {name} (the artifact path) may contain '/', every other parameter may not.
+        pattern = re.sub(
+            r"\{(\w+)\}",
+            lambda m: f"(?P<{m[1]}>.+)" if m[1] == "name" else f"(?P<{m[1]}>[^/]+)",
+            self.template,
+        )
+        return re.compile(pattern)
+
+
+# --- route handlers ----------------------------------------------------------------------
+
+
+def health(app: App, request: Request) -> Response:
+    uptime = round(time.monotonic() - app.started, 3)
+    return Response(200, {"status": "healthy", "version": VERSION, "uptime_seconds": uptime})
+
+
+def finalize_upload(app: App, request: Request) -> Response:
+    return Response(200, app.uploads.finalize(request.params["upload_id"]))
+
+
+def get_upload(app: App, request: Request) -> Response:
+    return Response(200, app.uploads.get(request.params["upload_id"]))
+
+
+def delete_upload(app: App, request: Request) -> Response:
+    app.uploads.delete(request.params["upload_id"])
+    return Response(204)
+
+
+def create_job(app: App, request: Request) -> Response:
+    body, created = app.jobs.create(request.json_object())
+    return Response(201 if created else 200, body)
+
+
+def list_jobs(app: App, request: Request) -> Response:
+    status = request.arg("status") or "all"
+    if status not in STATUS_FILTERS:
+        raise ServiceError(
+            400,
+            "invalid_parameter",
+            f"status must be one of {', '.join(STATUS_FILTERS)}",
+            {"parameter": "status"},
+        )
+    raw_limit = request.arg("limit") or "20"
+    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 100:
+        raise ServiceError(
+            400,
+            "invalid_parameter",
+            "limit must be an integer from 1 to 100",
+            {"parameter": "limit"},
+        )
+    return Response(200, app.jobs.list(status, int(raw_limit)))
+
+
+def get_job(app: App, request: Request) -> Response:
+    return Response(200, app.jobs.get(request.params["job_id"]))
+
+
+def cancel_job(app: App, request: Request) -> Response:
+    return Response(200, app.jobs.cancel(request.params["job_id"]))
+
+
+def job_output_route(app: App, request: Request) -> Response:
+    count = parse_tail(request.arg("tail"))
+    row = app.jobs.require(request.params["job_id"])
+    return Response(200, job_output(row, app.config.logs_path / f"{row['id']}.log", count))
+
+
+def list_artifacts(app: App, request: Request) -> Response:
+    row = app.jobs.require(request.params["job_id"])
+    return Response(200, app.artifacts.listing(row))
+
+
+def download_artifact(app: App, request: Request) -> Response:
+    name = request.params["name"]
+    check_name(name)
+    row = app.jobs.require(request.params["job_id"])
+    download = app.artifacts.open(row, name, request.headers.get("Range"))
+    return Response(206 if download.partial else 200, download=download)
+
+
+ROUTES: tuple[Route, ...] = (
+    Route("GET", "/health", health, public=True),
+    Route("POST", "/uploads/{upload_id}/finalize", finalize_upload),
+    Route("GET", "/uploads/{upload_id}", get_upload),
+    Route("DELETE", "/uploads/{upload_id}", delete_upload),
+    Route("POST", "/jobs", create_job),
+    Route("GET", "/jobs", list_jobs),
+    Route("GET", "/jobs/{job_id}", get_job),
+    Route("DELETE", "/jobs/{job_id}", cancel_job),
+    Route("GET", "/jobs/{job_id}/output", job_output_route),
+    Route("GET", "/jobs/{job_id}/artifacts", list_artifacts),
+    Route("GET", "/jobs/{job_id}/artifacts/{name}", download_artifact),
+)
+_COMPILED = [(route, route.regex) for route in ROUTES]
+
+
+def resolve(method: str, path: str) -> tuple[Route | None, dict[str, str], list[str]]:
+    """(route, decoded params, methods allowed on this path)."""
+    allowed: list[str] = []
+    for route, regex in _COMPILED:
+        match = regex.fullmatch(path)
+        if match is None:
+            continue
+        if route.method == method:
+            return route, {k: unquote(v) for k, v in match.groupdict().items()}, []
+        allowed.append(route.method)
+    return None, {}, allowed
+
+
+def check_auth(header: str | None, token: str) -> None:
+    if header is None:
+        raise ServiceError(
+            401, "missing_authorization", "Authorization: Bearer <token> is required"
+        )
+    scheme, _, credential = header.strip().partition(" ")
+    credential = credential.strip()
+    if scheme.lower() != "bearer" or not credential or " " in credential:
+        raise ServiceError(401, "malformed_authorization", "Authorization must be 'Bearer <token>'")
+    if not hmac.compare_digest(credential.encode(), token.encode()):
+        raise ServiceError(401, "invalid_token", "The bearer token is not valid")
+
+
+# --- the request handler ----------------------------------------------------------------
+
+
+class RequestHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "flashpods-api"
+    sys_version = ""
+    timeout = 120  # idle keep-alive connections are closed after this
+    server: Any  # FlashpodsHTTPServer; typed loosely to avoid an import cycle
+
+    def handle_one_request(self) -> None:
+        if self.server.closing:
+            self.close_connection = True
+            return
+        self.server.mark(self, busy=False)
+        super().handle_one_request()
+
+    def parse_request(self) -> bool:
+        self.server.mark(self, busy=True)
+        return super().parse_request()
+
+    def finish(self) -> None:
+        self.server.forget(self)
+        super().finish()
+
+    def do_GET(self) -> None:
+        self.dispatch()
+
+    do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = do_GET
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("%s %s", self.address_string(), format % args)
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """Errors raised by http.server itself (bad request line, headers too long)."""
+        self.close_connection = True
+        names = {
+            400: "bad_request",
+            414: "uri_too_long",
+            431: "headers_too_large",
+            505: "http_version_not_supported",
+        }
+        error = ServiceError(code, names.get(code, "bad_request"), message or "Bad request")
+        self._send_json(error.status, error.body(), {}, str(uuid.uuid4()), None)
+
+    def dispatch(self) -> None:
+        app: App = self.server.app
+        incoming = self.headers.get("X-Request-Id", "")
+        request_id = incoming if is_request_id(incoming) else str(uuid.uuid4())
+        limit_headers: dict[str, str] = {}
+        try:
+            if app.limiter.enabled:
+                decision = app.limiter.take(self.client_address[0])
+                limit_headers = {
+                    "X-RateLimit-Limit": str(decision.limit),
+                    "X-RateLimit-Remaining": str(decision.remaining),
+                    "X-RateLimit-Reset": str(decision.reset_epoch),
+                }
+                if not decision.allowed:
+                    self._discard_body()
+                    retry = max(1, int(decision.retry_after + 0.999))
+                    raise ServiceError(
+                        429,
+                        "rate_limited",
+                        "Too many requests; slow down",
+                        {"retry_after_seconds": round(decision.retry_after, 3)},
+                        headers={"Retry-After": str(retry)},
+                    )
+            response = self._route(app, request_id)
+        except ServiceError as error:
+            response = Response(error.status, error.body(), dict(error.headers))
+        except sqlite3.Error:
+            log.exception("request %s: database error", request_id)
+            response = Response(
+                500, ServiceError(500, "database_error", "The database failed").body()
+            )
+        except Exception:
+            log.exception("request %s: unexpected failure", request_id)
+            response = Response(
+                500,
+                ServiceError(
+                    500, "internal_error", f"Internal error (request {request_id})"
+                ).body(),
+            )
+        if self.server.closing:
+            self.close_connection = True
+        headers = {**limit_headers, **response.headers}
+        if response.download is not None:
+            self._send_download(response.status, response.download, headers, request_id)
+        else:
+            self._send_json(response.status, response.body, headers, request_id, response)
+        log.info(
+            "%s %s %s -> %d (request %s)",
+            self.client_address[0],
+            self.command,
+            urlsplit(self.path).path[:200],
+            response.status,
+            request_id,
+        )
+
+    def _route(self, app: App, request_id: str) -> Response:
+        url = urlsplit(self.path)
+        route, params, allowed = resolve(self.command, url.path)
+        if route is None or not route.public:
+            check_auth(self.headers.get("Authorization"), app.config.token)
+        if route is None:
+            self._discard_body()
+            if allowed:
+                raise ServiceError(
+                    405,
+                    "method_not_allowed",
+                    f"{self.command} is not allowed here",
+                    {"allowed": allowed},
+                    headers={"Allow": ", ".join(allowed)},
+                )
+            raise ServiceError(404, "not_found", "No such route")
+        body = self._read_body(app.config.max_body_bytes)
+        request = Request(
+            self.command, url.path, params, parse_qs(url.query), self.headers, body, request_id
+        )
+        return route.handler(app, request)
+
+    def _read_body(self, limit: int) -> bytes:
+        if self.headers.get("Transfer-Encoding"):
+            self.close_connection = True
+            raise ServiceError(411, "length_required", "Send the body with a Content-Length")
+        raw = self.headers.get("Content-Length") or "0"
+        if not raw.isdigit():
+            self.close_connection = True
+            raise ServiceError(400, "invalid_json", "Content-Length is not a number")
+        length = int(raw)
+        if length > limit:
+            # The body stays unread, so this connection cannot carry another request.
+            self.close_connection = True
+            raise ServiceError(
+                413, "payload_too_large", f"The body exceeds {limit} bytes", {"max_bytes": limit}
+            )
+        return self.rfile.read(length) if length else b""
+
+    def _discard_body(self) -> None:
+        with contextlib.suppress(ServiceError):
+            self._read_body(1 << 20)
+
+    def _common_headers(self, request_id: str, headers: dict[str, str]) -> None:
+        self.send_header("X-Request-Id", request_id)
+        for name, value in headers.items():
+            self.send_header(name, value)
+        if self.close_connection:
+            self.send_header("Connection", "close")
+
+    def _send_json(
+        self,
+        status: int,
+        body: dict[str, Any] | None,
+        headers: dict[str, str],
+        request_id: str,
+        response: Response | None,
+    ) -> None:
+        payload = b"" if status == 204 or body is None else json.dumps(body).encode()
+        self.send_response(status)
+        if payload:
+            self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self._common_headers(request_id, headers)
+        self.end_headers()
+        if payload and self.command != "HEAD":
+            self.wfile.write(payload)
+
+    def _send_download(
+        self, status: int, download: Download, headers: dict[str, str], request_id: str
+    ) -> None:
+        quoted = download.filename.replace("\\", "_").replace('"', "_")
+        with open(download.fd, "rb", closefd=True) as handle:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Length", str(download.length))
+            self.send_header("Content-Disposition", f'attachment; filename="{quoted}"')
+            self.send_header("Accept-Ranges", "bytes")
+            if download.partial:
+                self.send_header(
+                    "Content-Range", f"bytes {download.start}-{download.end}/{download.size}"
+                )
+            self._common_headers(request_id, headers)
+            self.end_headers()
+            if download.length:
+                try:
+                    # Zero-copy from the page cache to the socket; never the whole file in memory.
+                    self.connection.sendfile(handle, download.start, download.length)
+                except (TimeoutError, BrokenPipeError, ConnectionResetError):
+                    self.close_connection = True

@@ -1,0 +1,83 @@
+"""GET /jobs/{id}/output: the last N lines of a job's log, read backwards from the end.
+
+Never reads the whole file: blocks are read from the end until N+1 line breaks are seen,
+so tail=100 on a 50 MB log touches a few kilobytes.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from flashpods.api.runtime import LOG_TRUNCATED_MARKER
+from flashpods.common.errors import ServiceError
+
+BLOCK = 64 * 1024
+MAX_TAIL = 10_000
+DEFAULT_TAIL = 100
+_before, _, _after = LOG_TRUNCATED_MARKER.partition("{limit}")
+TRUNCATED_RE = re.compile(re.escape(_before) + r".+" + re.escape(_after) + r"$")
+
+
+@dataclass(frozen=True)
+class Tail:
+    lines: list[str]
+    total_bytes: int
+    truncated: bool
+
+
+def tail_file(path: Path, count: int) -> Tail:
+    """The last `count` lines of `path` (a missing file is an empty log)."""
+    try:
+        handle = open(path, "rb")  # noqa: SIM115 - closed below; fstat needs the fd
+    except FileNotFoundError:
+        return Tail([], 0, False)
+    with handle:
+        size = os.fstat(handle.fileno()).st_size  # appends after this are not read
+        position = size
+        data = b""
+        # The final byte is usually the last line's '\n'; N lines need N+1 breaks before it.
+        while position > 0 and data.count(b"\n") <= count:
+            step = min(BLOCK, position)
+            position -= step
+            handle.seek(position)
+            data = handle.read(step) + data
+    if data.endswith(b"\n"):
+        data = data[:-1]
+    pieces = data.split(b"\n") if data else []
+    if position > 0:
+        pieces = pieces[1:]  # the first piece may start mid-line
+    lines = [piece.decode("utf-8", "replace") for piece in pieces[-count:]] if count else []
+    truncated = bool(lines) and TRUNCATED_RE.search(lines[-1]) is not None
+    return Tail(lines, size, truncated)
+
+
+def parse_tail(raw: str | None) -> int:
+    if raw is None or raw == "":
+        return DEFAULT_TAIL
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_TAIL:
+        raise ServiceError(
+            400,
+            "invalid_parameter",
+            f"tail must be an integer from 1 to {MAX_TAIL}",
+            {"parameter": "tail"},
+        )
+    return int(raw)
+
+
+def job_output(row: dict[str, Any], log_path: Path, count: int) -> dict[str, Any]:
+    if row["status"] == "pending":
+        raise ServiceError(404, "logs_not_available", "The job has not started; no log yet")
+    if row["status"] == "cleaned" or row["logs_deleted_at"] is not None:
+        raise ServiceError(410, "logs_deleted", "The job's log has been deleted (retention)")
+    tail = tail_file(log_path, count)
+    output = "\n".join(tail.lines) + ("\n" if tail.lines else "")
+    return {
+        "output": output,
+        "lines": len(tail.lines),
+        "truncated": tail.truncated,
+        "total_bytes": tail.total_bytes,
+    }

@@ -1,0 +1,180 @@
+"""Pure validation of request bodies and names (no I/O), in api.md's order of checks."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from flashpods.api.ids import normalize_client_job_id
+from flashpods.common.errors import ServiceError
+
+
+@dataclass(frozen=True)
+class TypeLimits:
+    default_cpus: int
+    max_cpus: int
+    default_memory_gb: int
+    max_memory_gb: int
+    default_timeout: int
+    max_timeout: int
+
+
+# system.md: requests above a type's maximum are clamped to it, not rejected.
+LIMITS: dict[str, TypeLimits] = {
+    "worker": TypeLimits(2, 8, 4, 16, 30, 120),
+    "agent": TypeLimits(2, 4, 4, 8, 60, 120),
+}
+MAX_COMMAND = 10_000
+MAX_TASK = 100_000
+MAX_CONTEXT = 100_000
+MAX_IMAGE = 255
+MAX_BRANCH = 255
+MAX_ARTIFACT_NAME = 255
+
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+_DOMAIN = rf"(?:{_LABEL}(?:\.{_LABEL})*(?::[0-9]+)?)"
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_TAG = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"
+_DIGEST = r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}"
+IMAGE_RE = re.compile(rf"(?:{_DOMAIN}/)?{_COMPONENT}(?:/{_COMPONENT})*(?::{_TAG})?(?:@{_DIGEST})?")
+# git check-ref-format, the parts that matter for a branch name given on a command line.
+_BRANCH_BAD = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]|\.\.|@\{|//|\.lock$|^[-/.]|[/.]$")
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    type: str
+    image: str
+    cpus: int
+    memory_gb: int
+    timeout_minutes: int
+    client_job_id: str | None = None
+    command: str | None = None
+    task: str | None = None
+    context: str | None = None
+    git_branch: str | None = None
+    files_id: str | None = None
+
+
+def _bad(code: str, message: str, **details: Any) -> ServiceError:
+    return ServiceError(400, code, message, details)
+
+
+def _text(body: dict[str, Any], key: str, max_len: int) -> str | None:
+    value = body.get(key)
+    if not isinstance(value, str) or not value or len(value) > max_len:
+        return None
+    return value
+
+
+def is_valid_image(image: object) -> bool:
+    return (
+        isinstance(image, str) and len(image) <= MAX_IMAGE and IMAGE_RE.fullmatch(image) is not None
+    )
+
+
+def is_valid_branch(branch: str) -> bool:
+    return 0 < len(branch) <= MAX_BRANCH and _BRANCH_BAD.search(branch) is None
+
+
+def _resource(body: dict[str, Any], key: str, code: str, default: int, maximum: int) -> int:
+    if key not in body or body[key] is None:
+        return default
+    value = body[key]
+    # JSON 2.0 is accepted as 2; bools are ints in Python but not numbers in JSON.
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise _bad(code, f"{key} must be an integer of at least 1", field=key, maximum=maximum)
+    return min(value, maximum)
+
+
+def parse_job_request(body: dict[str, Any], default_image: str) -> JobRequest:
+    """Validate a POST /jobs body; raise the first error in api.md's order."""
+    job_type = body.get("type")
+    if job_type not in LIMITS:
+        raise _bad("invalid_job_type", "type must be 'worker' or 'agent'")
+    assert isinstance(job_type, str)
+    command = task = context = branch = None
+    if job_type == "worker":
+        command = _text(body, "command", MAX_COMMAND)
+        if command is None:
+            raise _bad(
+                "missing_command", f"worker jobs need a command of 1-{MAX_COMMAND} characters"
+            )
+    else:
+        task = _text(body, "task", MAX_TASK)
+        if task is None:
+            raise _bad("missing_task", f"agent jobs need a task of 1-{MAX_TASK} characters")
+        if body.get("context") is not None:
+            context = body["context"]
+            if not isinstance(context, str) or len(context) > MAX_CONTEXT:
+                raise _bad(
+                    "missing_task", f"context must be a string of at most {MAX_CONTEXT} characters"
+                )
+        branch = body.get("git_branch")
+        if not isinstance(branch, str) or not is_valid_branch(branch):
+            raise _bad("missing_git_branch", "agent jobs need a valid git_branch")
+    client_job_id = None
+    if body.get("client_job_id") is not None:
+        client_job_id = normalize_client_job_id(body["client_job_id"])
+        if client_job_id is None:
+            raise _bad("invalid_client_job_id", "client_job_id must be a UUID v4")
+    image = body.get("image")
+    if image is None:
+        image = default_image
+    elif not is_valid_image(image):
+        raise _bad(
+            "invalid_image", "image must be [registry/]name[:tag][@digest], at most 255 characters"
+        )
+    limits = LIMITS[job_type]
+    cpus = _resource(body, "cpus", "invalid_cpus", limits.default_cpus, limits.max_cpus)
+    memory = _resource(
+        body, "memory_gb", "invalid_memory", limits.default_memory_gb, limits.max_memory_gb
+    )
+    timeout = _resource(
+        body, "timeout_minutes", "invalid_timeout", limits.default_timeout, limits.max_timeout
+    )
+    files_id = body.get("files_id")
+    if files_id is not None and not isinstance(files_id, str):
+        files_id = str(files_id)
+    return JobRequest(
+        type=job_type,
+        image=image,
+        cpus=cpus,
+        memory_gb=memory,
+        timeout_minutes=timeout,
+        client_job_id=client_job_id,
+        command=command,
+        task=task,
+        context=context,
+        git_branch=branch,
+        files_id=files_id or None,
+    )
+
+
+def artifact_name_problem(name: str) -> str | None:
+    """Why `name` (a "/"-separated relative path) is not a valid artifact name, or None.
+
+    api.md: not empty, <=255 chars, no `/` or `\\` in a single name, no `..`, no NUL, no
+    leading/trailing whitespace (each path segment is one name; a leading `.` is fine).
+    """
+    if not name:
+        return "empty name"
+    if "\x00" in name:
+        return "NUL in name"
+    if "\\" in name:
+        return "backslash in name"
+    if ".." in name:
+        return "'..' in name"
+    for segment in name.split("/"):
+        if not segment:
+            return "empty path segment"
+        if len(segment) > MAX_ARTIFACT_NAME:
+            return "name longer than 255 characters"
+        if segment != segment.strip():
+            return "leading or trailing whitespace"
+        if segment == ".":
+            return "'.' segment"
+    return None
