@@ -107,6 +107,13 @@
     serverSocketPath = "/run/spire/server/private/api.sock";
     agentSocketPath = "/run/spire/sockets/agent.sock";
     podmanSocketUrl = "unix:///run/flashpods/podman.sock";
+    # Identity service additions (templates modules/data/spire-{server,agent}.conf).
+    serverDataDir = "/var/lib/spire/server";
+    agentDataDir = "/var/lib/spire/agent";
+    agentTrustBundlePath = "/var/lib/spire/agent/bootstrap-bundle.pem";
+    agentJoinTokenFile = "/var/lib/spire/agent/join-token";
+    tokenServiceSpiffeId = "spiffe://flashpods.local/token-service";
+    logLevel = "INFO";
   };
 
   # Start order of the units (seed "Service Startup Order"): each unit after the ones listed.

@@ -1,0 +1,1 @@
+"""flashpods-token-service: JWT-SVID in, the secrets its SPIFFE ID may have out."""

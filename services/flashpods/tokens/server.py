@@ -1,0 +1,106 @@
+"""Standard-library HTTP on the unix socket: GET /tokens, GET /health, JSON errors."""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import socketserver
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler
+from typing import Any
+
+from flashpods.common.errors import ServiceError
+from flashpods.tokens.service import Exchange, Outcome
+
+audit = logging.getLogger("flashpods.tokens.audit")
+log = logging.getLogger("flashpods.tokens.http")
+
+# A client that connects and sends nothing must not hold a thread forever.
+REQUEST_TIMEOUT_SECONDS = 10.0
+
+_HTTP_ERROR_CODES = {
+    HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE: "header_too_large",
+    HTTPStatus.BAD_REQUEST: "bad_request",
+    HTTPStatus.REQUEST_URI_TOO_LONG: "uri_too_long",
+    HTTPStatus.NOT_IMPLEMENTED: "method_not_allowed",
+    HTTPStatus.HTTP_VERSION_NOT_SUPPORTED: "bad_request",
+}
+
+
+class TokenServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+
+    def __init__(self, sock: socket.socket, exchange: Exchange) -> None:
+        # The socket is already bound and listening (ours or systemd's).
+        super().__init__("", TokenHandler, bind_and_activate=False)
+        self.socket.close()
+        self.socket = sock
+        self.exchange = exchange
+
+
+class TokenHandler(BaseHTTPRequestHandler):
+    server: TokenServer
+    server_version = "flashpods-token-service"
+    sys_version = ""
+    protocol_version = "HTTP/1.1"
+    timeout = REQUEST_TIMEOUT_SECONDS
+
+    def version_string(self) -> str:
+        return self.server_version
+
+    def address_string(self) -> str:
+        return "unix"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug(format, *args)
+
+    def _send_json(
+        self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None
+    ) -> None:
+        payload = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.send_header("Cache-Control", "no-store")
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(payload)
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """http.server's own errors (oversized header, bad request line) as our JSON shape."""
+        status = HTTPStatus(code)
+        error = ServiceError(code, _HTTP_ERROR_CODES.get(status, "bad_request"), message or "")
+        if status == HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE:
+            audit.info("exchange denied status=%d reason=%s spiffe_id=- token=-", code, error.code)
+        self.close_connection = True
+        self._send_json(code, error.body(), {"Connection": "close"})
+
+    def do_GET(self) -> None:
+        path = self.path.split("?", 1)[0]
+        if path == "/tokens":
+            outcome = self.server.exchange.run(self.headers.get("Authorization"))
+            audit.info("%s", outcome.audit_line())
+            self._send_json(outcome.status, outcome.body, {"Server-Timing": _timing(outcome)})
+        elif path == "/health":
+            status, body = self.server.exchange.health()
+            self._send_json(status, body)
+        else:
+            err = ServiceError(404, "not_found", f"no route {path}; use GET /tokens or /health")
+            self._send_json(err.status, err.body())
+
+    def _method_not_allowed(self) -> None:
+        err = ServiceError(405, "method_not_allowed", "only GET /tokens and GET /health")
+        self._send_json(err.status, err.body(), {"Allow": "GET"})
+
+    do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = _method_not_allowed
+
+
+def _timing(outcome: Outcome) -> str:
+    """Where the time went (bench/token_exchange.py splits SPIRE validation from ours)."""
+    return (
+        f"validate;dur={outcome.validate_seconds * 1000:.3f}, "
+        f"total;dur={outcome.total_seconds * 1000:.3f}"
+    )

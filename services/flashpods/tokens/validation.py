@@ -1,0 +1,74 @@
+"""JWT-SVID validation with py-spiffe, mapped onto the error codes of identity.md.
+
+py-spiffe checks the header (alg must be RS/ES/PS*, so `none` and HS* are refused), finds
+the signing key by `kid` in the trust domain's JWT bundle, verifies signature, `exp`,
+`nbf` and `aud` (PyJWT), and that the subject is in the bundle's trust domain. PyJWT
+verifies the signature before the claims, so `expired_jwt` and `invalid_audience` are
+only ever reported for tokens our trust domain really signed.
+"""
+
+from __future__ import annotations
+
+import jwt
+from spiffe.bundle.jwt_bundle.errors import AuthorityNotFoundError
+from spiffe.bundle.jwt_bundle.jwt_bundle import JwtBundle
+from spiffe.errors import PySpiffeError
+from spiffe.svid.errors import InvalidAlgorithmError, InvalidTokenError, InvalidTypeError
+from spiffe.svid.jwt_svid import JwtSvid
+
+from flashpods.common.errors import ServiceError
+
+# SPIRE's JWT-SVIDs are a few hundred bytes; anything this large is not one of them.
+MAX_TOKEN_LENGTH = 16 * 1024
+
+
+def invalid_jwt(reason: str) -> ServiceError:
+    return ServiceError(401, "invalid_jwt", f"JWT-SVID rejected: {reason}")
+
+
+def bearer_token(header: str | None) -> str:
+    """The token of `Authorization: Bearer <token>`."""
+    if header is None or not header.strip():
+        raise ServiceError(400, "missing_authorization", "send 'Authorization: Bearer <JWT-SVID>'")
+    scheme, _, token = header.strip().partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise ServiceError(
+            400, "missing_authorization", "the Authorization header must be 'Bearer <JWT-SVID>'"
+        )
+    if len(token) > MAX_TOKEN_LENGTH:
+        raise invalid_jwt(f"token longer than {MAX_TOKEN_LENGTH} bytes")
+    return token
+
+
+def _claims_error(err: InvalidTokenError) -> ServiceError:
+    cause = err.__cause__
+    if isinstance(cause, jwt.ExpiredSignatureError):
+        return ServiceError(401, "expired_jwt", "JWT-SVID has expired")
+    if isinstance(cause, jwt.InvalidAudienceError) or (
+        isinstance(cause, jwt.MissingRequiredClaimError) and cause.claim == "aud"
+    ):
+        return ServiceError(401, "invalid_audience", "JWT-SVID is not for this audience")
+    if isinstance(cause, jwt.ImmatureSignatureError):
+        return invalid_jwt("not valid yet (nbf in the future)")
+    if isinstance(cause, jwt.InvalidSignatureError):
+        return invalid_jwt("bad signature")
+    if isinstance(cause, jwt.DecodeError):
+        return invalid_jwt("malformed token")
+    return invalid_jwt(str(err) or "invalid token")
+
+
+def validate_svid(token: str, bundle: JwtBundle, audience: str) -> str:
+    """The verified SPIFFE ID of `token`, or ServiceError with the precise code."""
+    try:
+        svid = JwtSvid.parse_and_validate(token, bundle, {audience})
+    except AuthorityNotFoundError:
+        raise invalid_jwt("signing key (kid) not in the trust bundle") from None
+    except (InvalidAlgorithmError, InvalidTypeError) as err:
+        raise invalid_jwt(f"unsupported header: {err}") from None
+    except InvalidTokenError as err:
+        raise _claims_error(err) from None
+    except (PySpiffeError, jwt.PyJWTError, KeyError, TypeError, ValueError):
+        # e.g. a token without `exp` (PyJWT does not require it; py-spiffe then fails).
+        raise invalid_jwt("malformed token") from None
+    return str(svid.spiffe_id)
