@@ -358,14 +358,15 @@ def _positive(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--json", action="store_true", help="machine-readable output")
     parser = argparse.ArgumentParser(
         prog="flashpods",
         description="Run jobs on a Flashpods host (config: FLASHPODS_API_TOKEN, "
         "FLASHPODS_HOST, FLASHPODS_PORT or ~/.config/flashpods/config.toml).",
-        parents=[common],
     )
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    # Also accepted after the command; SUPPRESS keeps `--json status` from being reset.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
     resources = argparse.ArgumentParser(add_help=False)

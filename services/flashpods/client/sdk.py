@@ -9,7 +9,6 @@ fp.download_artifacts(job.job_id, Path("out"))
 
 from __future__ import annotations
 
-import codecs
 import logging
 import os
 import tempfile
@@ -357,9 +356,9 @@ class Flashpods:
             if job.status != last and on_status is not None:
                 on_status(job)
             last = job.status
-            if job.status not in ("pending",):
+            if job.status != "pending":
                 try:
-                    text = follower.feed(self.get_output(job_id, tail=MAX_TAIL))
+                    text = follower.feed(self.get_output(job_id, tail=MAX_TAIL), job.ended)
                 except FlashpodsError as exc:
                     if exc.code not in ("logs_not_available", "logs_deleted"):
                         raise
@@ -367,9 +366,6 @@ class Flashpods:
                 if text:
                     write(text)
             if job.ended:
-                tail_text = follower.flush()
-                if tail_text:
-                    write(tail_text)
                 return job
             self.sleep(delay)
         raise AssertionError("unreachable: intervals() is infinite")
@@ -450,35 +446,41 @@ class OutputFollower:
     """Turns successive tails of a growing log into the text not yet shown.
 
     GET /jobs/{id}/output returns the last lines plus `total_bytes`, the log's size.
-    The log only grows, so what is new since the last poll is the last
-    (total_bytes - seen) bytes of the tail. If more was written than one tail holds,
-    a marker says how much was skipped. Bytes are decoded incrementally so a UTF-8
-    character split across polls is not mangled.
+    The log only grows, by whole lines, so what is new since the last poll is the last
+    (total_bytes - seen) bytes of the tail; if more was written than one tail holds, a
+    marker says how much was skipped. A new region that does not start at a line
+    boundary means the log was read mid-write (the API completes a partial last line
+    with a newline): it is left for the next poll, unless the log stopped changing, in
+    which case it is shown as it is rather than never.
     """
 
     def __init__(self, seen: int = 0) -> None:
         self.seen = seen
-        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._held_at: int | None = None  # total_bytes of a poll we held back
 
     @classmethod
     def after(cls, shown: JobOutput) -> OutputFollower:
         """A follower for a log whose tail `shown` was already displayed."""
         return cls(seen=shown.total_bytes)
 
-    def feed(self, out: JobOutput) -> str:
+    def feed(self, out: JobOutput, final: bool = False) -> str:
         new = out.total_bytes - self.seen
         if new <= 0:
             return ""
         data = out.output.encode()
+        if new > len(data):
+            self.seen = out.total_bytes
+            skipped = new - len(data)
+            text = data.decode(errors="replace")
+            return f"[... {skipped} bytes of output skipped ...]\n{text}"
+        start = len(data) - new
+        aligned = start == 0 or data[start - 1 : start] == b"\n"
+        if not aligned and not final and self._held_at != out.total_bytes:
+            self._held_at = out.total_bytes
+            return ""
+        self._held_at = None
         self.seen = out.total_bytes
-        if new <= len(data):
-            return self._decoder.decode(data[len(data) - new :])
-        skipped = new - len(data)
-        self._decoder.reset()
-        return f"[... {skipped} bytes of output skipped ...]\n" + self._decoder.decode(data)
-
-    def flush(self) -> str:
-        return self._decoder.decode(b"", final=True)
+        return data[start:].decode(errors="replace")
 
 
 def _seg(value: str) -> str:

@@ -1,0 +1,148 @@
+"""The MCP server's tools, in-process (mcp.Client) against the scripted server: schemas
+and limits, results, errors carrying the API's code, save_to confinement."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from client_stub import Reply, Stub, error
+from flashpods.client.mcp_server import FlashpodsTools, build_server
+from mcp import Client
+
+JOB_ID = "job_0123456789abcdef"
+JOB = f"/jobs/{JOB_ID}"
+TOOLS = {
+    "spawn_worker",
+    "spawn_sub_agent",
+    "get_job_status",
+    "get_job_output",
+    "get_job_artifacts",
+    "download_artifact",
+    "list_jobs",
+    "kill_job",
+}
+
+
+def _calls(stub: Stub, root: Path, *calls: tuple[str, dict[str, Any]]) -> list[Any]:
+    server = build_server(FlashpodsTools(stub.client, root))
+
+    async def go() -> list[Any]:
+        async with Client(server) as client:
+            return [await client.call_tool(name, args) for name, args in calls]
+
+    return anyio.run(go)
+
+
+def test_the_eight_tools_with_their_limits(stub: Stub, tmp_path: Path) -> None:
+    server = build_server(FlashpodsTools(stub.client, tmp_path))
+
+    async def go() -> dict[str, Any]:
+        async with Client(server) as client:
+            return {t.name: t.input_schema for t in (await client.list_tools()).tools}
+
+    schemas = anyio.run(go)
+    assert set(schemas) == TOOLS
+    worker = schemas["spawn_worker"]["properties"]
+    assert worker["command"]["maxLength"] == 10000 and worker["command"]["minLength"] == 1
+    assert worker["timeout_minutes"]["anyOf"][0]["maximum"] == 120
+    assert schemas["spawn_worker"]["required"] == ["command"]
+    assert sorted(schemas["spawn_sub_agent"]["required"]) == ["git_branch", "task"]
+    assert schemas["spawn_sub_agent"]["properties"]["task"]["maxLength"] == 100000
+    assert schemas["get_job_output"]["properties"]["tail"]["maximum"] == 10000
+    assert schemas["list_jobs"]["properties"]["limit"]["maximum"] == 100
+    assert "running" in schemas["list_jobs"]["properties"]["status"]["enum"]
+    assert schemas["download_artifact"]["required"] == ["job_id", "artifact_name"]
+
+
+def test_results_are_the_apis_json(stub: Stub, tmp_path: Path) -> None:
+    stub.script.on(
+        "POST", "/jobs", Reply(201, {"job_id": JOB_ID, "status": "pending", "created": True})
+    )
+    stub.script.on("GET", JOB, Reply(200, {"id": JOB_ID, "type": "worker", "status": "running"}))
+    spawned, status = _calls(
+        stub,
+        tmp_path,
+        ("spawn_worker", {"command": "make", "cpus": 2}),
+        ("get_job_status", {"job_id": JOB_ID}),
+    )
+    assert not spawned.is_error
+    assert spawned.structured_content == {
+        "job_id": JOB_ID,
+        "status": "pending",
+        "created": True,
+        "files_id": None,
+    }
+    assert json.loads(spawned.content[0].text) == spawned.structured_content
+    assert status.structured_content["status"] == "running"
+    assert stub.script.requests("POST", "/jobs")[0].body["cpus"] == 2
+
+
+def test_errors_carry_the_apis_code_after_retrying_throttled_answers(
+    stub: Stub, tmp_path: Path
+) -> None:
+    stub.script.on("POST", "/jobs", error(429, "insufficient_resources"))
+    stub.script.on("DELETE", JOB, error(409, "job_already_terminal"))
+    spawned, killed = _calls(
+        stub, tmp_path, ("spawn_worker", {"command": "make"}), ("kill_job", {"job_id": JOB_ID})
+    )
+    assert spawned.is_error
+    assert spawned.structured_content["error"] == "insufficient_resources"
+    assert spawned.structured_content["status"] == 429
+    assert len(stub.script.requests("POST", "/jobs")) == 5  # retried before reporting
+    assert killed.is_error and killed.structured_content["error"] == "job_already_terminal"
+    assert len(stub.script.requests("DELETE", JOB)) == 1
+
+
+def test_arguments_outside_the_limits_never_reach_the_api(stub: Stub, tmp_path: Path) -> None:
+    results = _calls(
+        stub,
+        tmp_path,
+        ("spawn_worker", {"command": ""}),
+        ("spawn_worker", {"command": "x", "timeout_minutes": 121}),
+        ("get_job_output", {"job_id": JOB_ID, "tail": 0}),
+        ("get_job_status", {"job_id": "../../etc"}),
+    )
+    assert all(r.is_error for r in results)
+    assert stub.script.seen == []
+
+
+@pytest.mark.parametrize(
+    "save_to", ["../escape.txt", "/etc/flashpods-test", "a/../../x", "sub/./x"]
+)
+def test_save_to_outside_the_download_directory_is_refused(
+    stub: Stub, tmp_path: Path, save_to: str
+) -> None:
+    stub.script.on("GET", JOB + "/artifacts/out.txt", Reply(200, b"data"))
+    root = tmp_path / "dl"
+    (result,) = _calls(
+        stub,
+        root,
+        ("download_artifact", {"job_id": JOB_ID, "artifact_name": "out.txt", "save_to": save_to}),
+    )
+    assert result.is_error and result.structured_content["error"] == "invalid_artifact_path"
+    assert stub.script.seen == []
+    assert not Path("/etc/flashpods-test").exists() and not (tmp_path / "escape.txt").exists()
+
+
+def test_download_artifact_saves_under_the_download_directory(stub: Stub, tmp_path: Path) -> None:
+    stub.script.on("GET", JOB + "/artifacts/out.txt", Reply(200, b"data"))
+    root = tmp_path / "dl"
+    default, chosen, absolute = _calls(
+        stub,
+        root,
+        ("download_artifact", {"job_id": JOB_ID, "artifact_name": "out.txt"}),
+        ("download_artifact", {"job_id": JOB_ID, "artifact_name": "out.txt", "save_to": "k/o.txt"}),
+        (
+            "download_artifact",
+            {"job_id": JOB_ID, "artifact_name": "out.txt", "save_to": str(root / "abs.txt")},
+        ),
+    )
+    assert default.structured_content["path"] == str(root.resolve() / JOB_ID / "out.txt")
+    assert chosen.structured_content["path"] == str(root.resolve() / "k" / "o.txt")
+    assert absolute.structured_content["path"] == str(root.resolve() / "abs.txt")
+    assert (root / "k" / "o.txt").read_bytes() == b"data"
+    assert default.structured_content["size_bytes"] == 4

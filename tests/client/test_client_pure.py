@@ -1,0 +1,162 @@
+"""Pure pieces: retry arithmetic, Retry-After parsing, rsync argv and failure mapping,
+log following, CLI exit codes and command quoting."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from flashpods.client.cli import job_exit_code, worker_command
+from flashpods.client.errors import FlashpodsError
+from flashpods.client.models import Job, JobOutput
+from flashpods.client.retry import RetryPolicy, parse_retry_after
+from flashpods.client.sdk import OutputFollower
+from flashpods.client.upload import (
+    DEFAULT_EXCLUDES,
+    classify_failure,
+    parse_progress,
+    rsync_command,
+)
+
+
+def test_backoff_doubles_from_one_second_up_to_the_cap() -> None:
+    policy = RetryPolicy()
+    assert [policy.backoff(n) for n in range(1, 8)] == [1, 2, 4, 8, 16, 30, 30]
+
+
+def test_throttled_answers_get_five_tries_in_all() -> None:
+    policy = RetryPolicy()
+    assert [policy.throttled_delay(n, None) for n in range(1, 6)] == [1, 2, 4, 8, None]
+
+
+def test_retry_after_wins_over_backoff_but_not_over_the_cap() -> None:
+    policy = RetryPolicy()
+    assert policy.throttled_delay(1, 7.0) == 7.0
+    assert policy.throttled_delay(3, 0.0) == 0.0
+    assert policy.throttled_delay(1, 3600.0) == 30.0
+    assert policy.throttled_delay(5, 1.0) is None
+
+
+def test_network_errors_get_three_tries_in_all() -> None:
+    policy = RetryPolicy()
+    assert [policy.network_delay(n) for n in range(1, 4)] == [1, 2, None]
+
+
+def test_retry_after_parses_seconds_and_http_dates() -> None:
+    now = datetime(2026, 1, 21, 10, 30, 0, tzinfo=UTC)
+    assert parse_retry_after("3") == 3.0
+    assert parse_retry_after(" 0.5 ") == 0.5
+    assert parse_retry_after("Wed, 21 Jan 2026 10:30:12 GMT", now) == 12.0
+    assert parse_retry_after("Wed, 21 Jan 2026 10:29:00 GMT", now) == 0.0
+    assert parse_retry_after("-4") == 0.0
+    assert parse_retry_after("soon") is None
+    assert parse_retry_after(None) is None
+    assert parse_retry_after("") is None
+
+
+def test_rsync_argv_copies_contents_with_delete_and_excludes() -> None:
+    argv = rsync_command(
+        Path("/src"), "rsync://10.0.0.1/uploads", "upload_ab", DEFAULT_EXCLUDES, False
+    )
+    assert argv[:3] == ["rsync", "-a", "--delete"]
+    assert [a for a in argv if a.startswith("--exclude=")] == [
+        "--exclude=.git",
+        "--exclude=node_modules",
+        "--exclude=target",
+        "--exclude=__pycache__",
+        "--exclude=.venv",
+    ]
+    assert argv[-2:] == ["/src/", "rsync://10.0.0.1/uploads/upload_ab/"]
+    assert "--info=progress2" in rsync_command(
+        Path("/s"), "rsync://h/uploads", "upload_x", (), True
+    )
+
+
+@pytest.mark.parametrize(
+    "bad", ["upload_", "upload_../x", "job_1", "upload_a/b", "upload_" + "a" * 65]
+)
+def test_rsync_refuses_upload_ids_the_api_would_refuse(bad: str) -> None:
+    with pytest.raises(FlashpodsError) as err:
+        rsync_command(Path("/s"), "rsync://h/uploads", bad, (), False)
+    assert err.value.code == "invalid_upload_id"
+
+
+def test_rsync_failures_are_classified() -> None:
+    full = classify_failure(11, 'rsync: write failed on "x": No space left on device (28)\n')
+    assert (full.code, full.status, full.details["rsync_exit"]) == ("upload_disk_full", None, 11)
+    other = classify_failure(10, "rsync: failed to connect to 10.0.0.1: Connection refused (111)\n")
+    assert other.code == "upload_failed"
+    assert "Connection refused" in other.message
+
+
+def test_progress2_lines_parse() -> None:
+    assert parse_progress("    1,234,567  42%    1.18MB/s    0:00:01 (xfr#3, to-chk=0/5)") == (
+        1234567,
+        42,
+    )
+    assert parse_progress("sending incremental file list") is None
+
+
+def _out(text: str, total: int | None = None) -> JobOutput:
+    data = text.encode()
+    return JobOutput(text, text.count("\n"), False, len(data) if total is None else total, {})
+
+
+def test_follower_shows_each_new_line_once() -> None:
+    f = OutputFollower()
+    assert f.feed(_out("a\n")) == "a\n"
+    assert f.feed(_out("a\n")) == ""
+    assert f.feed(_out("a\nb\nc\n")) == "b\nc\n"
+    # Only the tail is returned once the log is long: offsets still line up.
+    assert f.feed(_out("c\nd\n", total=8)) == "d\n"
+
+
+def test_follower_marks_output_it_could_not_see() -> None:
+    f = OutputFollower()
+    assert f.feed(_out("a\n")) == "a\n"
+    text = f.feed(_out("y\nz\n", total=2 + 100))
+    assert text == "[... 96 bytes of output skipped ...]\ny\nz\n"
+
+
+def test_follower_waits_for_a_line_read_mid_write() -> None:
+    f = OutputFollower()
+    assert f.feed(_out("a\n")) == "a\n"
+    # The log held "a\nbc" (5 bytes); the API answered "a\nbc\n" (a newline added).
+    assert f.feed(_out("a\nbc\n", total=4)) == ""
+    assert f.feed(_out("a\nbcd\n")) == "bcd\n"
+
+
+def test_follower_shows_a_misaligned_region_once_the_log_stops_changing() -> None:
+    f = OutputFollower()
+    f.feed(_out("a\n"))
+    odd = _out("a\n\ufffd\n", total=4)  # one invalid byte, replaced by 3 bytes
+    assert f.feed(odd) == ""
+    assert f.feed(odd) == "\ufffd\n"  # best effort rather than never
+    assert f.feed(odd) == ""
+
+
+def test_follower_multibyte_text_is_not_split() -> None:
+    f = OutputFollower()
+    assert f.feed(_out("héllo\n")) == "héllo\n"
+    assert f.feed(_out("héllo\nwörld\n")) == "wörld\n"
+
+
+def _job(status: str, exit_code: int | None) -> Job:
+    return Job("job_1", "worker", status, exit_code, None, {})
+
+
+def test_run_exit_code_follows_the_job() -> None:
+    assert job_exit_code(_job("completed", 0)) == 0
+    assert job_exit_code(_job("failed", 3)) == 3
+    assert job_exit_code(_job("failed", 137)) == 137
+    assert job_exit_code(_job("timed_out", 137)) == 137
+    assert job_exit_code(_job("timed_out", None)) == 124
+    assert job_exit_code(_job("cancelled", None)) == 130
+    assert job_exit_code(_job("failed", None)) == 125  # container could not start
+    assert job_exit_code(_job("failed", 256 + 2)) == 2
+
+
+def test_worker_command_keeps_shell_text_and_quotes_argv() -> None:
+    assert worker_command(["make test && ls"]) == "make test && ls"
+    assert worker_command(["echo", "a b", "$HOME"]) == "echo 'a b' '$HOME'"
