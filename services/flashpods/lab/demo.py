@@ -1,0 +1,130 @@
+"""`flashpods-lab demo`: a real job end to end, from the laptop namespace.
+
+With the project's own SDK: rsync a small sample project, finalize it, start a worker
+that reads /work, obtains its GITHUB_TOKEN through SPIRE and the token service (and
+prints only that it got one), writes an artifact; follow its log; download the
+artifact; print a summary with the time of each phase.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SAMPLE_FILES = {
+    "README.md": "# sample\n\nA tiny project the Flashpods demo uploads.\n",
+    "data/poem.txt": "the quick brown fox\njumps over the lazy dog\nthe dog sleeps\n",
+    "src/wordcount.py": (
+        "import collections, pathlib, sys\n"
+        "words = collections.Counter()\n"
+        "for path in sorted(pathlib.Path(sys.argv[1]).rglob('*.txt')):\n"
+        "    words.update(path.read_text().split())\n"
+        "for word, count in words.most_common():\n"
+        "    print(f'{count:3} {word}')\n"
+    ),
+}
+
+# What the worker runs (/bin/sh -c). The token comes from the tools mounted at
+# /opt/flashpods: a JWT-SVID from the SPIRE agent, exchanged at the token service.
+WORKER_COMMAND = """set -eu
+echo "worker $(hostname) as uid $(id -u); /work holds:"
+(cd /work && find . -type f | sort)
+token="$(/opt/flashpods/bin/flashpods-token-helper GITHUB_TOKEN)"
+[ -n "$token" ] && echo "got a GITHUB_TOKEN from the token service (${#token} chars, not shown)"
+python3 /work/src/wordcount.py /work/data > /artifacts/wordcount.txt
+echo "wrote /artifacts/wordcount.txt ($(wc -l < /artifacts/wordcount.txt) lines)"
+"""
+
+
+@dataclass
+class Phases:
+    marks: dict[str, float] = field(default_factory=dict)
+
+    def timed(self, name: str, start: float) -> float:
+        now = time.monotonic()
+        self.marks[name] = now - start
+        return now
+
+
+def write_sample(root: Path) -> None:
+    for rel, text in SAMPLE_FILES.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+
+
+def run_demo(out: Path) -> int:
+    """Inside the laptop namespace, with FLASHPODS_HOST and FLASHPODS_API_TOKEN set."""
+    from flashpods.client.models import Job
+    from flashpods.client.sdk import Flashpods
+    from flashpods.client.upload import new_upload_id, run_rsync
+
+    phases = Phases()
+    with Flashpods.from_config() as fp, tempfile.TemporaryDirectory() as tmp:
+        health = fp.health()
+        print(f"API {health.version or '?'} healthy at {fp.base_url}")
+        project = Path(tmp) / "project"
+        write_sample(project)
+        upload_id = new_upload_id()
+        assert fp.rsync_url is not None
+        t0 = t = time.monotonic()
+        run_rsync(project, fp.rsync_url, upload_id)
+        t = phases.timed("upload", t)
+        upload = fp.finalize_upload(upload_id)
+        t = phases.timed("finalize", t)
+        print(f"uploaded {upload.file_count} files ({upload.size_bytes} bytes) as {upload_id}")
+        created = fp.create_worker(WORKER_COMMAND, files_id=upload_id)
+        print(f"started {created.job_id}; its log:")
+        started: dict[str, float] = {}
+
+        def on_status(job: Job) -> None:
+            if job.status == "running" and "running" not in started:
+                started["running"] = time.monotonic()
+
+        job = fp.follow(
+            created.job_id,
+            lambda s: print("  | " + s.rstrip("\n").replace("\n", "\n  | ")),
+            on_status=on_status,
+        )
+        ended = time.monotonic()
+        running_at = started.get("running", ended)
+        phases.marks["start"] = running_at - t
+        phases.marks["run"] = ended - running_at
+        t = ended
+        print(f"job {job.id} {job.status} (exit {job.exit_code})")
+        paths = fp.download_artifacts(created.job_id, out / created.job_id)
+        phases.timed("artifact download", t)
+        total = time.monotonic() - t0
+    for path in paths:
+        print(f"artifact {path} ({path.stat().st_size} bytes):")
+        print("  " + path.read_text().strip().replace("\n", "\n  "))
+    print(
+        "summary: "
+        + ", ".join(f"{k} {v:.2f} s" for k, v in phases.marks.items())
+        + f"; end to end {total:.2f} s"
+    )
+    return 0 if job.status == "completed" and paths else 1
+
+
+def main() -> int:
+    """From the root namespace: re-run this module inside the laptop namespace."""
+    from flashpods.lab import lab
+    from flashpods.lab.proc import LabError
+
+    if os.environ.get("FLASHPODS_LAB_NETNS") == "laptop":
+        return run_demo(Path(os.environ.get("FLASHPODS_DEMO_OUT", "flashpods-artifacts")))
+    if not lab.status().get("supervisor_running"):
+        raise LabError("the lab is not up; run flashpods-lab up first")
+    argv = lab.shell_argv("laptop", [sys.executable, "-m", "flashpods.lab.demo"])
+    env = lab.shell_env("laptop")
+    env.setdefault("FLASHPODS_DEMO_OUT", str(Path.cwd() / "flashpods-artifacts"))
+    os.execvpe(argv[0], argv, env)
+    return 1  # not reached
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
