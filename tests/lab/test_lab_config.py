@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from flashpods import deployment
 from flashpods.lab import rsyncd, services
 from flashpods.lab.topology import Topology, from_deployment

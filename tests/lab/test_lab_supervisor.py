@@ -16,7 +16,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from flashpods.lab.units import FileMode, Readiness, Unit, save
 
 # A socket-activated server: checks the systemd protocol, answers each connection with

@@ -28,13 +28,14 @@ SAMPLE_FILES = {
     ),
 }
 
-# What the worker runs (/bin/sh -c). The token comes from the tools mounted at
-# /opt/flashpods: a JWT-SVID from the SPIRE agent, exchanged at the token service.
+# What the worker runs (/bin/sh -c). The token comes through the helper in the tools
+# mounted at /opt/flashpods: a JWT-SVID from the SPIRE agent, exchanged at the token
+# service; the helper execs its command with GITHUB_TOKEN in the environment only.
 WORKER_COMMAND = """set -eu
 echo "worker $(hostname) as uid $(id -u); /work holds:"
 (cd /work && find . -type f | sort)
-token="$(/opt/flashpods/bin/flashpods-token-helper GITHUB_TOKEN)"
-[ -n "$token" ] && echo "got a GITHUB_TOKEN from the token service (${#token} chars, not shown)"
+/opt/flashpods/bin/flashpods-token-helper sh -c \\
+  'echo "got a GITHUB_TOKEN from the token service (${#GITHUB_TOKEN} chars, not shown)"'
 python3 /work/src/wordcount.py /work/data > /artifacts/wordcount.txt
 echo "wrote /artifacts/wordcount.txt ($(wc -l < /artifacts/wordcount.txt) lines)"
 """
