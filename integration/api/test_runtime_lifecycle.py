@@ -1,0 +1,175 @@
+"""PodmanRuntime against real podman: exit codes, logs, mounts, artifacts, start errors."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+from flashpods.api.runtime import ContainerError
+from flashpods.api.runtime.podman import PodmanRuntime, raw_log_path
+from podman_support import (
+    INSTANCE,
+    container_exists,
+    log_lines,
+    podman,
+    strip_prefix,
+    wait_for,
+)
+
+PREFIX = re.compile(r"^\[\d\d:\d\d:\d\d\.\d{3}\] ")
+
+
+def test_exit_zero_completes_and_cleans_up(runtime: PodmanRuntime, hooks, make_spec) -> None:
+    spec = make_spec("echo hello")
+    runtime.start(spec, hooks)
+    outcome = hooks.wait(spec.job_id)
+    assert (outcome.status, outcome.exit_code, outcome.error) == ("completed", 0, None)
+    assert hooks.kinds(spec.job_id) == ["running", "copying", "finished"]
+    assert [strip_prefix(line) for line in log_lines(spec)] == ["hello"]
+    # The container and conmon's raw file are gone once the final status is out.
+    wait_for(lambda: not container_exists(spec.job_id), 10, "container removal")
+    assert not raw_log_path(spec).exists()
+
+
+def test_nonzero_exit_fails_with_its_code(runtime: PodmanRuntime, hooks, make_spec) -> None:
+    spec = make_spec("echo about to fail >&2; exit 3")
+    runtime.start(spec, hooks)
+    outcome = hooks.wait(spec.job_id)
+    assert (outcome.status, outcome.exit_code, outcome.error) == ("failed", 3, None)
+    assert [strip_prefix(line) for line in log_lines(spec)] == ["about to fail"]
+
+
+def test_stdout_and_stderr_interleave_with_timestamps(
+    runtime: PodmanRuntime, hooks, make_spec
+) -> None:
+    script = (
+        "echo out1; echo err1 >&2; sleep 0.2; echo out2; echo err2 >&2; sleep 0.2; "
+        "printf 'no newline at the end'"
+    )
+    spec = make_spec(script)
+    runtime.start(spec, hooks)
+    assert hooks.wait(spec.job_id).status == "completed"
+    lines = log_lines(spec)
+    assert all(PREFIX.match(line) for line in lines), lines
+    assert [strip_prefix(line) for line in lines] == [
+        "out1",
+        "err1",
+        "out2",
+        "err2",
+        "no newline at the end",
+    ]
+    stamps = [line[1:13] for line in lines]
+    assert stamps == sorted(stamps)
+
+
+def test_user_text_is_one_argv_item_never_a_host_shell(
+    runtime: PodmanRuntime, hooks, make_spec, tmp_path: Path
+) -> None:
+    marker = tmp_path / "host-shell-ran"
+    # Would create the marker if any shell on the host interpreted the text.
+    spec = make_spec(f"echo '$(touch {marker})' \"; touch {marker}\"")
+    runtime.start(spec, hooks)
+    assert hooks.wait(spec.job_id).status == "completed"
+    assert not marker.exists()
+    assert strip_prefix(log_lines(spec)[0]) == f"$(touch {marker}) ; touch {marker}"
+
+
+def test_worker_work_is_read_only_and_the_container_is_locked_down(
+    runtime: PodmanRuntime, hooks, make_spec, dirs
+) -> None:
+    upload = dirs.uploads / "upload_ro"
+    upload.mkdir()
+    (upload / "input.txt").write_text("from the laptop\n")
+    script = (
+        "cat /work/input.txt; "
+        "if touch /work/new 2>/dev/null; then echo WRITABLE; else echo read-only; fi; "
+        "grep -E '^(CapEff|NoNewPrivs)' /proc/self/status; id -u; "
+        "echo result > /artifacts/result.txt"
+    )
+    spec = make_spec(script, upload_dir=upload)
+    runtime.start(spec, hooks)
+    outcome = hooks.wait(spec.job_id)
+    assert outcome.status == "completed"
+    text = [strip_prefix(line) for line in log_lines(spec)]
+    assert text[:2] == ["from the laptop", "read-only"]
+    assert "CapEff:\t0000000000000000" in text
+    assert "NoNewPrivs:\t1" in text
+    assert text[-1] == str(os.getuid())
+    assert sorted(upload.iterdir()) == [upload / "input.txt"]
+    assert [a.name for a in outcome.artifacts] == ["result.txt"]
+
+
+def test_container_carries_the_conventions(runtime: PodmanRuntime, hooks, make_spec) -> None:
+    spec = make_spec("sleep 30", cpus=2, memory_gb=3)
+    runtime.start(spec, hooks)
+    try:
+        fmt = (
+            '{{.Name}}|{{index .Config.Labels "flashpods-job"}}|'
+            '{{index .Config.Labels "flashpods-job-id"}}|'
+            '{{index .Config.Labels "flashpods-job-type"}}|'
+            '{{index .Config.Labels "flashpods-instance"}}|'
+            "{{.HostConfig.Memory}}|{{.HostConfig.NanoCpus}}|{{.HostConfig.CapDrop}}|"
+            "{{.HostConfig.SecurityOpt}}"
+        )
+        out = podman("inspect", "--format", fmt, f"job_{spec.job_id}").stdout.strip()
+        name, job, job_id, job_type, instance, memory, cpus, capdrop, secopt = out.split("|")
+        assert name == f"job_{spec.job_id}"
+        assert (job, job_id, job_type, instance) == ("true", spec.job_id, "worker", INSTANCE)
+        assert int(memory) == 3 << 30
+        assert int(cpus) == 2_000_000_000
+        assert "CAP_SETUID" in capdrop and "CAP_DAC_OVERRIDE" in capdrop  # every default cap
+        assert "no-new-privileges" in secopt
+        listed = {info.job_id: info for info in runtime.list_job_containers()}
+        assert listed[spec.job_id].state == "running"
+    finally:
+        runtime.cancel(spec.job_id)
+    assert hooks.wait(spec.job_id, 30).status == "cancelled"
+
+
+def test_missing_image_raises_and_leaves_nothing(runtime: PodmanRuntime, hooks, make_spec) -> None:
+    spec = make_spec("true", image="localhost/does-not-exist:latest")
+    with pytest.raises(ContainerError) as raised:
+        runtime.start(spec, hooks)
+    assert "/" not in str(raised.value).replace("localhost/does-not-exist", "")
+    assert hooks.events == []
+    assert not container_exists(spec.job_id)
+    assert not raw_log_path(spec).exists()
+    assert "[flashpods]" in spec.log_path.read_text()
+    runtime.cancel(spec.job_id)  # unknown to the runtime now: a no-op
+
+
+def test_bad_command_fails_at_start(runtime: PodmanRuntime, hooks, make_spec) -> None:
+    spec = make_spec("exec /nonexistent/binary")
+    runtime.start(spec, hooks)
+    outcome = hooks.wait(spec.job_id)
+    assert outcome.status == "failed"
+    assert outcome.exit_code == 127
+
+
+def test_orphan_container_is_listed_and_removed(runtime: PodmanRuntime, podman_socket) -> None:
+    other = f"{INSTANCE}-other"
+    created = []
+    for inst in (INSTANCE, other):
+        result = subprocess.run(
+            [
+                "podman", "--url", f"unix://{podman_socket}", "run", "-d", "--pull=never",
+                "--label", "flashpods-job=true", "--label", "flashpods-job-id=job_orphan",
+                "--label", "flashpods-job-type=worker", "--label", f"flashpods-instance={inst}",
+                "localhost/flashpods-job:latest", "sleep", "300",
+            ],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        created.append(result.stdout.strip())
+    try:
+        listed = [info for info in runtime.list_job_containers() if info.job_id == "job_orphan"]
+        assert [info.container_id for info in listed] == [created[0]]
+        assert listed[0].state == "running"
+        runtime.remove_container(created[0])
+        assert podman("container", "exists", created[0]).returncode == 1
+        assert podman("container", "exists", created[1]).returncode == 0
+        runtime.remove_container(created[0])  # idempotent
+    finally:
+        podman("rm", "-f", "-t", "0", *created)

@@ -1,0 +1,112 @@
+"""Did the kernel OOM-kill anything in a container's memory cgroup?
+
+podman's State.OOMKilled is unreliable before podman 5 (conmon 2.1 writes its `oom` flag
+file into its working directory, not where podman 4 looks: containers/podman#13102), so
+the runtime watches the container's memory cgroup itself while the container runs:
+
+- cgroup v1: `memory.oom_control` has an `oom_kill` counter; when we may write
+  `cgroup.event_control` (root) an eventfd wakes us the moment an OOM happens, before
+  podman removes the cgroup; otherwise the counter is polled.
+- cgroup v2: `memory.events` has `oom_kill`; it is polled (it is also hierarchical, so a
+  kill in a sub-cgroup of the container counts).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import select
+import threading
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+POLL_SECONDS = 0.2
+
+
+def memory_counter_file(proc_cgroup: str, cgroup_root: Path = CGROUP_ROOT) -> Path | None:
+    """The file holding the oom_kill counter for a /proc/<pid>/cgroup text."""
+    unified = None
+    for line in proc_cgroup.splitlines():
+        _, controllers, path = line.split(":", 2)
+        if "memory" in controllers.split(","):
+            return cgroup_root / "memory" / path.lstrip("/") / "memory.oom_control"
+        if controllers == "" and line.startswith("0::"):
+            unified = cgroup_root / path.lstrip("/") / "memory.events"
+    return unified
+
+
+def oom_kill_count(text: str) -> int:
+    for line in text.splitlines():
+        key, _, value = line.partition(" ")
+        if key == "oom_kill":
+            return int(value)
+    return 0
+
+
+class OomWatch:
+    def __init__(self, pid: int) -> None:
+        self.oom_killed = False
+        self._stop = threading.Event()
+        self._file: Path | None = None
+        try:
+            self._file = memory_counter_file(Path(f"/proc/{pid}/cgroup").read_text())
+        except (OSError, ValueError):
+            log.warning("no memory cgroup found for pid %d; OOM detection relies on podman", pid)
+        self._thread = threading.Thread(target=self._run, name=f"oom-{pid}", daemon=True)
+
+    def start(self) -> None:
+        if self._file is not None:
+            self._thread.start()
+
+    def stop(self) -> bool:
+        """The container ended: a last look, then whether an OOM kill was seen."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(2)
+        self._check()
+        return self.oom_killed
+
+    def _check(self) -> None:
+        if self._file is None or self.oom_killed:
+            return
+        # OSError: the cgroup is gone with the container.
+        with contextlib.suppress(OSError, ValueError):
+            self.oom_killed = oom_kill_count(self._file.read_text()) > 0
+
+    def _run(self) -> None:
+        assert self._file is not None
+        event_fd = self._register_eventfd(self._file)
+        try:
+            while not self._stop.is_set() and not self.oom_killed:
+                self._check()
+                if event_fd is None:
+                    self._stop.wait(POLL_SECONDS)
+                    continue
+                ready, _, _ = select.select([event_fd], [], [], POLL_SECONDS)
+                if ready:
+                    os.eventfd_read(event_fd)
+        finally:
+            if event_fd is not None:
+                os.close(event_fd)
+
+    @staticmethod
+    def _register_eventfd(counter_file: Path) -> int | None:
+        """cgroup v1 OOM notification; None where not possible (v2, or not root)."""
+        if counter_file.name != "memory.oom_control":
+            return None
+        try:
+            control = os.open(counter_file, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return None
+        event_fd = os.eventfd(0, os.EFD_CLOEXEC)
+        try:
+            (counter_file.parent / "cgroup.event_control").write_text(f"{event_fd} {control}")
+        except OSError:
+            os.close(event_fd)
+            return None
+        finally:
+            os.close(control)
+        return event_fd

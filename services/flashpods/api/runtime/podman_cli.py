@@ -1,0 +1,165 @@
+"""The argv of every podman call the runtime makes, as pure functions.
+
+User text (the worker's command, the agent's task and context) only ever becomes one
+argv item or an environment value of the podman client: podman is exec'd directly, no
+shell on the host sees it. The agent's long texts travel as `-e NAME` (value taken from
+the client's environment) so they do not show up in `ps` output of the host.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from flashpods.api.runtime import JobSpec
+
+LABEL_JOB = "flashpods-job"
+LABEL_JOB_ID = "flashpods-job-id"
+LABEL_JOB_TYPE = "flashpods-job-type"
+LABEL_INSTANCE = "flashpods-instance"
+
+PULL_POLICIES = ("always", "missing", "never", "newer")
+AGENT_ENTRYPOINT = "/opt/flashpods/bin/flashpods-agent-entrypoint"
+STOP_GRACE_SECONDS = 10
+
+
+@dataclass(frozen=True)
+class Mount:
+    source: Path
+    target: str
+    read_only: bool
+
+    def volume_arg(self) -> str:
+        # Paths with ':' or ',' would be misparsed by -v; the runtime's own paths never have
+        # them (job IDs are hex), and the configured ones are checked in PodmanConfig.
+        return f"{self.source}:{self.target}:{'ro' if self.read_only else 'rw'}"
+
+
+@dataclass(frozen=True)
+class ContainerUser:
+    """How the container's processes map to the API's own user."""
+
+    rootless: bool
+    uid: int
+    gid: int
+
+    def args(self) -> list[str]:
+        if self.rootless:
+            # keep-id maps the API user's uid/gid to the same ids inside and runs as them.
+            return ["--userns=keep-id"]
+        # Rootful: keep-id is rootless-only; run as the API's own uid:gid directly.
+        return ["--user", f"{self.uid}:{self.gid}"]
+
+
+def base(socket_path: Path, podman_binary: str = "podman") -> list[str]:
+    return [podman_binary, "--url", f"unix://{socket_path}"]
+
+
+def container_name(job_id: str) -> str:
+    return f"job_{job_id}"
+
+
+def agent_environment(spec: JobSpec, agent_command: str) -> dict[str, str]:
+    """Values handed to the podman client's environment and passed by name with `-e`."""
+    return {
+        "FLASHPODS_TASK": spec.task or "",
+        "FLASHPODS_CONTEXT": spec.context or "",
+        "FLASHPODS_GIT_BRANCH": spec.git_branch or "",
+        "FLASHPODS_JOB_ID": spec.job_id,
+        "FLASHPODS_AGENT_COMMAND": agent_command,
+    }
+
+
+def create_args(
+    spec: JobSpec,
+    *,
+    instance: str,
+    user: ContainerUser,
+    mounts: list[Mount],
+    pull_policy: str,
+    raw_log_path: Path,
+    raw_log_max_bytes: int,
+) -> list[str]:
+    """Arguments after `podman --url ...` for `create` of one job's container."""
+    if pull_policy not in PULL_POLICIES:
+        raise ValueError(f"unknown pull policy {pull_policy!r}")
+    args = [
+        "create",
+        "--name",
+        container_name(spec.job_id),
+        # The role label is set explicitly so an image label can never supply another role
+        # (SPIRE attests by it).
+        "--label",
+        f"{LABEL_JOB}=true",
+        "--label",
+        f"{LABEL_JOB_ID}={spec.job_id}",
+        "--label",
+        f"{LABEL_JOB_TYPE}={spec.job_type}",
+        "--label",
+        f"{LABEL_INSTANCE}={instance}",
+        "--cpus",
+        str(spec.cpus),
+        "--memory",
+        f"{spec.memory_gb}g",
+        *user.args(),
+        "--security-opt",
+        "no-new-privileges",
+        "--cap-drop",
+        "ALL",
+        # A real init as PID 1 forwards the stop signal to the job and reaps zombies; a
+        # bare `sh -c` as PID 1 would ignore SIGTERM and always take the SIGKILL path.
+        "--init",
+        f"--pull={pull_policy}",
+        "--stop-timeout",
+        str(STOP_GRACE_SECONDS),
+        # conmon writes stdout/stderr with nanosecond timestamps to a file the runtime reads;
+        # max-size bounds podman's own copy (conmon rotates it) whatever the job prints.
+        "--log-driver",
+        "k8s-file",
+        "--log-opt",
+        f"path={raw_log_path}",
+        "--log-opt",
+        f"max-size={raw_log_max_bytes}",
+    ]
+    for mount in mounts:
+        args += ["-v", mount.volume_arg()]
+    if spec.job_type == "agent":
+        for name in agent_environment(spec, ""):
+            args += ["-e", name]
+        args += ["--workdir", "/work", spec.image, AGENT_ENTRYPOINT]
+    else:
+        if not spec.command:
+            raise ValueError("a worker job needs a command")
+        args += ["--workdir", "/work", spec.image, "/bin/sh", "-c", spec.command]
+    return args
+
+
+def stop_args(name_or_id: str) -> list[str]:
+    return ["stop", "--time", str(STOP_GRACE_SECONDS), name_or_id]
+
+
+def list_args(instance: str) -> list[str]:
+    return [
+        "ps",
+        "--all",
+        "--quiet",
+        "--no-trunc",
+        "--filter",
+        f"label={LABEL_JOB}=true",
+        "--filter",
+        f"label={LABEL_INSTANCE}={instance}",
+    ]
+
+
+def inspect_args(names_or_ids: list[str]) -> list[str]:
+    # The plain JSON array: podman 4.3's remote client breaks on `--format '{"k":…}'`.
+    return ["container", "inspect", *names_or_ids]
+
+
+_HOST_PATH = re.compile(r"(?<![\w.-])/[^\s:'\"]*")
+
+
+def scrub_paths(message: str) -> str:
+    """podman's error text with host paths replaced, so it is safe to show to clients."""
+    return _HOST_PATH.sub("<path>", message).strip()

@@ -1,0 +1,180 @@
+"""One thread per job: wait for the container, enforce timeout and cancel, then collect.
+
+The end of a job is always the same sequence, whether the container exited while we
+watched or while the API was down: finish the log, hooks.on_copying_artifacts, apply the
+artifact rules, hooks.on_finished, and only then remove the container (so a crash before
+the final status leaves everything for recovery to redo).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Literal
+
+from flashpods.api.runtime import ArtifactRecord, ContainerInfo, JobHooks, JobOutcome, JobSpec
+from flashpods.api.runtime.artifacts_copy import (
+    ArtifactCopyError,
+    ArtifactLimits,
+    collect_artifacts,
+)
+from flashpods.api.runtime.logcapture import LogCapture
+from flashpods.api.runtime.oomwatch import OomWatch
+from flashpods.common.timefmt import log_prefix, utc_now
+
+log = logging.getLogger(__name__)
+
+StopReason = Literal["cancelled", "timed_out"]
+TIMEOUT_ERROR = "Job exceeded timeout limit"
+
+
+def decide_outcome(
+    *,
+    info: ContainerInfo | None,
+    oom_killed: bool,
+    stop_reason: StopReason | None,
+    copy_error: str | None,
+    artifacts: tuple[ArtifactRecord, ...],
+    ended_at: datetime,
+) -> JobOutcome:
+    """api.md's table of final states; a cancel wins over everything (never completed)."""
+    exit_code = info.exit_code if info else None
+    if stop_reason == "cancelled":
+        code = 143 if exit_code == 143 else 137
+        return JobOutcome("cancelled", code, None, artifacts, ended_at)
+    if stop_reason == "timed_out":
+        return JobOutcome("timed_out", 137, TIMEOUT_ERROR, artifacts, ended_at)
+    if info is None:
+        return JobOutcome("failed", None, "container_lost", artifacts, ended_at)
+    if copy_error:
+        return JobOutcome("failed", exit_code, copy_error, artifacts, ended_at)
+    if oom_killed and exit_code != 0:
+        return JobOutcome("failed", exit_code, "oom_killed", artifacts, ended_at)
+    if exit_code == 0:
+        return JobOutcome("completed", 0, None, artifacts, ended_at)
+    return JobOutcome("failed", exit_code, None, artifacts, ended_at)
+
+
+@dataclass
+class ContainerOps:
+    """What a supervisor needs from podman (PodmanRuntime provides it)."""
+
+    wait: Callable[[str], None]  # blocks until the container is not running
+    stop: Callable[[str], None]  # SIGTERM, grace, SIGKILL
+    inspect: Callable[[str], ContainerInfo | None]  # None: the container is gone
+    finalize: Callable[[JobSpec], None]  # remove the container and the job's scratch files
+
+
+class JobSupervisor:
+    def __init__(
+        self,
+        spec: JobSpec,
+        hooks: JobHooks,
+        ops: ContainerOps,
+        capture: LogCapture,
+        limits: ArtifactLimits,
+        on_done: Callable[[str], None],
+    ) -> None:
+        self.spec = spec
+        self.hooks = hooks
+        self.ops = ops
+        self.capture = capture
+        self.limits = limits
+        self.on_done = on_done
+        self.name = f"job_{spec.job_id}"
+        self._cancel = threading.Event()
+        self._wake = threading.Event()
+        self._exited = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def request_cancel(self) -> None:
+        self._cancel.set()
+        self._wake.set()
+
+    def supervise(self, started_at: datetime, pid: int | None, exited: bool = False) -> None:
+        """The container is running (or has already ended): watch it in the background."""
+        if exited:
+            self._exited.set()
+        self._thread = threading.Thread(
+            target=self._run, args=(started_at, pid), name=f"sup-{self.spec.job_id}", daemon=True
+        )
+        self._thread.start()
+
+    def join(self, timeout: float | None = None) -> None:
+        if self._thread:
+            self._thread.join(timeout)
+
+    def _run(self, started_at: datetime, pid: int | None) -> None:
+        try:
+            self._watch_and_finish(started_at, pid)
+        except Exception:
+            log.exception("supervising %s failed; recovery will pick it up", self.spec.job_id)
+        finally:
+            self.on_done(self.spec.job_id)
+
+    def _wait_exit(self) -> None:
+        self.ops.wait(self.name)
+        self._exited.set()
+        self._wake.set()
+
+    def _watch_and_finish(self, started_at: datetime, pid: int | None) -> None:
+        self.capture.start()
+        oom = OomWatch(pid) if pid else None
+        if oom:
+            oom.start()
+        threading.Thread(
+            target=self._wait_exit, name=f"wait-{self.spec.job_id}", daemon=True
+        ).start()
+        deadline = started_at + timedelta(minutes=self.spec.timeout_minutes)
+        stop_reason: StopReason | None = None
+        while not self._exited.is_set():
+            if stop_reason is None and self._cancel.is_set():
+                stop_reason = "cancelled"
+            elif stop_reason is None and utc_now() >= deadline:
+                stop_reason = "timed_out"
+            if stop_reason is not None:
+                self.ops.stop(self.name)  # returns once the container is down
+                self._exited.wait(5)
+                continue
+            remaining = (deadline - utc_now()).total_seconds()
+            self._wake.wait(max(0.0, min(remaining, 60.0)))
+            self._wake.clear()
+        if stop_reason is None and self._cancel.is_set():
+            stop_reason = "cancelled"  # DELETE won the race with a natural exit
+        self._finish(stop_reason, oom.stop() if oom else False)
+
+    def _finish(self, stop_reason: StopReason | None, oom_seen: bool) -> None:
+        info = self.ops.inspect(self.name)
+        self.capture.finish()
+        self.hooks.on_copying_artifacts(self.spec.job_id)
+        warnings: list[str] = []
+        copy_error: str | None = None
+        records: list[ArtifactRecord] = []
+        try:
+            records = collect_artifacts(self.spec.artifacts_dir, self.limits, warnings.append)
+        except ArtifactCopyError as exc:
+            copy_error = exc.code
+            warnings.append(f"collecting artifacts failed: {exc}")
+        for warning in warnings:
+            self._note(f"warning: {warning}")
+        outcome = decide_outcome(
+            info=info,
+            oom_killed=oom_seen or bool(info and info.oom_killed),
+            stop_reason=stop_reason,
+            copy_error=copy_error,
+            artifacts=tuple(records),
+            ended_at=(info.finished_at if info and info.finished_at else utc_now()),
+        )
+        self.hooks.on_finished(self.spec.job_id, outcome)
+        self.ops.finalize(self.spec)
+
+    def _note(self, text: str) -> None:
+        """A line of the runtime's own in the job log (not after a truncation marker)."""
+        if self.capture.truncated:
+            log.info("%s: %s", self.spec.job_id, text)
+            return
+        with self.spec.log_path.open("ab") as fh:
+            fh.write(f"{log_prefix(utc_now())}[flashpods] {text}\n".encode())
