@@ -1,0 +1,60 @@
+"""Real SPIRE server + agent, a podman API service on our own socket, the token service,
+and real containers of the job image. All of it in one temp directory, in the root
+network namespace; the server on 127.0.0.1 on a free port. Set up once per session
+(registration entries take ~10 s to reach the agent).
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import secrets
+import shutil
+import subprocess
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from flashpods.spire.stack import IdentityStack
+from identity_support import JOB_IMAGE, Containers, wait_until_issued
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        pytest.fail(message, pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def identity() -> Iterator[Containers]:
+    _require(os.geteuid() == 0, "integration/identity needs root (rootful podman, SPIRE agent)")
+    _require(shutil.which("podman") is not None, "podman is missing: run scripts/setup.sh")
+    _require(
+        subprocess.run(["podman", "image", "exists", JOB_IMAGE]).returncode == 0,
+        f"{JOB_IMAGE} is missing: run scripts/build-image.sh",
+    )
+    try:
+        uid, gid = pwd.getpwnam("flashpods").pw_uid, pwd.getpwnam("flashpods").pw_gid
+    except KeyError:
+        pytest.fail("the flashpods user is missing: run scripts/setup.sh", pytrace=False)
+    # Short base path: unix socket paths are limited to 107 bytes.
+    base = Path(tempfile.mkdtemp(prefix="fpid-", dir="/tmp"))
+    os.chmod(base, 0o755)
+    stack = IdentityStack(
+        base=base,
+        workload_uid=uid,
+        secrets={
+            "anthropic_api_key": "sk-ant-test-" + secrets.token_hex(16),
+            "github_token": "ghp_test" + secrets.token_hex(16),
+        },
+    )
+    containers = Containers(stack, uid, gid, instance=f"identity-test-{uuid.uuid4().hex[:8]}")
+    try:
+        stack.start()
+        wait_until_issued(containers)
+        yield containers
+    finally:
+        containers.remove_all()
+        stack.close()
+        stack.remove()

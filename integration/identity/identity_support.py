@@ -1,0 +1,110 @@
+"""Helpers of the identity integration tests: containers of the job image run against
+the test's own podman API socket, with the SPIRE socket directory, the token socket
+and the tools directory mounted as the API mounts them.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from dataclasses import dataclass
+
+from flashpods.spire.stack import IdentityStack
+
+JOB_IMAGE = "localhost/flashpods-job:latest"
+AUDIENCE = "flashpods-token-service"
+
+
+@dataclass
+class Containers:
+    stack: IdentityStack
+    uid: int
+    gid: int
+    instance: str
+
+    def podman(
+        self, *args: str, check: bool = True, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        cmd = ["podman", "--url", f"unix://{self.stack.podman_socket}", *args]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"{cmd} failed ({proc.returncode}): {proc.stderr}")
+        return proc
+
+    def run_args(
+        self,
+        command: list[str],
+        *,
+        role: str | None,
+        image: str = JOB_IMAGE,
+        user: str | None = None,
+        detach: bool = False,
+        extra: tuple[str, ...] = (),
+    ) -> list[str]:
+        args = ["run", "--pull=never", "--label", f"flashpods-instance={self.instance}"]
+        args += ["-d"] if detach else ["--rm"]
+        args += ["--user", user or f"{self.uid}:{self.gid}"]
+        if role is not None:
+            args += ["--label", f"flashpods-job-type={role}"]
+        args += [
+            "-v",
+            f"{self.stack.settings.agent_socket_path.parent}:/run/spire/sockets:ro",
+            "-v",
+            f"{self.stack.token_socket}:/run/flashpods/token.sock:ro",
+            "-v",
+            f"{self.stack.tools_dir}:/opt/flashpods:ro",
+            *extra,
+            image,
+            *command,
+        ]
+        return args
+
+    def run(
+        self, command: list[str], *, role: str | None, **kw: object
+    ) -> subprocess.CompletedProcess[str]:
+        return self.podman(*self.run_args(command, role=role, **kw), check=False)  # type: ignore[arg-type]
+
+    def fetch_jwt(
+        self, *, role: str | None, audience: str = AUDIENCE, **kw: object
+    ) -> subprocess.CompletedProcess[str]:
+        cmd = [
+            "/opt/flashpods/bin/spire-agent",
+            "api",
+            "fetch",
+            "jwt",
+            "-audience",
+            audience,
+            "-socketPath",
+            "/run/spire/sockets/agent.sock",
+            "-output",
+            "json",
+            "-timeout",
+            "3s",
+        ]
+        return self.run(cmd, role=role, **kw)
+
+    def jwt(self, *, role: str, audience: str = AUDIENCE, **kw: object) -> str:
+        proc = self.fetch_jwt(role=role, audience=audience, **kw)
+        assert proc.returncode == 0, proc.stderr
+        token: str = json.loads(proc.stdout)[0]["svids"][0]["svid"]
+        return token
+
+    def remove_all(self) -> None:
+        ids = self.podman(
+            "ps", "-aq", "--filter", f"label=flashpods-instance={self.instance}"
+        ).stdout.split()
+        if ids:
+            self.podman("rm", "-f", "-t", "0", *ids, check=False)
+
+
+def wait_until_issued(containers: Containers, timeout: float = 40) -> None:
+    """New entries reach the agent after ~10 s: poll until a worker gets its SVID."""
+    deadline = time.monotonic() + timeout
+    while True:
+        proc = containers.fetch_jwt(role="worker")
+        if proc.returncode == 0:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no worker SVID after {timeout:.0f} s: {proc.stderr}")
+        time.sleep(1)
