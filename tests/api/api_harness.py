@@ -81,7 +81,7 @@ class Api:
 
 def start_api(config: Config, runtime: FakeRuntime) -> Api:
     server = build_server(config, runtime, background=False)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
     return Api(server, runtime, requests.Session())
 
 

@@ -7,7 +7,6 @@ host path).
 
 from __future__ import annotations
 
-import contextlib
 import hmac
 import json
 import logging
@@ -243,6 +242,8 @@ class RequestHandler(BaseHTTPRequestHandler):
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         """Errors raised by http.server itself (bad request line, headers too long)."""
         self.close_connection = True
+        if self.request_version == "HTTP/0.9":  # unparsable line: answer with a status line
+            self.request_version = "HTTP/1.0"
         names = {
             400: "bad_request",
             414: "uri_too_long",
@@ -258,6 +259,8 @@ class RequestHandler(BaseHTTPRequestHandler):
         request_id = incoming if is_request_id(incoming) else str(uuid.uuid4())
         limit_headers: dict[str, str] = {}
         try:
+            # Read the body first, whatever happens next, so the connection stays in sync.
+            body = self._read_body(app.config.max_body_bytes)
             if app.limiter.enabled:
                 decision = app.limiter.take(self.client_address[0])
                 limit_headers = {
@@ -266,7 +269,6 @@ class RequestHandler(BaseHTTPRequestHandler):
                     "X-RateLimit-Reset": str(decision.reset_epoch),
                 }
                 if not decision.allowed:
-                    self._discard_body()
                     retry = max(1, int(decision.retry_after + 0.999))
                     raise ServiceError(
                         429,
@@ -275,7 +277,7 @@ class RequestHandler(BaseHTTPRequestHandler):
                         {"retry_after_seconds": round(decision.retry_after, 3)},
                         headers={"Retry-After": str(retry)},
                     )
-            response = self._route(app, request_id)
+            response = self._route(app, request_id, body)
         except ServiceError as error:
             response = Response(error.status, error.body(), dict(error.headers))
         except sqlite3.Error:
@@ -307,13 +309,12 @@ class RequestHandler(BaseHTTPRequestHandler):
             request_id,
         )
 
-    def _route(self, app: App, request_id: str) -> Response:
+    def _route(self, app: App, request_id: str, body: bytes) -> Response:
         url = urlsplit(self.path)
         route, params, allowed = resolve(self.command, url.path)
         if route is None or not route.public:
             check_auth(self.headers.get("Authorization"), app.config.token)
         if route is None:
-            self._discard_body()
             if allowed:
                 raise ServiceError(
                     405,
@@ -323,7 +324,6 @@ class RequestHandler(BaseHTTPRequestHandler):
                     headers={"Allow": ", ".join(allowed)},
                 )
             raise ServiceError(404, "not_found", "No such route")
-        body = self._read_body(app.config.max_body_bytes)
         request = Request(
             self.command, url.path, params, parse_qs(url.query), self.headers, body, request_id
         )
@@ -345,10 +345,6 @@ class RequestHandler(BaseHTTPRequestHandler):
                 413, "payload_too_large", f"The body exceeds {limit} bytes", {"max_bytes": limit}
             )
         return self.rfile.read(length) if length else b""
-
-    def _discard_body(self) -> None:
-        with contextlib.suppress(ServiceError):
-            self._read_body(1 << 20)
 
     def _common_headers(self, request_id: str, headers: dict[str, str]) -> None:
         self.send_header("X-Request-Id", request_id)

@@ -86,6 +86,7 @@ class FlashpodsHTTPServer(ThreadingHTTPServer):
     daemon_threads = True  # we drain in-flight requests ourselves in stop()
     block_on_close = False
     allow_reuse_address = True
+    request_queue_size = 128  # the default 5 drops SYNs under a burst of clients
 
     def __init__(self, app: App, address: tuple[str, int]) -> None:
         self.app = app
