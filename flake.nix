@@ -1,0 +1,99 @@
+{
+  description = "Flashpods: a self-hosted compute backend for AI coding agents (NixOS host)";
+
+  inputs = {
+    # The seed's choice: the host runs nixos-24.05.
+    nixpkgs.url = "github:NixOS/nixpkgs/nixos-24.05";
+    # SPIRE only. The configs and the bootstrap are written for SPIRE 1.13 (the version the
+    # lab builds); nixos-24.05 ships 1.9, and 1.13 needs Go >= 1.25, which 24.05 lacks.
+    nixpkgs-spire.url = "github:NixOS/nixpkgs/nixos-25.11";
+  };
+
+  outputs =
+    {
+      self,
+      nixpkgs,
+      nixpkgs-spire,
+    }:
+    let
+      system = "x86_64-linux";
+      inherit (nixpkgs) lib;
+      pkgs = nixpkgs.legacyPackages.${system};
+      spire = nixpkgs-spire.legacyPackages.${system}.spire;
+
+      # Modules get SPIRE from the nixpkgs-spire input unless the user sets another.
+      spireFromFlake = {
+        services.flashpods.spire.package = lib.mkDefault spire;
+      };
+      concern = file: {
+        imports = [
+          file
+          spireFromFlake
+        ];
+      };
+    in
+    {
+      nixosModules = {
+        wireguard = concern ./modules/wireguard.nix;
+        firewall = concern ./modules/firewall.nix;
+        podman = concern ./modules/podman.nix;
+        rsyncd = concern ./modules/rsyncd.nix;
+        spire = concern ./modules/spire.nix;
+        flashpods-api = concern ./modules/flashpods-api.nix;
+        token-service = concern ./modules/token-service.nix;
+        default = {
+          imports = [
+            ./modules/wireguard.nix
+            ./modules/firewall.nix
+            ./modules/podman.nix
+            ./modules/rsyncd.nix
+            ./modules/spire.nix
+            ./modules/flashpods-api.nix
+            ./modules/token-service.nix
+            spireFromFlake
+          ];
+        };
+      };
+
+      # `nixos-rebuild switch --flake .#flashpods`: the seed's module list in the seed's order.
+      nixosConfigurations.flashpods = nixpkgs.lib.nixosSystem {
+        inherit system;
+        modules = [
+          ./configuration.nix
+          ./modules/wireguard.nix
+          ./modules/firewall.nix
+          ./modules/podman.nix
+          ./modules/rsyncd.nix
+          ./modules/spire.nix
+          ./modules/flashpods-api.nix
+          ./modules/token-service.nix
+          spireFromFlake
+        ];
+      };
+
+      packages.${system} = rec {
+        flashpods = pkgs.callPackage ./nix/flashpods.nix { };
+        default = flashpods;
+        spiffe = flashpods.spiffe;
+        # What job containers mount at /opt/flashpods (static spire-agent + entrypoints).
+        tools = pkgs.callPackage ./nix/tools.nix { inherit spire; };
+      };
+
+      formatter.${system} = pkgs.nixfmt-rfc-style;
+
+      checks.${system} =
+        let
+          vmTest = file: import file { inherit pkgs self; };
+        in
+        {
+          vm-network = vmTest ./vm-tests/network.nix;
+          vm-jobs = vmTest ./vm-tests/jobs.nix;
+          python-unit = pkgs.callPackage ./nix/python-unit.nix {
+            inherit (self.packages.${system}) flashpods;
+          };
+          python-format = pkgs.callPackage ./nix/python-format.nix { };
+        }
+        # Every package builds (and its import checks pass).
+        // lib.mapAttrs' (name: drv: lib.nameValuePair "package-${name}" drv) self.packages.${system};
+    };
+}

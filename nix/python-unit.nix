@@ -1,0 +1,72 @@
+# checks.<system>.python-unit: the Python unit tests (tests/) against the packaged
+# dependencies, without a VM. Excluded here: tests/nix (needs nix-instantiate, which the
+# build sandbox cannot run; .ci/run runs it), the MCP server's tests (the `mcp` SDK is not
+# in nixos-24.05), and tests marked podman/spire/lab (real components, run by .ci/run).
+{
+  lib,
+  stdenvNoCC,
+  python3,
+  flashpods,
+  git,
+  jq,
+  nftables,
+  rsync,
+}:
+
+let
+  pythonEnv = python3.withPackages (
+    ps:
+    [
+      ps.pytest
+      ps.hypothesis
+      ps.pytest-testinfra
+      ps.requests
+      ps.sqlite-utils
+      flashpods.spiffe
+    ]
+    ++ flashpods.spiffe.propagatedBuildInputs
+  );
+  deploymentJson = builtins.toFile "flashpods-deployment.json" (
+    builtins.toJSON (import ../modules/data/flashpods.nix)
+  );
+in
+stdenvNoCC.mkDerivation {
+  name = "flashpods-python-unit";
+  src = lib.fileset.toSource {
+    root = ../.;
+    fileset = lib.fileset.unions (
+      [
+        ../pyproject.toml
+        ../README.md
+        ../services
+        ../tests
+        ../modules/data
+      ]
+      # The job-side scripts some tests read, once they exist.
+      ++ lib.optional (builtins.pathExists ../container) ../container
+    );
+  };
+  nativeBuildInputs = [
+    pythonEnv
+    git
+    jq
+    nftables
+    rsync
+  ];
+  dontConfigure = true;
+  dontInstall = true;
+  buildPhase = ''
+    runHook preBuild
+    export HOME=$TMPDIR
+    export PYTHONPATH=$PWD/services
+    export FLASHPODS_REPO=$PWD
+    # flashpods.deployment reads the data from here instead of running nix-instantiate.
+    export FLASHPODS_DEPLOYMENT_JSON=${deploymentJson}
+    python -m pytest -p no:cacheprovider tests \
+      --ignore=tests/nix \
+      --ignore=tests/client/test_client_mcp.py \
+      -m "not podman and not spire and not lab"
+    touch $out
+    runHook postBuild
+  '';
+}
