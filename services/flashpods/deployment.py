@@ -28,7 +28,15 @@ def data_dir() -> Path:
 
 @functools.cache
 def values() -> dict[str, Any]:
-    """modules/data/flashpods.nix as a dict."""
+    """modules/data/flashpods.nix as a dict.
+
+    On NixOS the units get FLASHPODS_DEPLOYMENT_JSON: the same file, evaluated by the
+    modules at build time (`builtins.toJSON`), so the host needs no nix-instantiate.
+    """
+    rendered = os.environ.get("FLASHPODS_DEPLOYMENT_JSON")
+    if rendered:
+        from_nixos: dict[str, Any] = json.loads(Path(rendered).read_text())
+        return from_nixos
     out = subprocess.run(
         ["nix-instantiate", "--eval", "--strict", "--json", str(data_dir() / "flashpods.nix")],
         check=True,
