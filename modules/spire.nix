@@ -121,11 +121,13 @@ in
       description = "SPIRE Agent";
       after = [
         "network.target"
+        "flashpods-paths.service"
         "spire-server.service"
         "spire-bootstrap.service"
         "podman-socket-flashpods.service"
       ];
       requires = [
+        "flashpods-paths.service"
         "spire-bootstrap.service"
         "podman-socket-flashpods.service"
       ];
