@@ -16,6 +16,7 @@ from flashpods.tokens.service import Exchange, Outcome
 audit = logging.getLogger("flashpods.tokens.audit")
 log = logging.getLogger("flashpods.tokens.http")
 
+LINGER_MAX_BYTES = 1 << 20
 # A client that connects and sends nothing must not hold a thread forever.
 REQUEST_TIMEOUT_SECONDS = 10.0
 
@@ -77,6 +78,22 @@ class TokenHandler(BaseHTTPRequestHandler):
             audit.info("exchange denied status=%d reason=%s spiffe_id=- token=-", code, error.code)
         self.close_connection = True
         self._send_json(code, error.body(), {"Connection": "close"})
+        self._linger()
+
+    def _linger(self) -> None:
+        """Close after an early error without a reset: unread request bytes left in our
+        receive buffer would make the kernel send RST, and the client would lose our
+        answer. Stop writing, then drain (bounded in time and size)."""
+        self.wfile.flush()
+        conn = self.connection
+        try:
+            conn.shutdown(socket.SHUT_WR)
+            conn.settimeout(1.0)
+            drained = 0
+            while drained < LINGER_MAX_BYTES and (chunk := conn.recv(65536)):
+                drained += len(chunk)
+        except OSError:
+            pass
 
     def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]

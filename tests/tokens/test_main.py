@@ -1,0 +1,152 @@
+"""The flashpods-token-service process: start-up refusal, socket mode/owner, socket
+activation keeping the socket's inode across restarts."""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from flashpods.tokens.activation import listen_unix, socket_owner, spawn_with_socket
+from flashpods.tokens.client import UnixHTTPConnection, request
+
+SERVICE = str(Path(sys.executable).with_name("flashpods-token-service"))
+GOOD = {"anthropic_api_key": "sk-ant-main-SECRET", "github_token": "ghp_mainSECRET"}
+
+
+def env_for(tmp_path: Path, secrets: Path) -> dict[str, str]:
+    return dict(
+        os.environ,
+        FLASHPODS_SECRETS_FILE=str(secrets),
+        FLASHPODS_SOCKET_PATH=str(tmp_path / "token.sock"),
+        FLASHPODS_SPIRE_SOCKET=str(tmp_path / "no-agent.sock"),
+        FLASHPODS_SPIRE_WAIT_SECONDS="0",
+    )
+
+
+def stop(proc: subprocess.Popen[bytes]) -> bytes:
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=10)
+    return err or b""
+
+
+def health(sock: Path, timeout: float = 10) -> dict[str, str]:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            conn = UnixHTTPConnection(sock, timeout=2)
+            try:
+                return request(conn, "/health").body
+            finally:
+                conn.close()
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (None, "cannot read it"),
+        ("not json", "not valid JSON"),
+        (json.dumps({"github_token": "ghp_x"}), "anthropic_api_key is missing"),
+        (json.dumps({"anthropic_api_key": "sk-ant-x"}), "github_token is missing"),
+    ],
+)
+def test_refuses_to_start_with_one_clear_line(
+    tmp_path: Path, content: str | None, reason: str
+) -> None:
+    secrets = tmp_path / "secrets.json"
+    if content is not None:
+        secrets.write_text(content)
+    proc = subprocess.run(
+        [SERVICE], env=env_for(tmp_path, secrets), capture_output=True, text=True, timeout=30
+    )
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith(f"flashpods-token-service: cannot start: secrets file {secrets}: ")
+    assert reason in lines[0]
+    assert "sk-ant-x" not in proc.stderr and "ghp_x" not in proc.stderr
+    assert not (tmp_path / "token.sock").exists()
+
+
+def test_binds_socket_0660_owned_by_flashpods_before_accepting(tmp_path: Path) -> None:
+    secrets = tmp_path / "secrets.json"
+    secrets.write_text(json.dumps(GOOD))
+    sock_path = tmp_path / "token.sock"
+    sock_path.write_text("")  # not a socket: must not be clobbered
+    proc = subprocess.Popen([SERVICE], env=env_for(tmp_path, secrets), stderr=subprocess.PIPE)
+    assert proc.wait(timeout=30) != 0
+    assert sock_path.read_text() == ""
+    sock_path.unlink()
+
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(str(sock_path))  # a stale socket from a previous run is replaced
+    stale.close()
+    proc = subprocess.Popen([SERVICE], env=env_for(tmp_path, secrets), stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            probe = socket.socket(socket.AF_UNIX)
+            try:
+                probe.connect(str(sock_path))
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "service never listened"
+                time.sleep(0.02)
+            finally:
+                probe.close()
+        # The first connection succeeded: mode and owner were already final.
+        st = os.stat(sock_path)
+        assert stat.S_IMODE(st.st_mode) == 0o660
+        owner = socket_owner("flashpods")
+        expected = owner if owner else (0, 0)
+        assert (st.st_uid, st.st_gid) == expected
+        body = health(sock_path)
+        assert body["status"] == "unhealthy" and body["secrets"] == "ok"
+        assert "spire" in body and body["spire"] != "ok"
+    finally:
+        log = stop(proc)
+    assert b"SECRET" not in log
+
+
+def test_socket_activation_keeps_the_inode_across_restarts(tmp_path: Path) -> None:
+    secrets = tmp_path / "secrets.json"
+    secrets.write_text(json.dumps(GOOD))
+    sock_path = tmp_path / "token.sock"
+    listener = listen_unix(sock_path, 0o660, None)
+    inode = os.stat(sock_path).st_ino
+    env = env_for(tmp_path, secrets)
+    try:
+        for _ in range(2):
+            proc = spawn_with_socket([SERVICE], listener, env, stderr=subprocess.PIPE)
+            try:
+                assert health(sock_path)["secrets"] == "ok"
+            finally:
+                log = stop(proc)
+            assert b"LISTEN_FDS" in log
+            assert os.stat(sock_path).st_ino == inode
+    finally:
+        listener.close()
+
+
+def test_socket_owner_lookup() -> None:
+    assert socket_owner("no-such-user-flashpods-test") is None
+    root = socket_owner("root")
+    assert root == (0, 0)
+    try:
+        pw = pwd.getpwnam("flashpods")
+    except KeyError:
+        return
+    flashpods = socket_owner("flashpods")
+    assert flashpods is not None and flashpods[0] == pw.pw_uid

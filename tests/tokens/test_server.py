@@ -1,0 +1,201 @@
+"""The HTTP surface on a real unix socket, in-process: codes, bodies, audit lines."""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from flashpods.tokens.activation import listen_unix
+from flashpods.tokens.bundles import BundleSource
+from flashpods.tokens.client import Response, UnixHTTPConnection, exchange, request
+from flashpods.tokens.policy import Policy
+from flashpods.tokens.secrets_file import SecretsFile
+from flashpods.tokens.server import TokenServer
+from flashpods.tokens.service import BundleProvider, Exchange
+from spiffe.bundle.jwt_bundle.jwt_bundle import JwtBundle
+from token_support import AGENT, WORKER, Signer
+
+SECRETS = {"anthropic_api_key": "sk-ant-unit-SECRET", "github_token": "ghp_unitSECRET"}
+
+
+class Fixed:
+    """The bundle a JwtSource would hold (streaming is covered by integration/identity)."""
+
+    def __init__(self, bundle: JwtBundle) -> None:
+        self._bundle = bundle
+
+    def bundle(self) -> JwtBundle:
+        return self._bundle
+
+
+@dataclass
+class Running:
+    socket_path: Path
+    secrets_path: Path
+
+    def get(self, path: str, headers: dict[str, str] | None = None) -> Response:
+        conn = UnixHTTPConnection(self.socket_path)
+        try:
+            return request(conn, path, headers)
+        finally:
+            conn.close()
+
+
+def serve(tmp_path: Path, bundles: BundleProvider) -> Iterator[Running]:
+    secrets_path = tmp_path / "secrets.json"
+    secrets_path.write_text(json.dumps(SECRETS))
+    store = SecretsFile(secrets_path)
+    store.load()
+    sock_path = tmp_path / "t.sock"
+    server = TokenServer(
+        listen_unix(sock_path),
+        Exchange(
+            bundles, store, Policy.for_trust_domain("flashpods.local"), "flashpods-token-service"
+        ),
+    )
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        yield Running(sock_path, secrets_path)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+@pytest.fixture
+def running(tmp_path: Path, bundle: JwtBundle) -> Iterator[Running]:
+    yield from serve(tmp_path, Fixed(bundle))
+
+
+def test_worker_and_agent(running: Running, ec_signer: Signer) -> None:
+    worker = exchange(running.socket_path, ec_signer.token(sub=WORKER))
+    assert (worker.status, worker.body) == (
+        200,
+        {"ANTHROPIC_API_KEY": None, "GITHUB_TOKEN": SECRETS["github_token"]},
+    )
+    agent = exchange(running.socket_path, ec_signer.token(sub=AGENT))
+    assert agent.status == 200
+    assert agent.body == {
+        "ANTHROPIC_API_KEY": SECRETS["anthropic_api_key"],
+        "GITHUB_TOKEN": SECRETS["github_token"],
+    }
+    assert agent.headers["Cache-Control"] == "no-store"
+    assert agent.headers["Server-Timing"].startswith("validate;dur=")
+
+
+@pytest.mark.parametrize(
+    ("headers", "status", "code"),
+    [
+        ({}, 400, "missing_authorization"),
+        ({"Authorization": "Basic Zm9vOmJhcg=="}, 400, "missing_authorization"),
+        ({"Authorization": "Bearer not-a-jwt"}, 401, "invalid_jwt"),
+        ({"Authorization": "Bearer " + "A" * 20000}, 401, "invalid_jwt"),
+    ],
+)
+def test_header_errors(running: Running, headers: dict[str, str], status: int, code: str) -> None:
+    answer = running.get("/tokens", headers)
+    assert (answer.status, answer.body["error"]) == (status, code)
+    assert set(answer.body) <= {"error", "message", "details"}
+
+
+def test_valid_svid_outside_policy_is_403(running: Running, ec_signer: Signer) -> None:
+    answer = exchange(
+        running.socket_path, ec_signer.token(sub="spiffe://flashpods.local/token-service")
+    )
+    assert (answer.status, answer.body["error"]) == (403, "unknown_identity")
+    assert SECRETS["github_token"] not in json.dumps(answer.body)
+
+
+def test_expired_and_wrong_audience(running: Running, ec_signer: Signer) -> None:
+    assert exchange(running.socket_path, ec_signer.token(exp_in=-1)).body["error"] == "expired_jwt"
+    assert (
+        exchange(running.socket_path, ec_signer.token(aud="x")).body["error"] == "invalid_audience"
+    )
+
+
+def test_huge_header_line_gets_json_431_and_service_survives(
+    running: Running, ec_signer: Signer
+) -> None:
+    raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    raw.connect(str(running.socket_path))
+    raw.sendall(
+        b"GET /tokens HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + b"A" * 100_000 + b"\r\n\r\n"
+    )
+    data = b""
+    while chunk := raw.recv(65536):
+        data += chunk
+    raw.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 431")
+    assert json.loads(body)["error"] == "header_too_large"
+    assert exchange(running.socket_path, ec_signer.token()).status == 200
+
+
+def test_broken_secrets_file_is_500_and_recovers(running: Running, ec_signer: Signer) -> None:
+    running.secrets_path.write_text("{oops")
+    answer = exchange(running.socket_path, ec_signer.token())
+    assert (answer.status, answer.body["error"]) == (500, "secrets_unavailable")
+    health = running.get("/health")
+    assert health.status == 503 and health.body["spire"] == "ok"
+    assert health.body["secrets"].startswith("unusable")
+    running.secrets_path.write_text(json.dumps(SECRETS))
+    assert exchange(running.socket_path, ec_signer.token()).status == 200
+
+
+def test_health(running: Running) -> None:
+    answer = running.get("/health")
+    assert (answer.status, answer.body) == (
+        200,
+        {"status": "healthy", "spire": "ok", "secrets": "ok"},
+    )
+
+
+def test_unknown_path_and_method(running: Running) -> None:
+    assert running.get("/nope").status == 404
+    conn = UnixHTTPConnection(running.socket_path)
+    conn.request("POST", "/tokens", body=b"{}")
+    resp = conn.getresponse()
+    assert resp.status == 405 and json.loads(resp.read())["error"] == "method_not_allowed"
+    conn.close()
+
+
+def test_spire_unreachable_is_503(tmp_path: Path, ec_signer: Signer) -> None:
+    missing = BundleSource(tmp_path / "no-agent.sock", "flashpods.local", retry_interval=0)
+    for running in serve(tmp_path, missing):
+        answer = exchange(running.socket_path, ec_signer.token())
+        assert (answer.status, answer.body["error"]) == (503, "spire_unavailable")
+        health = running.get("/health")
+        assert health.status == 503 and health.body["status"] == "unhealthy"
+
+
+def test_one_audit_line_per_exchange_without_secrets_or_jwt(
+    running: Running, ec_signer: Signer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="flashpods.tokens.audit")
+    tokens = [ec_signer.token(sub=AGENT), ec_signer.token(sub=WORKER), ec_signer.token(exp_in=-1)]
+    for token in tokens:
+        exchange(running.socket_path, token)
+    exchange(running.socket_path, None)
+    lines = [r.getMessage() for r in caplog.records if r.name == "flashpods.tokens.audit"]
+    assert len(lines) == 4
+    assert lines[0].startswith(
+        f"exchange granted spiffe_id={AGENT} secrets=ANTHROPIC_API_KEY,GITHUB_TOKEN"
+    )
+    assert lines[1].startswith(
+        f"exchange granted spiffe_id={WORKER} secrets=GITHUB_TOKEN token=sha256:"
+    )
+    assert lines[2].startswith("exchange denied status=401 reason=expired_jwt")
+    assert lines[3].startswith("exchange denied status=400 reason=missing_authorization")
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    for value in SECRETS.values():
+        assert value not in text
+    for token in tokens:
+        for part in token.split("."):
+            assert part not in text
