@@ -56,7 +56,9 @@ def podman_socket(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     ).stdout.split()
     if leftover:
         subprocess.run(
-            ["podman", "rm", "-f", "-t", "0", *leftover], capture_output=True, check=False
+            ["podman", "rm", "--force", "--ignore", "--time", "0", *leftover],
+            capture_output=True,
+            check=False,
         )
     service.terminate()
     service.wait(10)

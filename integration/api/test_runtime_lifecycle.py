@@ -172,4 +172,4 @@ def test_orphan_container_is_listed_and_removed(runtime: PodmanRuntime, podman_s
         assert podman("container", "exists", created[1]).returncode == 0
         runtime.remove_container(created[0])  # idempotent
     finally:
-        podman("rm", "-f", "-t", "0", *created)
+        podman("rm", "--force", "--ignore", "--time", "0", *created)

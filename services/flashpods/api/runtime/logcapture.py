@@ -156,7 +156,8 @@ class LogCapture:
     def abandon(self) -> None:
         """Stop without waiting for the container (runtime shutdown)."""
         self._stop.set()
-        self._thread.join(5)
+        if self._thread.is_alive():
+            self._thread.join(5)
 
     def _run(self) -> None:
         try:

@@ -5,8 +5,8 @@ file into its working directory, not where podman 4 looks: containers/podman#131
 the runtime watches the container's memory cgroup itself while the container runs:
 
 - cgroup v1: `memory.oom_control` has an `oom_kill` counter; when we may write
-  `cgroup.event_control` (root) an eventfd wakes us the moment an OOM happens, before
-  podman removes the cgroup; otherwise the counter is polled.
+  `cgroup.event_control` (root) an eventfd wakes us the moment the memcg goes under OOM,
+  before podman removes the cgroup; otherwise the counter is polled.
 - cgroup v2: `memory.events` has `oom_kill`; it is polled (it is also hierarchical, so a
   kill in a sub-cgroup of the container counts).
 """
@@ -88,6 +88,11 @@ class OomWatch:
                 ready, _, _ = select.select([event_fd], [], [], POLL_SECONDS)
                 if ready:
                     os.eventfd_read(event_fd)
+                    # The event fires as the memcg goes under OOM, before the kill is
+                    # counted, and once more when the cgroup is removed: an event while
+                    # the cgroup still exists is the OOM (conmon decides the same way).
+                    if self._file.exists():
+                        self.oom_killed = True
         finally:
             if event_fd is not None:
                 os.close(event_fd)

@@ -381,4 +381,4 @@ class PodmanRuntime:
         with self._lock:
             jobs = list(self._jobs.values())
         for sup in jobs:
-            sup.capture.abandon()
+            sup.abandon()

@@ -88,11 +88,19 @@ class JobSupervisor:
         self._cancel = threading.Event()
         self._wake = threading.Event()
         self._exited = threading.Event()
+        self._abandoned = threading.Event()
         self._thread: threading.Thread | None = None
 
     def request_cancel(self) -> None:
         self._cancel.set()
         self._wake.set()
+
+    def abandon(self) -> None:
+        """The API is shutting down: stop watching and report nothing (the container runs
+        on; the next start resumes it)."""
+        self._abandoned.set()
+        self._wake.set()
+        self.capture.abandon()
 
     def supervise(self, started_at: datetime, pid: int | None, exited: bool = False) -> None:
         """The container is running (or has already ended): watch it in the background."""
@@ -131,6 +139,8 @@ class JobSupervisor:
         deadline = started_at + timedelta(minutes=self.spec.timeout_minutes)
         stop_reason: StopReason | None = None
         while not self._exited.is_set():
+            if self._abandoned.is_set():
+                return
             if stop_reason is None and self._cancel.is_set():
                 stop_reason = "cancelled"
             elif stop_reason is None and utc_now() >= deadline:
@@ -144,6 +154,8 @@ class JobSupervisor:
             self._wake.clear()
         if stop_reason is None and self._cancel.is_set():
             stop_reason = "cancelled"  # DELETE won the race with a natural exit
+        if self._abandoned.is_set():
+            return
         self._finish(stop_reason, oom.stop() if oom else False)
 
     def _finish(self, stop_reason: StopReason | None, oom_seen: bool) -> None:

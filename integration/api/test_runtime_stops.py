@@ -1,0 +1,216 @@
+"""PodmanRuntime: timeout, cancel, OOM, log truncation, resume after an API crash, agents.
+
+The timeout job (timeout_minutes=1, the smallest the API allows) is started by a module
+fixture before the other tests and checked last, so its minute overlaps with them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from flashpods.api.runtime import JobSpec
+from flashpods.api.runtime.logcapture import format_size
+from flashpods.api.runtime.podman import PodmanRuntime
+from podman_support import (
+    RecordingHooks,
+    container_exists,
+    log_lines,
+    make_config,
+    new_job_id,
+    strip_prefix,
+    wait_for,
+)
+
+
+@pytest.fixture(scope="module")
+def timeout_job(
+    podman_socket: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[JobSpec, RecordingHooks]]:
+    root = tmp_path_factory.mktemp("timeout")
+    runtime = PodmanRuntime(make_config(podman_socket))
+    hooks = RecordingHooks()
+    job_id = new_job_id()
+    spec = JobSpec(
+        job_id=job_id,
+        job_type="worker",
+        image="localhost/flashpods-job:latest",
+        cpus=1,
+        memory_gb=1,
+        timeout_minutes=1,
+        artifacts_dir=root / "artifacts" / job_id,
+        log_path=root / f"{job_id}.log",
+        command="echo started; echo partial > /artifacts/partial.txt; sleep 600",
+    )
+    runtime.start(spec, hooks)
+    yield spec, hooks
+    runtime.shutdown()
+
+
+@pytest.fixture(autouse=True)
+def _start_timeout_job_first(timeout_job: tuple[JobSpec, RecordingHooks]) -> None:
+    """Every test of the module depends on it, so it starts before the first one."""
+
+
+def test_cancel_ends_cancelled_within_15_seconds(runtime: PodmanRuntime, hooks, make_spec) -> None:
+    # PID 1 is podman's init, which forwards SIGTERM to the shell: it dies of it (143).
+    spec = make_spec("echo running; sleep 300")
+    runtime.start(spec, hooks)
+    wait_for(lambda: spec.log_path.read_text().strip() != "", 10, "first log line")
+    asked = time.monotonic()
+    runtime.cancel(spec.job_id)
+    outcome = hooks.wait(spec.job_id, 15)
+    assert time.monotonic() - asked < 15
+    assert (outcome.status, outcome.exit_code) == ("cancelled", 143)
+    wait_for(lambda: not container_exists(spec.job_id), 10, "container removal")
+
+
+def test_cancel_of_a_job_ignoring_sigterm_kills_it(
+    runtime: PodmanRuntime, hooks, make_spec
+) -> None:
+    spec = make_spec("trap '' TERM; echo stubborn; while :; do sleep 1; done")
+    runtime.start(spec, hooks)
+    wait_for(lambda: "stubborn" in spec.log_path.read_text(), 10, "first log line")
+    runtime.cancel(spec.job_id)
+    outcome = hooks.wait(spec.job_id, 20)  # 10 s grace, then SIGKILL
+    assert (outcome.status, outcome.exit_code) == ("cancelled", 137)
+
+
+def test_memory_limit_exceeded_is_oom_killed(runtime: PodmanRuntime, hooks, make_spec) -> None:
+    spec = make_spec(
+        "echo allocating; exec python3 -c 'x = bytearray(b\"a\") * (1536 << 20); print(len(x))'",
+        memory_gb=1,
+    )
+    runtime.start(spec, hooks)
+    outcome = hooks.wait(spec.job_id, 60)
+    assert (outcome.status, outcome.exit_code, outcome.error) == ("failed", 137, "oom_killed")
+
+
+def test_log_truncates_at_the_limit_and_the_job_goes_on(
+    podman_socket: Path, hooks, make_spec
+) -> None:
+    limit = 64 << 10
+    runtime = PodmanRuntime(make_config(podman_socket, log_max_bytes=limit))
+    spec = make_spec(
+        "i=0; while [ $i -lt 5000 ]; do echo line $i padding-padding-padding; i=$((i+1)); done; "
+        "sleep 1; echo still-alive > /artifacts/after.txt; echo not captured"
+    )
+    try:
+        runtime.start(spec, hooks)
+        outcome = hooks.wait(spec.job_id, 60)
+    finally:
+        runtime.shutdown()
+    assert outcome.status == "completed"
+    assert [a.name for a in outcome.artifacts] == ["after.txt"]
+    assert (spec.artifacts_dir / "after.txt").read_text() == "still-alive\n"
+    data = spec.log_path.read_bytes()
+    lines = data.decode().splitlines()
+    marker = f"[TRUNCATED - log exceeded {format_size(limit)} limit]"
+    assert strip_prefix(lines[-1]) == marker
+    assert sum(1 for line in lines if "TRUNCATED" in line) == 1
+    assert len(data) - len(lines[-1]) - 1 <= limit
+    assert strip_prefix(lines[0]) == "line 0 padding-padding-padding"
+    assert "not captured" not in data.decode()
+
+
+def test_resume_after_crash_keeps_the_log_exact(podman_socket: Path, hooks, make_spec) -> None:
+    script = (
+        "i=0; while [ $i -lt 30 ]; do echo tick $i; i=$((i+1)); sleep 0.1; done; "
+        "echo done > /artifacts/done.txt; exit 4"
+    )
+    spec = make_spec(script)
+    first = PodmanRuntime(make_config(podman_socket))
+    first.start(spec, hooks)
+    wait_for(lambda: "tick 5" in spec.log_path.read_text(), 10, "some ticks")
+    first.shutdown()  # the API dies: nobody watches the container any more
+    # A crash can leave a torn last line; the resumed capture must repair it.
+    with spec.log_path.open("ab") as fh:
+        fh.write(b"[00:00:00.000] tick 9")
+    time.sleep(1)
+    second = PodmanRuntime(make_config(podman_socket))
+    info = next(i for i in second.list_job_containers() if i.job_id == spec.job_id)
+    second.resume(spec, hooks, info)
+    outcome = hooks.wait(spec.job_id, 30)
+    second.shutdown()
+    assert (outcome.status, outcome.exit_code) == ("failed", 4)
+    assert [a.name for a in outcome.artifacts] == ["done.txt"]
+    assert [strip_prefix(line) for line in log_lines(spec)] == [f"tick {i}" for i in range(30)]
+
+
+def test_resume_of_an_exited_container_collects_it(podman_socket: Path, hooks, make_spec) -> None:
+    spec = make_spec("echo one; echo two > /artifacts/two.txt")
+    first = PodmanRuntime(make_config(podman_socket))
+    first.start(spec, hooks)
+    first.shutdown()
+    hooks.outcomes.clear()
+    wait_for(
+        lambda: (
+            any(
+                i.state == "exited"
+                for i in PodmanRuntime(make_config(podman_socket)).list_job_containers()
+                if i.job_id == spec.job_id
+            )
+            or spec.job_id in hooks.outcomes
+        ),
+        10,
+        "the job to exit",
+    )
+    if spec.job_id in hooks.outcomes:
+        pytest.fail("the abandoned supervisor still reported the job")
+    second = PodmanRuntime(make_config(podman_socket))
+    info = next(i for i in second.list_job_containers() if i.job_id == spec.job_id)
+    second.resume(spec, hooks, info)
+    outcome = hooks.wait(spec.job_id, 30)
+    second.shutdown()
+    assert (outcome.status, outcome.exit_code) == ("completed", 0)
+    assert [strip_prefix(line) for line in log_lines(spec)] == ["one"]
+    assert [a.name for a in outcome.artifacts] == ["two.txt"]
+    wait_for(lambda: not container_exists(spec.job_id), 10, "container removal")
+
+
+def test_agent_gets_its_environment_and_a_writable_work(
+    podman_socket: Path, hooks, make_spec, dirs
+) -> None:
+    tools = dirs.root / "tools"
+    (tools / "bin").mkdir(parents=True)
+    entrypoint = tools / "bin" / "flashpods-agent-entrypoint"
+    entrypoint.write_text(
+        "#!/bin/sh\n"
+        'printf "%s" "$FLASHPODS_TASK" > /artifacts/task.txt\n'
+        'printf "%s|%s|%s|%s" "$FLASHPODS_CONTEXT" "$FLASHPODS_GIT_BRANCH" '
+        '"$FLASHPODS_JOB_ID" "$FLASHPODS_AGENT_COMMAND" > /artifacts/env.txt\n'
+        "echo edited > /work/edited.txt\n"
+    )
+    entrypoint.chmod(0o755)
+    upload = dirs.uploads / "upload_agent"
+    upload.mkdir()
+    runtime = PodmanRuntime(make_config(podman_socket, tools_dir=tools, agent_command="fake"))
+    task = "Fix the bug.\nIt's in `main.py`; don't $(rm -rf /) \"quote\""
+    spec = make_spec(
+        job_type="agent", task=task, context="ctx", git_branch="fix/bug", upload_dir=upload
+    )
+    try:
+        runtime.start(spec, hooks)
+        outcome = hooks.wait(spec.job_id, 30)
+    finally:
+        runtime.shutdown()
+    assert outcome.status == "completed", spec.log_path.read_text()
+    assert (spec.artifacts_dir / "task.txt").read_text() == task
+    assert (spec.artifacts_dir / "env.txt").read_text() == f"ctx|fix/bug|{spec.job_id}|fake"
+    assert (upload / "edited.txt").read_text() == "edited\n"
+
+
+def test_timeout_after_one_minute(timeout_job: tuple[JobSpec, RecordingHooks]) -> None:
+    spec, hooks = timeout_job
+    outcome = hooks.wait(spec.job_id, 100)
+    assert (outcome.status, outcome.exit_code, outcome.error) == (
+        "timed_out",
+        137,
+        "Job exceeded timeout limit",
+    )
+    assert [a.name for a in outcome.artifacts] == ["partial.txt"]
+    assert strip_prefix(log_lines(spec)[0]) == "started"
+    started = next(event[2] for event in hooks.events if event[0] == "running")
+    assert 60 <= (outcome.ended_at - started).total_seconds() < 75

@@ -1,0 +1,123 @@
+"""The podman argv of a job container (pure)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from flashpods.api.runtime import JobSpec
+from flashpods.api.runtime import podman_cli as cli
+
+RAW = Path("/logs/.job_1.ctr.log")
+
+
+def spec(**overrides: object) -> JobSpec:
+    values: dict[str, object] = {
+        "job_id": "job_1",
+        "job_type": "worker",
+        "image": "localhost/flashpods-job:latest",
+        "cpus": 2,
+        "memory_gb": 4,
+        "timeout_minutes": 30,
+        "artifacts_dir": Path("/a/job_1"),
+        "log_path": Path("/logs/job_1.log"),
+        "command": "echo hi; rm -rf / # $(whoami) 'quoted'",
+    }
+    values.update(overrides)
+    return JobSpec(**values)  # type: ignore[arg-type]
+
+
+def args_for(job: JobSpec, rootless: bool = True, pull: str = "never") -> list[str]:
+    return cli.create_args(
+        job,
+        instance="inst",
+        user=cli.ContainerUser(rootless=rootless, uid=1000, gid=100),
+        mounts=[cli.Mount(Path("/a/job_1"), "/artifacts", read_only=False)],
+        pull_policy=pull,
+        raw_log_path=RAW,
+        raw_log_max_bytes=1 << 20,
+    )
+
+
+def pairs(args: list[str], flag: str) -> list[str]:
+    return [args[i + 1] for i, item in enumerate(args) if item == flag]
+
+
+def test_worker_runs_its_command_as_one_argv_item() -> None:
+    args = args_for(spec())
+    assert args[0] == "create"
+    assert args[-4:] == [
+        "localhost/flashpods-job:latest",
+        "/bin/sh",
+        "-c",
+        "echo hi; rm -rf / # $(whoami) 'quoted'",
+    ]
+
+
+def test_labels_limits_and_hardening() -> None:
+    args = args_for(spec())
+    assert pairs(args, "--name") == ["job_job_1"]
+    assert pairs(args, "--label") == [
+        "flashpods-job=true",
+        "flashpods-job-id=job_1",
+        "flashpods-job-type=worker",
+        "flashpods-instance=inst",
+    ]
+    assert pairs(args, "--cpus") == ["2"]
+    assert pairs(args, "--memory") == ["4g"]
+    assert pairs(args, "--security-opt") == ["no-new-privileges"]
+    assert pairs(args, "--cap-drop") == ["ALL"]
+    assert "--pull=never" in args
+    assert "--init" in args
+    assert pairs(args, "--log-driver") == ["k8s-file"]
+    assert pairs(args, "--log-opt") == [f"path={RAW}", f"max-size={1 << 20}"]
+    assert pairs(args, "-v") == ["/a/job_1:/artifacts:rw"]
+
+
+def test_rootless_keeps_id_and_rootful_runs_as_the_api_user() -> None:
+    rootless = args_for(spec(), rootless=True)
+    assert "--userns=keep-id" in rootless and "--user" not in rootless
+    rootful = args_for(spec(), rootless=False)
+    assert pairs(rootful, "--user") == ["1000:100"]
+    assert not any(a.startswith("--userns") for a in rootful)
+
+
+def test_agent_texts_go_by_name_never_by_value() -> None:
+    job = spec(job_type="agent", command=None, task="secret plan", context="c", git_branch="b")
+    args = args_for(job)
+    assert args[-2:] == ["localhost/flashpods-job:latest", cli.AGENT_ENTRYPOINT]
+    assert pairs(args, "-e") == [
+        "FLASHPODS_TASK",
+        "FLASHPODS_CONTEXT",
+        "FLASHPODS_GIT_BRANCH",
+        "FLASHPODS_JOB_ID",
+        "FLASHPODS_AGENT_COMMAND",
+    ]
+    assert not any("secret plan" in a for a in args)
+    env = cli.agent_environment(job, "claude")
+    assert env["FLASHPODS_TASK"] == "secret plan"
+    assert env["FLASHPODS_AGENT_COMMAND"] == "claude"
+    assert pairs(args, "--label")[2] == "flashpods-job-type=agent"
+
+
+def test_bad_inputs_are_refused() -> None:
+    with pytest.raises(ValueError):
+        args_for(spec(), pull="sometimes")
+    with pytest.raises(ValueError):
+        args_for(spec(command=None))
+
+
+def test_mount_modes() -> None:
+    assert cli.Mount(Path("/s/u"), "/work", read_only=True).volume_arg() == "/s/u:/work:ro"
+
+
+def test_list_filters_on_this_instance() -> None:
+    args = cli.list_args("inst")
+    assert pairs(args, "--filter") == ["label=flashpods-job=true", "label=flashpods-instance=inst"]
+
+
+def test_scrub_paths_hides_host_paths_but_keeps_image_names() -> None:
+    text = 'Error: statfs /var/lib/flashpods/x: no such file; image "localhost/img:1" unknown'
+    assert cli.scrub_paths(text) == (
+        'Error: statfs <path>: no such file; image "localhost/img:1" unknown'
+    )

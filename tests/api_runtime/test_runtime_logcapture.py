@@ -1,0 +1,126 @@
+"""conmon record parsing, line assembly, truncation and resume of the job log."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+
+from flashpods.api.runtime.logcapture import (
+    MAX_LINE_BYTES,
+    LineAssembler,
+    LogCapture,
+    format_size,
+    inspect_log,
+    iter_records,
+    parse_conmon_time,
+)
+
+T = "2026-11-25T21:34:32.579366452+00:00"
+
+
+def test_conmon_time_keeps_microseconds() -> None:
+    moment = parse_conmon_time(T.encode())
+    assert moment == datetime(2026, 11, 25, 21, 34, 32, 579366, tzinfo=UTC)
+    assert parse_conmon_time(b"2026-11-25T21:34:32Z").second == 32
+
+
+def test_partial_records_join_per_stream() -> None:
+    asm = LineAssembler()
+    assert asm.feed(f"{T} stdout P hel".encode()) == []
+    stderr = asm.feed(f"{T} stderr F oops".encode())
+    assert [line for _, line in stderr] == [b"oops"]
+    done = asm.feed(b"2026-11-25T21:34:33.000000000+00:00 stdout F lo")
+    assert done == [(parse_conmon_time(T.encode()), b"hello")]
+    assert asm.feed(f"{T} stdout F ".encode())[0][1] == b""  # an empty line stays a line
+
+
+def test_unterminated_lines_flush_at_the_end_and_long_lines_are_cut() -> None:
+    asm = LineAssembler()
+    asm.feed(f"{T} stdout P no newline".encode())
+    assert [line for _, line in asm.flush()] == [b"no newline"]
+    big = b"x" * (MAX_LINE_BYTES + 10)
+    out = asm.feed(f"{T} stdout P ".encode() + big)
+    assert [len(line) for _, line in out] == [MAX_LINE_BYTES]
+    assert [len(line) for _, line in asm.flush()] == [10]
+
+
+def test_garbage_records_are_ignored() -> None:
+    asm = LineAssembler()
+    assert asm.feed(b"") == []
+    assert asm.feed(b"not a time stdout F x") == []
+
+
+def test_records_split_across_reads() -> None:
+    carry = bytearray()
+    assert list(iter_records(b"a\nb", carry)) == [b"a"]
+    assert list(iter_records(b"c\n", carry)) == [b"bc"]
+    assert carry == bytearray()
+
+
+def test_size_text() -> None:
+    assert format_size(50 << 20) == "50 MB"
+    assert format_size(64 << 10) == "64 KB"
+    assert format_size(1000) == "1000 bytes"
+    assert format_size(2 << 30) == "2 GB"
+
+
+def test_inspect_log_cuts_a_torn_line_and_sees_the_marker(tmp_path: Path) -> None:
+    log = tmp_path / "j.log"
+    log.write_bytes(b"[00:00:00.000] a\n[00:00:00.001] b\n[00:00:00.0")
+    state = inspect_log(log, 1 << 20)
+    assert (state.lines, state.truncated) == (2, False)
+    assert log.read_bytes().endswith(b"b\n")
+    log.write_bytes(b"[00:00:00.000] a\n[00:00:01.000] [TRUNCATED - log exceeded 1 MB limit]\n")
+    assert inspect_log(log, 1 << 20).truncated
+    assert inspect_log(tmp_path / "missing.log", 1024).lines == 0
+
+
+def _raw(lines: list[str]) -> bytes:
+    return "".join(f"{T} {line}\n" for line in lines).encode()
+
+
+def run_capture(raw: Path, log: Path, limit: int) -> LogCapture:
+    capture = LogCapture(raw, log, limit)
+    capture.start()
+    capture.finish(10)
+    return capture
+
+
+def test_capture_writes_prefixed_lines_and_resumes_without_duplicates(tmp_path: Path) -> None:
+    raw, log = tmp_path / "raw", tmp_path / "job.log"
+    raw.write_bytes(_raw(["stdout F one", "stderr F two"]))
+    run_capture(raw, log, 1 << 20)
+    assert log.read_text() == "[21:34:32.579] one\n[21:34:32.579] two\n"
+    # conmon wrote more while the API was down; a new capture appends only the new lines.
+    with raw.open("ab") as fh:
+        fh.write(_raw(["stdout P thr", "stdout F ee"]))
+    run_capture(raw, log, 1 << 20)
+    assert log.read_text().splitlines()[-1] == "[21:34:32.579] three"
+    assert len(log.read_text().splitlines()) == 3
+
+
+def test_capture_stops_at_the_limit_with_one_marker(tmp_path: Path) -> None:
+    raw, log = tmp_path / "raw", tmp_path / "job.log"
+    raw.write_bytes(_raw([f"stdout F line {i:04d}" for i in range(500)]))
+    capture = run_capture(raw, log, 1024)
+    assert capture.truncated
+    text = log.read_text().splitlines()
+    assert text[-1].endswith("[TRUNCATED - log exceeded 1 KB limit]")
+    assert sum(len(line) + 1 for line in text[:-1]) <= 1024
+    run_capture(raw, log, 1024)  # a resume after truncation adds nothing
+    assert log.read_text().splitlines() == text
+
+
+def test_capture_follows_a_rotated_file(tmp_path: Path) -> None:
+    raw, log = tmp_path / "raw", tmp_path / "job.log"
+    raw.write_bytes(_raw(["stdout F before"]))
+    capture = LogCapture(raw, log, 1 << 20)
+    capture.start()
+    threading.Event().wait(0.3)
+    rotated = tmp_path / "raw.tmp"
+    rotated.write_bytes(_raw(["stdout F after"]))
+    rotated.replace(raw)  # what conmon does past max-size
+    threading.Event().wait(0.3)
+    capture.finish(10)
+    assert [line[15:] for line in log.read_text().splitlines()] == ["before", "after"]
