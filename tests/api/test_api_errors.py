@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 from api_fakes import FakeRuntime
 from api_harness import TOKEN, Api, start_api
-
 from flashpods.api.config import Config
 
 

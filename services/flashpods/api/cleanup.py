@@ -88,11 +88,16 @@ class Cleaner:
 
     # --- logs -------------------------------------------------------------------------------
 
-    def log_path(self, job_id: str) -> Path:
-        return self.config.logs_path / f"{job_id}.log"
+    def log_files(self, job_id: str) -> list[Path]:
+        """The job's log plus the runtime's hidden companions (`.{job_id}.*`, e.g. conmon's)."""
+        return [
+            self.config.logs_path / f"{job_id}.log",
+            *self.config.logs_path.glob(f".{job_id}.*"),
+        ]
 
     def _delete_log(self, job_id: str, report: Report) -> None:
-        self.log_path(job_id).unlink(missing_ok=True)
+        for path in self.log_files(job_id):
+            path.unlink(missing_ok=True)
         self.store.execute(
             "UPDATE jobs SET logs_deleted_at = ?, updated_at = ? WHERE id = ?",
             (time.time(), time.time(), job_id),
@@ -111,7 +116,7 @@ class Cleaner:
             "SELECT id, status, cancel_requested, copy_in_progress, completed_at FROM jobs "
             "WHERE logs_deleted_at IS NULL AND status != 'pending' ORDER BY completed_at"
         )
-        sizes = {row["id"]: _size(self.log_path(row["id"])) for row in live}
+        sizes = {row["id"]: sum(map(_size, self.log_files(row["id"]))) for row in live}
         total = sum(sizes.values())
         for row in live:
             if total <= self.config.logs_total_max_bytes:
@@ -193,10 +198,9 @@ class Cleaner:
                 remove_tree(Path(entry.path))
                 report.orphans_removed += 1
         for entry in _entries(self.config.logs_path):
-            job_id = entry.name.removesuffix(".log")
+            job_id = entry.name.lstrip(".").split(".", 1)[0]
             if (
-                entry.name.endswith(".log")
-                and is_job_id(job_id)
+                is_job_id(job_id)
                 and self.store.one("SELECT 1 AS x FROM jobs WHERE id = ?", (job_id,)) is None
             ):
                 Path(entry.path).unlink(missing_ok=True)

@@ -45,9 +45,7 @@ def tail_file(path: Path, count: int) -> Tail:
             position -= step
             handle.seek(position)
             data = handle.read(step) + data
-    if data.endswith(b"\n"):
-        data = data[:-1]
-    pieces = data.split(b"\n") if data else []
+    pieces = (data[:-1] if data.endswith(b"\n") else data).split(b"\n") if data else []
     if position > 0:
         pieces = pieces[1:]  # the first piece may start mid-line
     lines = [piece.decode("utf-8", "replace") for piece in pieces[-count:]] if count else []
