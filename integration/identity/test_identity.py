@@ -178,6 +178,96 @@ def test_rotated_secrets_file_is_served_on_next_exchange(identity: Containers) -
     assert exchange(stack.token_socket, token).body["GITHUB_TOKEN"] == stack.secrets["github_token"]
 
 
+ENTRYPOINT = "/opt/flashpods/bin/flashpods-agent-entrypoint"
+# Stand-in for the Claude CLI: proves it got both secrets (as hashes), edits /work.
+STAND_IN = """#!/bin/sh
+printf '%s' "$ANTHROPIC_API_KEY" | sha256sum | cut -c1-16 > /work/.saw-anthropic
+printf '%s' "$GITHUB_TOKEN" | sha256sum | cut -c1-16 > /work/.saw-github
+[ "$1" = -p ] && printf '%s\\n' "$2" > /work/prompt.txt
+echo "stand-in agent ran"
+"""
+
+
+def agent_job(
+    identity: Containers, tmp_path: Path, role: str | None
+) -> tuple[subprocess.CompletedProcess[str], Path, Path, Path]:
+    work, artifacts, remote = tmp_path / "work", tmp_path / "artifacts", tmp_path / "remote.git"
+    work.mkdir()
+    artifacts.mkdir()
+    subprocess.run(["git", "init", "-q", "--bare", str(remote)], check=True)
+    (work / "README").write_text("upload\n")
+    (work / "stand-in-agent").write_text(STAND_IN)
+    os.chmod(work / "stand-in-agent", 0o755)
+    subprocess.run(["git", "-C", str(work), "init", "-q"], check=True)
+    subprocess.run(["git", "-C", str(work), "remote", "add", "origin", "/remote.git"], check=True)
+    for path in (work, artifacts, remote):
+        subprocess.run(["chown", "-R", f"{identity.uid}:{identity.gid}", str(path)], check=True)
+    env = {
+        "FLASHPODS_TASK": "write the prompt down",
+        "FLASHPODS_CONTEXT": "it is a test",
+        "FLASHPODS_GIT_BRANCH": "flashpods/test-branch",
+        "FLASHPODS_JOB_ID": "job_test",
+        "FLASHPODS_AGENT_COMMAND": "/work/stand-in-agent",
+    }
+    extra: list[str] = [
+        "-v",
+        f"{work}:/work:rw",
+        "-v",
+        f"{artifacts}:/artifacts:rw",
+        "-v",
+        f"{remote}:/remote.git:rw",
+        "--workdir",
+        "/work",
+    ]
+    for name, value in env.items():
+        extra += ["-e", f"{name}={value}"]
+    proc = identity.run([ENTRYPOINT], role=role, extra=tuple(extra))
+    return proc, work, artifacts, remote
+
+
+def test_agent_entrypoint_runs_the_agent_with_both_secrets(
+    identity: Containers, tmp_path: Path
+) -> None:
+    proc, work, artifacts, remote = agent_job(identity, tmp_path, "agent")
+    assert proc.returncode == 0, proc.stderr
+    secrets = identity.stack.secrets
+    assert (work / ".saw-anthropic").read_text().strip() == digest(secrets["anthropic_api_key"])
+    assert (work / ".saw-github").read_text().strip() == digest(secrets["github_token"])
+    assert (work / "prompt.txt").read_text() == "write the prompt down\n\nContext:\nit is a test\n"
+    patch = (artifacts / "changes.patch").read_text()
+    assert "+write the prompt down" in patch
+    summary = (artifacts / "summary.md").read_text()
+    assert (
+        "flashpods/test-branch" in summary and "pushed to origin/flashpods/test-branch" in summary
+    )
+    pushed = subprocess.run(
+        ["git", "--git-dir", str(remote), "log", "--format=%s", "flashpods/test-branch"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "flashpods: write the prompt down" in pushed
+    for text in (proc.stdout, proc.stderr, patch, summary):
+        assert secrets["anthropic_api_key"] not in text and secrets["github_token"] not in text
+
+
+@pytest.mark.parametrize(
+    ("role", "code", "failure"),
+    [
+        ("worker", 71, "token_exchange_failed"),
+        (None, 70, "spire_attestation_timeout"),
+    ],
+)
+def test_agent_entrypoint_fails_without_agent_identity(
+    identity: Containers, tmp_path: Path, role: str | None, code: int, failure: str
+) -> None:
+    proc, work, artifacts, _remote = agent_job(identity, tmp_path, role)
+    assert proc.returncode == code, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == f"flashpods-failure: {failure}"
+    assert not (work / ".saw-github").exists()  # the agent never ran
+    assert list(artifacts.iterdir()) == []
+
+
 # A container that exchanges once, waits for /work/go, then exchanges again.
 TWICE = (
     f'{HELPER} sh -c "echo first=\\${{GITHUB_TOKEN:+granted}}";'
