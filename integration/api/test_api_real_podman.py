@@ -1,0 +1,214 @@
+"""The real `flashpods-api` process with real podman: crash recovery, concurrent creates.
+
+The service runs as a subprocess (the crash test kills it with SIGKILL) against the
+session's private podman socket and this session's FLASHPODS_INSTANCE.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from podman_support import IMAGE, INSTANCE, container_exists, wait_for
+
+TOKEN = "b" * 64
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class ApiProcess:
+    root: Path
+    env: dict[str, str]
+    url: str
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        log = (self.root / "api.log").open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "flashpods.api.main"],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        wait_for(self._healthy, 20, "flashpods-api health")
+
+    def _healthy(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise AssertionError((self.root / "api.log").read_text())
+        try:
+            return requests.get(f"{self.url}/health", timeout=1).status_code == 200
+        except requests.ConnectionError:
+            return False
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(15)
+
+    def call(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        headers = {"Authorization": f"Bearer {TOKEN}"}
+        return requests.request(method, self.url + path, headers=headers, timeout=30, **kwargs)
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        response = self.call("GET", f"/jobs/{job_id}")
+        assert response.status_code == 200, response.text
+        return dict(response.json())
+
+    def wait_status(self, job_id: str, statuses: set[str], timeout: float) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            job = self.job(job_id)
+            if job["status"] in statuses:
+                return job
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{job_id} stuck in {job['status']}")
+            time.sleep(0.2)
+
+
+def api_env(root: Path, podman_socket: Path, **extra: str) -> dict[str, str]:
+    (root / "api-token").write_text(TOKEN + "\n")
+    port = free_port()
+    env = {
+        **os.environ,
+        "FLASHPODS_DB_PATH": str(root / "db" / "flashpods.db"),
+        "FLASHPODS_UPLOADS_PATH": str(root / "uploads"),
+        "FLASHPODS_ARTIFACTS_PATH": str(root / "artifacts"),
+        "FLASHPODS_LOGS_PATH": str(root / "logs"),
+        "FLASHPODS_LISTEN_ADDR": f"127.0.0.1:{port}",
+        "FLASHPODS_TOKEN_FILE": str(root / "api-token"),
+        "FLASHPODS_PODMAN_SOCKET": str(podman_socket),
+        "FLASHPODS_INSTANCE": INSTANCE,
+        "FLASHPODS_DEFAULT_IMAGE": IMAGE,
+        "FLASHPODS_PULL_POLICY": "never",
+        "FLASHPODS_HOST_CPUS": "4",
+        "FLASHPODS_HOST_MEMORY_GB": "16",
+        "FLASHPODS_RATE_LIMIT_PER_SECOND": "0",
+        "FLASHPODS_SPIRE_SOCKET_DIR": str(root / "no-spire"),
+        "FLASHPODS_TOKEN_SOCKET": str(root / "no-token.sock"),
+        "FLASHPODS_RECONCILE_INTERVAL_SECONDS": "2",
+    }
+    env.update(extra)
+    return env
+
+
+@pytest.fixture
+def api(tmp_path: Path, podman_socket: Path) -> Iterator[ApiProcess]:
+    env = api_env(tmp_path, podman_socket)
+    process = ApiProcess(tmp_path, env, f"http://{env['FLASHPODS_LISTEN_ADDR']}")
+    process.start()
+    yield process
+    process.stop()
+
+
+def test_sigkill_mid_job_then_restart_ends_the_job_right(api: ApiProcess) -> None:
+    root = api.root / "uploads" / "upload_crash"
+    root.mkdir(parents=True)
+    (root / "n.txt").write_text("30\n")
+    assert api.call("POST", "/uploads/upload_crash/finalize").status_code == 200
+    command = (
+        'n=$(cat /work/n.txt); i=1; while [ $i -le "$n" ]; do echo "tick $i"; i=$((i+1)); '
+        "sleep 0.15; done; mkdir -p /artifacts/out; echo result > /artifacts/out/r.txt; exit 5"
+    )
+    created = api.call("POST", "/jobs", json={"type": "worker", "command": command,
+                                              "files_id": "upload_crash"})  # fmt: skip
+    assert created.status_code == 201, created.text
+    job_id = created.json()["job_id"]
+    api.wait_status(job_id, {"running"}, 20)
+    wait_for(
+        lambda: "tick 3" in api.call("GET", f"/jobs/{job_id}/output").json()["output"],
+        20,
+        "some output",
+    )
+    api.kill()
+    time.sleep(1.5)  # the job keeps printing while nobody watches
+    api.start()
+    job = api.wait_status(job_id, {"completed", "failed", "timed_out", "cancelled"}, 40)
+    assert (job["status"], job["exit_code"], job["error"]) == ("failed", 5, None)
+    output = api.call("GET", f"/jobs/{job_id}/output", params={"tail": 1000}).json()
+    lines = [line[15:] for line in output["output"].splitlines()]
+    assert lines == [f"tick {i}" for i in range(1, 31)]
+    artifacts = api.call("GET", f"/jobs/{job_id}/artifacts").json()
+    assert [a["name"] for a in artifacts["artifacts"]] == ["out/r.txt"]
+    assert api.call("GET", f"/jobs/{job_id}/artifacts/out/r.txt").content == b"result\n"
+    wait_for(lambda: not container_exists(job_id), 15, "container removal")
+
+
+def _post_concurrently(api: ApiProcess, bodies: list[dict[str, Any]]) -> list[requests.Response]:
+    results: list[requests.Response | None] = [None] * len(bodies)
+    barrier = threading.Barrier(len(bodies))
+
+    def post(index: int) -> None:
+        barrier.wait()
+        results[index] = api.call("POST", "/jobs", json=bodies[index])
+
+    threads = [threading.Thread(target=post, args=(i,)) for i in range(len(bodies))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert all(r is not None for r in results)
+    return [r for r in results if r is not None]
+
+
+def _cancel_all(api: ApiProcess, job_ids: set[str]) -> None:
+    for job_id in job_ids:
+        assert api.call("DELETE", f"/jobs/{job_id}").status_code == 200
+    for job_id in job_ids:
+        wait_for(lambda j=job_id: not container_exists(j), 30, f"{job_id} removal")
+
+
+def test_eight_concurrent_creates_with_one_client_job_id_make_one_job(api: ApiProcess) -> None:
+    body = {"type": "worker", "command": "sleep 60", "client_job_id": str(uuid.uuid4())}
+    responses = _post_concurrently(api, [body] * 8)
+    codes = sorted(r.status_code for r in responses)
+    assert codes == [200] * 7 + [201], [r.text for r in responses]
+    job_ids = {r.json()["job_id"] for r in responses}
+    assert len(job_ids) == 1
+    listed = api.call("GET", "/jobs", params={"limit": 100}).json()
+    assert listed["total"] == 1
+    job_id = job_ids.pop()
+    assert api.wait_status(job_id, {"running"}, 20)["status"] == "running"
+    containers = subprocess.run(
+        ["podman", "ps", "-q", "--filter", f"label=flashpods-instance={INSTANCE}",
+         "--filter", f"label=flashpods-job-id={job_id}"],
+        capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    assert len(containers) == 1
+    _cancel_all(api, {job_id})
+
+
+def test_concurrent_creates_never_overcommit(api: ApiProcess) -> None:
+    # Host capacity is 4 CPUs: of 8 one-CPU jobs created at once, exactly 4 fit.
+    bodies = [{"type": "worker", "command": "sleep 60", "cpus": 1, "memory_gb": 1}] * 8
+    responses = _post_concurrently(api, bodies)
+    accepted = {r.json()["job_id"] for r in responses if r.status_code == 201}
+    refused = [r for r in responses if r.status_code != 201]
+    assert len(accepted) == 4, [r.text for r in responses]
+    assert {r.status_code for r in refused} == {429}
+    assert {r.json()["error"] for r in refused} == {"insufficient_resources"}
+    active = [api.job(job_id) for job_id in accepted]
+    assert sum(job["cpus"] for job in active if job["status"] in ("starting", "running")) <= 4
+    _cancel_all(api, accepted)
