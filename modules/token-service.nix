@@ -2,7 +2,12 @@
 # socket. The socket belongs to a socket unit, so it exists with mode 0660
 # flashpods:flashpods before the first connection (no chown race) and keeps its inode
 # across restarts (job containers bind-mount the file).
-{ config, lib, ... }:
+{
+  config,
+  lib,
+  pkgs,
+  ...
+}:
 
 let
   render = import ./lib/render.nix;
@@ -57,7 +62,7 @@ in
         # systemd hands over the listening socket as fd 3 (LISTEN_FDS=1).
         Sockets = [ "flashpods-token-service.socket" ];
         # SIGHUP re-reads the secrets file (e.g. after rotating a key).
-        ExecReload = "/run/current-system/sw/bin/kill -HUP $MAINPID";
+        ExecReload = "${pkgs.coreutils}/bin/kill -HUP $MAINPID";
         Restart = "always";
         RestartSec = "5s";
 

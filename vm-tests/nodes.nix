@@ -93,6 +93,7 @@ in
         environment.systemPackages = with pkgs; [
           curl
           jq
+          rsync
           wireguard-tools
         ];
       };
@@ -128,8 +129,12 @@ in
       };
 
     internet =
-      { ... }:
+      { pkgs, ... }:
       {
+        environment.systemPackages = [
+          pkgs.curl
+          pkgs.rsync
+        ];
         services.nginx = {
           enable = true;
           virtualHosts.default = {
