@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import requests
-from conftest import BIN, Api
+from client_stack import BIN, Api
 
 PREFIX = re.compile(r"^\[\d\d:\d\d:\d\d\.\d\d\d\] ")
 

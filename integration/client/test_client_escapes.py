@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import Api
+from client_stack import Api
 from flashpods.client.errors import FlashpodsError
 
 

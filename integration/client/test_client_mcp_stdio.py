@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-from conftest import BIN, Api
+from client_stack import BIN, Api
 from mcp import ClientSession, StdioServerParameters, stdio_client
 
 TOOLS = {

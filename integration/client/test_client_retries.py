@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from conftest import Api
+from client_stack import Api
 from flashpods.client.errors import FlashpodsError
 from flashpods.client.retry import RetryPolicy
 from flashpods.client.sdk import Flashpods, RetryEvent
