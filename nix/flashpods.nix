@@ -1,8 +1,8 @@
 # The Flashpods Python services and the laptop CLI, built from the repository's
 # pyproject.toml (setuptools backend, sources in services/).
 #
-# Entry points: flashpods-api, flashpods-token-service (host), flashpods (laptop CLI),
-# flashpods-lab. The MCP server (flashpods-mcp) needs the `mcp` SDK, which nixos-24.05
+# Entry points: flashpods-api, flashpods-token-service, flashpods-spire (host), flashpods
+# (laptop CLI), flashpods-lab. The MCP server (flashpods-mcp) needs the `mcp` SDK, which nixos-24.05
 # does not package: it is dropped here (`pythonRemoveDeps`, binary removed) and is
 # installed on the laptop with pip instead (docs/deploy.md).
 {
@@ -43,6 +43,9 @@ python3Packages.buildPythonApplication {
     python3Packages.requests
     python3Packages.sqlite-utils
     spiffe
+    # Imported directly (token validation, SPIRE bootstrap), not only through spiffe.
+    python3Packages.cryptography
+    python3Packages.pyjwt
   ];
 
   postInstall = ''
@@ -57,6 +60,7 @@ python3Packages.buildPythonApplication {
     "flashpods.api.main"
     "flashpods.tokens.main"
     "flashpods.client.cli"
+    "flashpods.spire.__main__"
   ];
 
   passthru = {

@@ -22,9 +22,10 @@ let
       ps.pytest-testinfra
       ps.requests
       ps.sqlite-utils
+      ps.cryptography
+      ps.pyjwt
       flashpods.spiffe
     ]
-    ++ flashpods.spiffe.propagatedBuildInputs
   );
   deploymentJson = builtins.toFile "flashpods-deployment.json" (
     builtins.toJSON (import ../modules/data/flashpods.nix)
@@ -48,6 +49,7 @@ stdenvNoCC.mkDerivation {
   };
   nativeBuildInputs = [
     pythonEnv
+    flashpods # the console scripts, for tests that run them
     git
     jq
     nftables
