@@ -59,12 +59,13 @@ class RetryEvent:
 
 @dataclass(frozen=True)
 class PollSchedule:
-    """Polling intervals: start fast (short jobs finish in well under a second) and
-    back off to a modest ceiling, so waiting on long jobs costs few requests."""
+    """Polling intervals: start fast (short jobs end within a second or two, and a
+    followed log should feel live) and back off gently to a ceiling, so waiting on long
+    jobs costs about one request a second."""
 
     first: float = 0.1
-    factor: float = 1.5
-    ceiling: float = 2.0
+    factor: float = 1.2
+    ceiling: float = 1.0
 
     def intervals(self) -> Iterator[float]:
         delay = self.first
