@@ -155,7 +155,8 @@ in
         # Hardening. /etc/flashpods stays unreadable: the token comes as a credential.
         NoNewPrivileges = true;
         ProtectSystem = "strict";
-        ProtectHome = true;
+        # read-only, not hidden: the podman client it runs looks up its user config.
+        ProtectHome = "read-only";
         PrivateTmp = false; # the uploads live in /tmp/flashpods
         ReadWritePaths = writablePaths;
         InaccessiblePaths = [ "-${dirOf api.tokenFile}" ];
