@@ -16,7 +16,7 @@ from typing import Any
 
 from flashpods import deployment
 from flashpods.lab import host, network, preflight, pyenv, rsyncd, services, units
-from flashpods.lab.proc import LabError, in_netns, run
+from flashpods.lab.proc import LabError, alive, in_netns, run
 from flashpods.lab.topology import INSTANCE, JOB_IMAGE, LOG_DIR, STATE_DIR, Topology
 from flashpods.lab.topology import from_deployment as topology_from_deployment
 
@@ -66,11 +66,7 @@ def _supervisor_pid() -> int | None:
         pid = int((STATE_DIR / "supervisor.pid").read_text())
     except (FileNotFoundError, ValueError):
         return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None
-    return pid
+    return pid if alive(pid) else None
 
 
 def read_status() -> dict[str, Any]:
@@ -238,9 +234,9 @@ def down() -> None:
         with contextlib.suppress(LabError):
             control({"cmd": "shutdown"}, timeout=10)
         deadline = time.monotonic() + 90
-        while _alive(pid) and time.monotonic() < deadline:
+        while alive(pid) and time.monotonic() < deadline:
             time.sleep(0.1)
-        if _alive(pid):
+        if alive(pid):
             os.kill(pid, signal.SIGKILL)
     # Whatever a crashed supervisor left: the units' own process groups.
     for unit_pid in _unit_pids():
@@ -264,14 +260,6 @@ def down() -> None:
     shutil.rmtree(STATE_DIR, ignore_errors=True)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 @dataclass
 class Leftovers:
     namespaces: list[str]
@@ -290,7 +278,7 @@ def leftovers(known_pids: list[int] | None = None) -> Leftovers:
     """What of the lab still exists (all empty after `down`)."""
     topo = topology()
     namespaces = [ns for ns in topo.namespaces if topo.netns_path(ns).exists()]
-    pids = [p for p in (known_pids or []) if _alive(p)]
+    pids = [p for p in (known_pids or []) if alive(p)]
     mounts = [
         line.split()[1]
         for line in Path("/proc/self/mounts").read_text().splitlines()

@@ -8,6 +8,7 @@ we record is the service's own.
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import Sequence
 
@@ -58,3 +59,19 @@ def ns_run(
     timeout: float = 60,
 ) -> subprocess.CompletedProcess[str]:
     return run(in_netns(ns, argv), check=check, input=input, timeout=timeout)
+
+
+def alive(pid: int) -> bool:
+    """Whether `pid` runs; a zombie is not running (and is reaped if it is our child,
+    e.g. the supervisor when `up` and `down` share a process, as in the test session)."""
+    try:
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+    except ChildProcessError:
+        pass
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state not in ("Z", "X")

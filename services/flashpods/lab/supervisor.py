@@ -91,6 +91,7 @@ class Service:
     wanted: bool = True
     last_exit: int | None = None
     started_at: float = 0.0
+    ready_at: float = 0.0
 
     def status(self) -> dict[str, Any]:
         pid = self.proc.pid if self.proc and self.proc.poll() is None else None
@@ -102,6 +103,7 @@ class Service:
             "oneshot": self.unit.oneshot,
             "after": list(self.unit.after),
             "started_at": self.started_at,
+            "ready_at": self.ready_at,
         }
 
 
@@ -175,6 +177,7 @@ class Supervisor:
                     _apply_mode(spec)
                 with self.lock:
                     svc.state = "active"
+                    svc.ready_at = time.time()
                     self._write_status()
                 return True
             time.sleep(0.1)
@@ -186,6 +189,7 @@ class Supervisor:
             with self.lock:
                 svc.last_exit = code
                 svc.state = "exited" if code == 0 else "failed"
+                svc.ready_at = time.time()
                 self._write_status()
             return code == 0
         return False
@@ -216,7 +220,12 @@ class Supervisor:
             svc.wanted = False
             proc = svc.proc
         if proc is not None:
+            began = time.monotonic()
             _kill_group(proc, graceful=True)
+            print(
+                f"{time.strftime('%H:%M:%S')} stopped {name} in {time.monotonic() - began:.1f} s",
+                flush=True,
+            )
         with self.lock:
             svc.state = "stopped" if not svc.unit.oneshot else svc.state
             self._write_status()

@@ -1,0 +1,194 @@
+"""Helpers for the lab suite: a command inside a lab namespace, a TCP probe from one, a
+job container on a given podman network, and the laptop's SDK in a
+thread that sits in the laptop's network namespace (setns is per thread; rsync and
+other children forked from that thread are in the laptop namespace too).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import ctypes
+import json
+import os
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from flashpods.lab import lab
+from flashpods.lab.proc import in_netns
+from flashpods.lab.topology import JOB_IMAGE, Topology
+
+T = TypeVar("T")
+CLONE_NEWNET = 0x40000000
+
+
+def ns_sh(ns: str, script: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        in_netns(ns, ["sh", "-c", script]),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def tcp_probe(ns: str, host: str, port: int, timeout: float = 2.0) -> str:
+    """'open', 'refused' or 'dropped' (no answer within the timeout) from netns `ns`."""
+    code = (
+        "import socket,sys\n"
+        "s=socket.socket(); s.settimeout(float(sys.argv[3]))\n"
+        "try: s.connect((sys.argv[1], int(sys.argv[2]))); print('open')\n"
+        "except ConnectionRefusedError: print('refused')\n"
+        "except (TimeoutError, socket.timeout): print('dropped')\n"
+        "except OSError as e: print('unreachable', e)\n"
+    )
+    out = subprocess.run(
+        in_netns(ns, ["python3", "-c", code, host, str(port), str(timeout)]),
+        capture_output=True,
+        text=True,
+        timeout=timeout + 10,
+        check=True,
+    )
+    return out.stdout.strip()
+
+
+# A probe run inside job containers (sh + curl, what every job image has): one line per
+# target, "HOST:PORT open|refused|dropped", then "internet <body or curl exit code>".
+# curl exits 28 when the connect times out (dropped), 7 when refused.
+CONTAINER_PROBE = r"""
+for target in "$@"; do
+  (
+    curl -s -o /dev/null --connect-timeout 2 -m 4 "http://$target/"; code=$?
+    case $code in 28) r=dropped ;; 7) r=refused ;; *) r=open ;; esac
+    echo "$target $r"
+  ) &
+done
+wait
+body=$(curl -s -m 5 http://198.51.100.2/) && echo "internet $body" || echo "internet error $?"
+"""
+
+
+def parse_probe(stdout: str) -> dict[str, str]:
+    return dict(line.split(" ", 1) for line in stdout.splitlines() if " " in line)
+
+
+@dataclass(frozen=True)
+class Podman:
+    """Rootful podman of the lab (the API's podman), from the host namespace."""
+
+    host_ns: str
+    socket: str
+    uid: int
+    gid: int
+    tools_dir: str
+
+    def run(self, args: list[str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        argv = in_netns(self.host_ns, ["podman", "--url", f"unix://{self.socket}", *args])
+        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+
+    def job_container(
+        self, role: str, network: str, command: list[str], timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        """A container like the API's jobs: role label, flashpods uid, the two sockets
+        and the tools, removed afterwards."""
+        return self.run(
+            [
+                "run",
+                "--rm",
+                "--pull=never",
+                f"--network={network}",
+                "--label",
+                "flashpods-job=true",
+                "--label",
+                f"flashpods-job-type={role}",
+                "--label",
+                "flashpods-instance=lab-test",
+                "--user",
+                f"{self.uid}:{self.gid}",
+                "--cap-drop=ALL",
+                "--security-opt=no-new-privileges",
+                "-v",
+                "/run/spire/sockets:/run/spire/sockets:ro",
+                "-v",
+                "/run/flashpods/token.sock:/run/flashpods/token.sock:ro",
+                "-v",
+                f"{self.tools_dir}:/opt/flashpods:ro",
+                JOB_IMAGE,
+                *command,
+            ],
+            timeout=timeout,
+        )
+
+
+class Laptop:
+    """Runs callables in a thread that lives in the laptop's network namespace."""
+
+    def __init__(self, topo: Topology) -> None:
+        self.topo = topo
+        self.env = lab.laptop_env()
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, initializer=self._enter, thread_name_prefix="laptop"
+        )
+
+    def _enter(self) -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fd = os.open(self.topo.netns_path(self.topo.laptop_ns), os.O_RDONLY)
+        try:
+            if libc.setns(fd, CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), "setns(laptop) failed")
+        finally:
+            os.close(fd)
+
+    def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return self._pool.submit(fn, *args, **kwargs).result()
+
+    def submit(
+        self, fn: Callable[..., T], *args: Any, **kwargs: Any
+    ) -> concurrent.futures.Future[T]:
+        return self._pool.submit(fn, *args, **kwargs)
+
+    def client(self, **kwargs: Any) -> Any:
+        from flashpods.client.config import load_config
+        from flashpods.client.sdk import Flashpods
+
+        return Flashpods.from_config(load_config({**os.environ, **self.env}), **kwargs)
+
+    def close(self) -> None:
+        self._pool.shutdown()
+
+
+def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.1)
+
+
+def unit_status() -> dict[str, Any]:
+    units: dict[str, Any] = lab.read_status().get("units", {})
+    return units
+
+
+def kill9_and_wait_restart(name: str, timeout: float = 60) -> None:
+    """kill -9 the unit's main process; the supervisor restarts it (Restart=always)."""
+    before = unit_status()[name]
+    os.kill(int(before["pid"]), 9)
+    wait_for(
+        lambda: (
+            unit_status()[name]["restarts"] > before["restarts"]
+            and unit_status()[name]["state"] == "active"
+        ),
+        timeout,
+        f"{name} to restart",
+    )
+
+
+def secrets_file(values: dict[str, Any]) -> dict[str, str]:
+    data: dict[str, str] = json.loads(
+        Path(values["tokenServiceEnvironment"]["FLASHPODS_SECRETS_FILE"]).read_text()
+    )
+    return data
