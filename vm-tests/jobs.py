@@ -77,8 +77,22 @@ host.wait_for_unit("flashpods-api.service")
 laptop.wait_for_unit("wireguard-wg0.service")
 laptop.wait_until_succeeds(f"curl -sf --max-time 5 {api_url}/health", timeout=180)
 
-with subtest("The bootstrap is idempotent"):
-    host.succeed("systemctl start spire-bootstrap.service")
+
+def bootstrap_runs() -> list[str]:
+    journal = host.succeed("journalctl -o cat -u spire-bootstrap.service")
+    return [line for line in journal.splitlines() if line.startswith("join_token_issued=")]
+
+
+with subtest("The bootstrap runs before every agent start, and is idempotent"):
+    first = bootstrap_runs()
+    assert first and first[0].startswith("join_token_issued=true"), first
+    host.succeed("systemctl restart spire-agent.service")
+    host.wait_for_unit("spire-agent.service")
+    again = bootstrap_runs()
+    # The agent resumes with its stored SVID: no new join token, no new entries.
+    assert len(again) == len(first) + 1, again
+    assert again[-1].startswith("join_token_issued=false resumed=spiffe://"), again[-1]
+    assert "created=- updated=-" in again[-1], again[-1]
     for spiffe_id in (spire["workerSpiffeId"], spire["agentSpiffeId"]):
         shown = host.succeed(
             f"spire-server entry show -spiffeID {spiffe_id} -socketPath {spire['serverSocketPath']}"
