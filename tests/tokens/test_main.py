@@ -150,3 +150,22 @@ def test_socket_owner_lookup() -> None:
         return
     flashpods = socket_owner("flashpods")
     assert flashpods is not None and flashpods[0] == pw.pw_uid
+
+
+def test_sighup_rereads_the_secrets_file(tmp_path: Path) -> None:
+    secrets = tmp_path / "secrets.json"
+    secrets.write_text(json.dumps(GOOD))
+    proc = subprocess.Popen([SERVICE], env=env_for(tmp_path, secrets), stderr=subprocess.PIPE)
+    try:
+        assert health(tmp_path / "token.sock")["secrets"] == "ok"
+        secrets.write_text("{broken")
+        proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while health(tmp_path / "token.sock")["secrets"] == "ok":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        log = stop(proc)
+    assert b"SIGHUP: re-reading the secrets file" in log
+    assert b"unusable: not valid JSON" in log
+    assert b"SECRET" not in log
