@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import pwd
 import secrets
 import statistics
 import subprocess
@@ -139,17 +138,18 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=8)
     args = parser.parse_args()
 
-    flashpods = pwd.getpwnam("flashpods")
+    uid = gid = 62002  # the containers' uid:gid (a numeric id needs no passwd entry)
     base = Path(tempfile.mkdtemp(prefix="fpbench-", dir="/tmp"))
     base.chmod(0o755)
     stack = IdentityStack(
         base=base,
-        workload_uid=flashpods.pw_uid,
+        workload_uid=uid,
+        workload_gid=gid,
         secrets={"anthropic_api_key": secrets.token_hex(20), "github_token": secrets.token_hex(20)},
     )
     try:
         stack.start()
-        token = worker_jwt(stack, flashpods.pw_uid, flashpods.pw_gid)
+        token = worker_jwt(stack, uid, gid)
         for _ in range(50):  # warm-up: imports, first bundle use, page cache
             one(stack, token)
         print(f"token service: {stack.token_socket} (JWT-SVID ES256, worker)")

@@ -7,7 +7,6 @@ network namespace; the server on 127.0.0.1 on a free port. Set up once per sessi
 from __future__ import annotations
 
 import os
-import pwd
 import secrets
 import shutil
 import subprocess
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from flashpods.spire.stack import IdentityStack
-from identity_support import JOB_IMAGE, Containers, wait_until_issued
+from identity_support import JOB_IMAGE, TEST_UID, Containers, wait_until_issued
 
 
 def _require(condition: bool, message: str) -> None:
@@ -34,16 +33,16 @@ def identity() -> Iterator[Containers]:
         subprocess.run(["podman", "image", "exists", JOB_IMAGE]).returncode == 0,
         f"{JOB_IMAGE} is missing: run scripts/build-image.sh",
     )
-    try:
-        uid, gid = pwd.getpwnam("flashpods").pw_uid, pwd.getpwnam("flashpods").pw_gid
-    except KeyError:
-        pytest.fail("the flashpods user is missing: run scripts/setup.sh", pytrace=False)
+    # Containers run as this uid:gid, like the API runs them as the flashpods user; a
+    # numeric id needs no passwd entry, so the tests do not depend on the lab's user.
+    uid, gid = TEST_UID, TEST_UID
     # Short base path: unix socket paths are limited to 107 bytes.
     base = Path(tempfile.mkdtemp(prefix="fpid-", dir="/tmp"))
     os.chmod(base, 0o755)
     stack = IdentityStack(
         base=base,
         workload_uid=uid,
+        workload_gid=gid,
         secrets={
             "anthropic_api_key": "sk-ant-test-" + secrets.token_hex(16),
             "github_token": "ghp_test" + secrets.token_hex(16),

@@ -14,6 +14,7 @@ from flashpods.spire.stack import IdentityStack
 
 JOB_IMAGE = "localhost/flashpods-job:latest"
 AUDIENCE = "flashpods-token-service"
+TEST_UID = 62001
 
 
 @dataclass

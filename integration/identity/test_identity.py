@@ -148,7 +148,7 @@ def test_token_socket_mode_and_owner(identity: Containers) -> None:
     st = os.stat(identity.stack.token_socket)
     assert stat.S_ISSOCK(st.st_mode)
     assert stat.S_IMODE(st.st_mode) == 0o660
-    assert (st.st_uid, st.st_gid) == (identity.uid, identity.gid) or st.st_uid == identity.uid
+    assert (st.st_uid, st.st_gid) == (identity.uid, identity.gid)
 
 
 def test_bootstrap_is_idempotent_and_agent_resumes(identity: Containers) -> None:

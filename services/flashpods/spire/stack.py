@@ -24,7 +24,7 @@ from flashpods.spire.binaries import spire_bin_dir
 from flashpods.spire.bootstrap import BootstrapResult, bootstrap, wait_for_agent
 from flashpods.spire.config import SpireSettings, write_configs
 from flashpods.spire.tools_dir import assemble_tools_dir
-from flashpods.tokens.activation import listen_unix, socket_owner, spawn_with_socket
+from flashpods.tokens.activation import listen_unix, spawn_with_socket
 
 
 def free_port() -> int:
@@ -45,7 +45,10 @@ def _wait_for(predicate: Callable[[], bool], what: str, timeout: float) -> None:
 @dataclass
 class IdentityStack:
     base: Path
-    workload_uid: int | None
+    # uid:gid the job containers run as: pinned in the entries (unix:uid) and owner of
+    # the token socket, as the flashpods user is on a real host.
+    workload_uid: int
+    workload_gid: int
     secrets: dict[str, str]
     settings: SpireSettings = field(init=False)
     bin_dir: Path = field(init=False)
@@ -139,7 +142,8 @@ class IdentityStack:
     def start_token_service(self) -> None:
         """Socket-activated like under systemd: the socket (and its inode) outlives restarts."""
         if self._token_listener is None:
-            self._token_listener = listen_unix(self.token_socket, 0o660, socket_owner("flashpods"))
+            owner = (self.workload_uid, self.workload_gid)
+            self._token_listener = listen_unix(self.token_socket, 0o660, owner)
         env = {
             "FLASHPODS_SECRETS_FILE": str(self.secrets_file),
             "FLASHPODS_SOCKET_PATH": str(self.token_socket),
