@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +49,7 @@ class Running:
             conn.close()
 
 
+@contextlib.contextmanager
 def serve(tmp_path: Path, bundles: BundleProvider) -> Iterator[Running]:
     secrets_path = tmp_path / "secrets.json"
     secrets_path.write_text(json.dumps(SECRETS))
@@ -71,7 +74,8 @@ def serve(tmp_path: Path, bundles: BundleProvider) -> Iterator[Running]:
 
 @pytest.fixture
 def running(tmp_path: Path, bundle: JwtBundle) -> Iterator[Running]:
-    yield from serve(tmp_path, Fixed(bundle))
+    with serve(tmp_path, Fixed(bundle)) as running:
+        yield running
 
 
 def test_worker_and_agent(running: Running, ec_signer: Signer) -> None:
@@ -168,7 +172,7 @@ def test_unknown_path_and_method(running: Running) -> None:
 
 def test_spire_unreachable_is_503(tmp_path: Path, ec_signer: Signer) -> None:
     missing = BundleSource(tmp_path / "no-agent.sock", "flashpods.local", retry_interval=0)
-    for running in serve(tmp_path, missing):
+    with serve(tmp_path, missing) as running:
         answer = exchange(running.socket_path, ec_signer.token())
         assert (answer.status, answer.body["error"]) == (503, "spire_unavailable")
         health = running.get("/health")
@@ -199,3 +203,29 @@ def test_one_audit_line_per_exchange_without_secrets_or_jwt(
     for token in tokens:
         for part in token.split("."):
             assert part not in text
+
+
+def test_connections_beyond_the_limit_wait_for_a_free_slot(
+    tmp_path: Path, bundle: JwtBundle, ec_signer: Signer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("flashpods.tokens.server.MAX_CONNECTIONS", 2)
+    with serve(tmp_path, Fixed(bundle)) as running:
+        idle = [socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(2)]
+        for conn in idle:
+            conn.connect(str(running.socket_path))
+        # Both slots are held by the idle connections once their threads run.
+        time.sleep(0.2)
+        result: list[int] = []
+        token = ec_signer.token()
+
+        def client() -> None:
+            result.append(exchange(running.socket_path, token).status)
+
+        waiter = threading.Thread(target=client)
+        waiter.start()
+        waiter.join(timeout=1.0)
+        assert waiter.is_alive() and result == []  # accepted by the kernel, not served
+        idle[0].close()
+        waiter.join(timeout=10)
+        assert result == [200]
+        idle[1].close()

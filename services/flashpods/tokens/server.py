@@ -6,6 +6,7 @@ import json
 import logging
 import socket
 import socketserver
+import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
 from typing import Any
@@ -17,6 +18,7 @@ audit = logging.getLogger("flashpods.tokens.audit")
 log = logging.getLogger("flashpods.tokens.http")
 
 LINGER_MAX_BYTES = 1 << 20
+MAX_CONNECTIONS = 128
 # A client that connects and sends nothing must not hold a thread forever.
 REQUEST_TIMEOUT_SECONDS = 10.0
 
@@ -38,6 +40,23 @@ class TokenServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         self.socket.close()
         self.socket = sock
         self.exchange = exchange
+        # One thread per connection, but not unbounded: a job opening thousands of
+        # connections makes the accept loop wait instead of exhausting the host.
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        self._slots.acquire()
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
 
 class TokenHandler(BaseHTTPRequestHandler):
