@@ -136,8 +136,8 @@ def flashpods_api(root: Path, podman_socket: Path, name: str, **extra: str) -> I
         if process.poll() is not None:
             raise StackError(f"flashpods-api exited: {(root / 'api.log').read_text()[-2000:]}")
         try:
-            return requests.get(api.url + "/health", timeout=1).status_code == 200
-        except requests.ConnectionError:
+            return requests.get(api.url + "/health", timeout=2).status_code == 200
+        except requests.RequestException:  # not listening yet, or still starting up
             return False
 
     try:

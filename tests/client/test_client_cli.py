@@ -206,3 +206,35 @@ def test_jobs_kill_artifacts_health(stub: Stub, tmp_path: Path) -> None:
         "GET", "/health", Reply(200, {"status": "healthy", "version": "0.1.0", "uptime_seconds": 5})
     )
     assert _cli(stub, ["health"])[:2] == (0, "healthy (version 0.1.0, up 5s)\n")
+
+
+def test_agent_sends_task_branch_and_context_from_a_file(stub: Stub, tmp_path: Path) -> None:
+    stub.script.on(
+        "POST", "/jobs", Reply(201, {"job_id": JOB_ID, "status": "pending", "created": True})
+    )
+    context = tmp_path / "context.md"
+    context.write_text("The tests live in tests/.\n")
+    code, out, _ = _cli(
+        stub,
+        [
+            "agent",
+            "--no-upload",
+            "--task",
+            "Fix the flaky test",
+            "--branch",
+            "fix/flaky",
+            "--context-file",
+            str(context),
+        ],
+    )
+    assert (code, out) == (0, f"{JOB_ID}\n")
+    body = stub.script.requests("POST", "/jobs")[0].body
+    assert (body["type"], body["task"], body["git_branch"], body["context"]) == (
+        "agent",
+        "Fix the flaky test",
+        "fix/flaky",
+        "The tests live in tests/.\n",
+    )
+    code, _, err = _cli(stub, ["agent", "--no-upload", "--branch", "b"])
+    assert code == 125 and "missing_task" in err
+    assert len(stub.script.requests("POST", "/jobs")) == 1
