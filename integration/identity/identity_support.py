@@ -46,6 +46,8 @@ class Containers:
         args = ["run", "--pull=never", "--label", f"flashpods-instance={self.instance}"]
         args += ["-d"] if detach else ["--rm"]
         args += ["--user", user or f"{self.uid}:{self.gid}"]
+        # Hardened as the API runs jobs (api.md "Container").
+        args += ["--cap-drop", "ALL", "--security-opt", "no-new-privileges", "--init"]
         if role is not None:
             args += ["--label", f"flashpods-job-type={role}"]
         args += [
