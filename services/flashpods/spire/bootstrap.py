@@ -70,7 +70,7 @@ def read_stored_svid(agent_data_dir: Path) -> StoredSvid | None:
         uris = cert.extensions.get_extension_for_class(
             x509.SubjectAlternativeName
         ).value.get_values_for_type(x509.UniformResourceIdentifier)
-    except (FileNotFoundError, KeyError, IndexError, TypeError, ValueError, x509.ExtensionNotFound):
+    except (OSError, KeyError, IndexError, TypeError, ValueError, x509.ExtensionNotFound):
         return None
     if not uris:
         return None
@@ -107,7 +107,7 @@ def desired_entries(settings: SpireSettings) -> list[DesiredEntry]:
     ]
 
 
-def _write_private(path: Path, text: str, mode: int) -> None:
+def _write_atomic(path: Path, text: str, mode: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
@@ -149,7 +149,7 @@ def bootstrap(
 ) -> BootstrapResult:
     cli = SpireServerCli(bin_dir / "spire-server", settings.server_socket_path)
     cli.wait_healthy(server_wait_seconds)
-    _write_private(settings.trust_bundle_path, cli.bundle_pem(), 0o644)
+    _write_atomic(settings.trust_bundle_path, cli.bundle_pem(), 0o644)
 
     svid = read_stored_svid(settings.agent_data_dir)
     known = svid is not None and cli.agent_known(svid.spiffe_id)
@@ -169,7 +169,7 @@ def bootstrap(
         # A stale SVID would be preferred over the token by the agent: drop it.
         (settings.agent_data_dir / AGENT_DATA_FILE).unlink(missing_ok=True)
         token = cli.generate_token(settings.node_spiffe_id, JOIN_TOKEN_TTL_SECONDS)
-        _write_private(settings.join_token_file, token + "\n", 0o600)
+        _write_atomic(settings.join_token_file, token + "\n", 0o600)
         token_parent = f"spiffe://{settings.trust_domain}/spire/agent/join_token/{token}"
         log.info(
             "issued a join token for %s (valid %d s)",
