@@ -8,6 +8,13 @@ if [ -x "$OUT/bin/spire-server" ] && [ -x "$OUT/bin/spire-agent" ]; then
   exit 0
 fi
 log "building SPIRE v$VERSION (first run only; cached in $OUT)"
+# CGO needs a C compiler and libc headers; a fresh minimal Debian may have neither.
+if ! command -v gcc >/dev/null ||
+  ! dpkg-query -W -f='${Status}' libc6-dev 2>/dev/null | grep -q "install ok installed"; then
+  log "installing gcc and libc6-dev (the server's sqlite3 datastore needs CGO)"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends gcc libc6-dev >/dev/null
+fi
 mkdir -p "$OUT/tools"
 export GOPATH="$CACHE/gopath" GOMODCACHE="$CACHE/gopath/pkg/mod" GOCACHE="$CACHE/gocache"
 export GOFLAGS=-mod=mod GOTOOLCHAIN=local
