@@ -47,6 +47,7 @@ in
         "spire-agent.service"
       ];
       requires = [
+        "flashpods-paths.service"
         "flashpods-token-service.socket"
         "spire-agent.service"
       ];

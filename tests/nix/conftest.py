@@ -61,3 +61,22 @@ def render(nix_eval: Callable[[str], Any]) -> dict[str, Any]:
         """
     )
     return result
+
+
+@pytest.fixture(scope="session")
+def eval_modules(nix_eval: Callable[[str], Any]) -> Callable[[str], dict[str, Any]]:
+    """The modules evaluated by tests/nix/eval-modules.nix with extra `settings` (Nix)."""
+
+    def evaluate(settings: str = "{ }") -> dict[str, Any]:
+        result: dict[str, Any] = nix_eval(
+            f"import ./tests/nix/eval-modules.nix {{ settings = {settings}; }}"
+        )
+        return result
+
+    return evaluate
+
+
+@pytest.fixture(scope="session")
+def deployed(eval_modules: Callable[[str], dict[str, Any]]) -> dict[str, Any]:
+    """The configuration nixosConfigurations.flashpods defines (our modules' part)."""
+    return eval_modules()

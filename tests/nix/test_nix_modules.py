@@ -1,0 +1,284 @@
+"""The modules' own output equals the lab's values (tests/nix/eval-modules.nix).
+
+The modules are evaluated without nixpkgs (a small stand-in for lib and the module
+system), so what is compared here is what they hand to NixOS: units, sockets, firewall,
+nftables table, SPIRE configs, rsyncd settings, tmpfiles, WireGuard.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import PurePosixPath
+from typing import Any
+
+import pytest
+from flashpods import deployment
+from flashpods.spire import config as spire_config
+
+FAKE_STORE = "/nix/store/00000000000000000000000000000000-"
+
+
+@pytest.fixture(scope="module")
+def data() -> dict[str, Any]:
+    return deployment.values()
+
+
+@pytest.fixture(scope="module")
+def units(deployed: dict[str, Any]) -> dict[str, Any]:
+    result: dict[str, Any] = deployed["config"]["systemd"]["services"]
+    return result
+
+
+def test_the_configuration_evaluates_without_failed_assertions(deployed: dict[str, Any]) -> None:
+    assert deployed["failedAssertions"] == []
+    # configuration.nix warns while no laptop.pub is committed (docs/deploy.md, step 2).
+    assert len(deployed["warnings"]) == 1 and "laptop.pub" in deployed["warnings"][0]
+
+
+def test_firewall_table_is_the_labs(deployed: dict[str, Any]) -> None:
+    table = deployed["config"]["networking"]["nftables"]["tables"]["flashpods"]
+    assert table["family"] == "inet"
+    assert table["content"] == deployment.firewall_table_body()
+    assert deployed["config"]["networking"]["nftables"]["enable"] is True
+
+
+def test_nixos_firewall_opens_api_and_rsync_on_wg0_only(
+    deployed: dict[str, Any], data: dict[str, Any]
+) -> None:
+    firewall = deployed["config"]["networking"]["firewall"]
+    wg = data["wireguard"]
+    assert firewall["enable"] is True
+    assert firewall["interfaces"] == {
+        wg["interface"]: {"allowedTCPPorts": [data["api"]["port"], data["rsync"]["port"]]}
+    }
+    assert "allowedTCPPorts" not in firewall
+    assert firewall["allowedUDPPorts"] == [wg["listenPort"]]
+
+
+def test_spire_configs_are_the_labs(deployed: dict[str, Any]) -> None:
+    etc = deployed["config"]["environment"]["etc"]
+    settings = spire_config.SpireSettings.from_deployment()
+    assert etc["spire/server.conf"]["text"] == spire_config.render_server_conf(settings)
+    assert etc["spire/agent.conf"]["text"] == spire_config.render_agent_conf(settings)
+    units = deployed["config"]["systemd"]["services"]
+    assert units["spire-server"]["serviceConfig"]["ExecStart"].endswith(
+        f"/bin/spire-server run -config {settings.server_conf_path}"
+    )
+    assert units["spire-agent"]["serviceConfig"]["ExecStart"].endswith(
+        f"/bin/spire-agent run -config {settings.agent_conf_path}"
+    )
+
+
+def test_service_environments_are_the_datas(units: dict[str, Any], data: dict[str, Any]) -> None:
+    api_env = units["flashpods-api"]["environment"]
+    assert {k: api_env[k] for k in data["apiEnvironment"]} == data["apiEnvironment"]
+    # The rest are the API's own defaults (api.md) and the tools directory.
+    assert set(api_env) - set(data["apiEnvironment"]) == {
+        "FLASHPODS_DEFAULT_IMAGE",
+        "FLASHPODS_PULL_POLICY",
+        "FLASHPODS_AGENT_COMMAND",
+        "FLASHPODS_TOOLS_DIR",
+    }
+    assert units["flashpods-token-service"]["environment"] == data["tokenServiceEnvironment"]
+
+
+def test_rsyncd_is_the_datas(deployed: dict[str, Any], data: dict[str, Any]) -> None:
+    rsyncd = deployed["config"]["services"]["rsyncd"]
+    assert rsyncd == {"enable": True, "port": data["rsync"]["port"], "settings": data["rsyncd"]}
+
+
+def test_tmpfiles_create_the_datas_paths(deployed: dict[str, Any], data: dict[str, Any]) -> None:
+    rules = deployed["config"]["systemd"]["tmpfiles"]["rules"]
+    assert rules == [
+        f"{e['kind']} {e['path']} {e['mode']} {e['user']} {e['group']} -"
+        for e in data["paths"]
+        if e["kind"] in ("d", "f")
+    ]
+
+
+def test_sockets_have_the_datas_paths_and_modes(
+    deployed: dict[str, Any], data: dict[str, Any]
+) -> None:
+    sockets = deployed["config"]["systemd"]["sockets"]
+    wanted = {e["path"]: e for e in data["paths"] if e["kind"] == "socket"}
+    for name in ("podman-socket-flashpods", "flashpods-token-service"):
+        (path,) = sockets[name]["listenStreams"]
+        config = sockets[name]["socketConfig"]
+        entry = wanted[path]
+        assert (config["SocketMode"], config["SocketUser"], config["SocketGroup"]) == (
+            entry["mode"],
+            entry["user"],
+            entry["group"],
+        )
+    assert sockets["podman-socket-flashpods"]["listenStreams"] == [
+        data["apiEnvironment"]["FLASHPODS_PODMAN_SOCKET"]
+    ]
+    assert sockets["flashpods-token-service"]["listenStreams"] == [
+        data["tokenServiceEnvironment"]["FLASHPODS_SOCKET_PATH"]
+    ]
+
+
+def test_units_start_in_the_datas_order(units: dict[str, Any], data: dict[str, Any]) -> None:
+    for unit, deps in data["serviceOrder"].items():
+        after = units[unit]["after"]
+        for dep in deps:
+            assert (dep if "." in dep else f"{dep}.service") in after, (unit, dep)
+
+
+def test_hardening_paths_exist_before_the_units_start(
+    units: dict[str, Any], data: dict[str, Any]
+) -> None:
+    created = {e["path"] for e in data["paths"] if e["kind"] == "d"}
+    for name, unit in units.items():
+        service = unit.get("serviceConfig", {})
+        paths = service.get("ReadWritePaths", []) + service.get("ReadOnlyPaths", [])
+        for path in paths:
+            assert path in created, f"{name}: {path} is not created by flashpods-paths"
+        if paths:
+            assert "flashpods-paths.service" in unit["requires"], name
+            assert "flashpods-paths.service" in unit["after"], name
+        for path in service.get("InaccessiblePaths", []):
+            assert path.startswith("-"), f"{name}: {path} must be optional"
+
+
+def test_units_run_packaged_programs(units: dict[str, Any]) -> None:
+    for name, unit in units.items():
+        service = unit.get("serviceConfig", {})
+        if "ExecStart" in service:
+            assert service["ExecStart"].startswith("/nix/store/"), name
+    assert units["flashpods-api"]["serviceConfig"]["ExecStart"] == (
+        f"{FAKE_STORE}flashpods/bin/flashpods-api"
+    )
+    assert units["flashpods-token-service"]["serviceConfig"]["ExecStart"] == (
+        f"{FAKE_STORE}flashpods/bin/flashpods-token-service"
+    )
+
+
+def test_service_users(units: dict[str, Any], data: dict[str, Any]) -> None:
+    assert units["flashpods-api"]["serviceConfig"]["User"] == data["user"]
+    assert units["podman-socket-flashpods"]["serviceConfig"]["User"] == data["user"]
+    for root_unit in ("flashpods-token-service", "spire-server", "spire-agent", "spire-bootstrap"):
+        assert "User" not in units[root_unit]["serviceConfig"], root_unit
+
+
+def test_api_token_is_a_credential(units: dict[str, Any], data: dict[str, Any]) -> None:
+    api = units["flashpods-api"]["serviceConfig"]
+    token_file = data["apiEnvironment"]["FLASHPODS_TOKEN_FILE"]
+    assert api["LoadCredential"] == [f"api-token:{token_file}"]
+    assert api["InaccessiblePaths"] == [f"-{PurePosixPath(token_file).parent}"]
+
+
+def test_bootstrap_gets_the_data_and_the_spire_binaries(units: dict[str, Any]) -> None:
+    bootstrap = units["spire-bootstrap"]
+    assert bootstrap["serviceConfig"]["Type"] == "oneshot"
+    assert bootstrap["environment"]["FLASHPODS_SPIRE_BIN_DIR"] == f"{FAKE_STORE}spire/bin"
+    assert bootstrap["environment"]["FLASHPODS_DEPLOYMENT_JSON"].startswith(FAKE_STORE)
+    assert bootstrap["serviceConfig"]["ExecStart"] == (
+        f"{FAKE_STORE}flashpods/bin/flashpods-spire bootstrap --workload-uid 2000"
+    )
+    assert "spire-agent.service" in bootstrap["before"]
+
+
+def test_rootless_podman_user(deployed: dict[str, Any], data: dict[str, Any]) -> None:
+    user = deployed["config"]["users"]["users"][data["user"]]
+    assert user["isNormalUser"] is True and user["linger"] is True and user["uid"] == 2000
+    podman = deployed["config"]["systemd"]["services"]["podman-socket-flashpods"]
+    assert "user@2000.service" in podman["requires"]
+    assert podman["environment"]["XDG_RUNTIME_DIR"] == "/run/user/2000"
+
+
+def test_wireguard_interface(deployed: dict[str, Any], data: dict[str, Any]) -> None:
+    wg = data["wireguard"]
+    iface = deployed["config"]["networking"]["wireguard"]["interfaces"][wg["interface"]]
+    assert iface["ips"] == [f"{wg['hostAddress']}/{wg['prefixLength']}"]
+    assert iface["listenPort"] == wg["listenPort"]
+    (peer,) = iface["peers"]
+    assert peer["allowedIPs"] == [f"{wg['laptopAddress']}/32"]
+    assert peer["endpoint"] is None
+
+
+def test_image_prepull_is_a_best_effort_unit_after_the_network(units: dict[str, Any]) -> None:
+    prepull = units["flashpods-image-prepull"]
+    assert "network-online.target" in prepull["after"]
+    assert "network-online.target" in prepull["wants"]
+    assert prepull["script"].count("|| echo") == 9
+
+
+# --- settings ------------------------------------------------------------------------
+
+
+def test_settings_reach_the_api(eval_modules: Callable[[str], dict[str, Any]]) -> None:
+    result = eval_modules(
+        """{ services.flashpods = {
+             hostCapacity = { cpus = 4; memoryGb = 16; };
+             api.pullPolicy = "never";
+             api.extraEnvironment.FLASHPODS_ARTIFACTS_TTL_SECONDS = "7200";
+             podman.prePullImages = [ ];
+             podman.preloadImages = [ { outPath = "/nix/store/x-image.tar.gz"; } ];
+           }; }"""
+    )
+    units = result["config"]["systemd"]["services"]
+    env = units["flashpods-api"]["environment"]
+    assert env["FLASHPODS_HOST_CPUS"] == "4" and env["FLASHPODS_HOST_MEMORY_GB"] == "16"
+    assert env["FLASHPODS_PULL_POLICY"] == "never"
+    assert env["FLASHPODS_ARTIFACTS_TTL_SECONDS"] == "7200"
+    assert "flashpods-image-prepull" not in units
+    assert "load --input /nix/store/x-image.tar.gz" in units["flashpods-image-load"]["script"]
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        (
+            '{ services.flashpods.secretsFile = "/nix/store/x-secrets.json"; }',
+            "secretsFile must not be in the Nix store",
+        ),
+        (
+            '{ services.flashpods.api.tokenFile = "/nix/store/x-token"; }',
+            "tokenFile must not be in the Nix store",
+        ),
+        (
+            '{ services.flashpods.wireguard.privateKeyFile = "/nix/store/x-wg.key"; }',
+            "privateKeyFile must not be in the Nix store",
+        ),
+        (
+            '{ services.flashpods.spire.package = { outPath = "/x"; version = "1.9.6"; }; }',
+            "must be SPIRE >= 1.13, got 1.9.6",
+        ),
+    ],
+)
+def test_bad_settings_fail_an_assertion(
+    eval_modules: Callable[[str], dict[str, Any]], settings: str, message: str
+) -> None:
+    failed = eval_modules(settings)["failedAssertions"]
+    assert len(failed) == 1 and message in failed[0], failed
+
+
+def test_disabled_means_nothing_deployed(eval_modules: Callable[[str], dict[str, Any]]) -> None:
+    # mkForce false (configuration.nix sets true): what lib.mkForce evaluates to.
+    force_off = '{ _type = "override"; priority = 50; content = false; }'
+    config = eval_modules(f"{{ services.flashpods.enable = {force_off}; }}")["config"]
+
+    def leaves(value: Any) -> list[Any]:
+        if isinstance(value, dict):
+            return [leaf for item in value.values() for leaf in leaves(item)]
+        return [value]
+
+    # The stand-in module system keeps the emptied sets; no setting of ours survives.
+    # (systemd.package, the podman package, the home and /etc sources are the stand-in's.)
+    for part in (
+        config["systemd"]["services"],
+        config["systemd"]["sockets"],
+        config["systemd"]["tmpfiles"],
+        {k: v for k, v in config["networking"].items() if k != "hostName"},  # configuration.nix
+        config["services"]["rsyncd"],
+        config["users"]["groups"],
+        {k: v for k, v in config["users"]["users"]["flashpods"].items() if k != "home"},
+        {k: v for k, v in config["virtualisation"]["podman"].items() if k != "package"},
+        {
+            name: {k: v for k, v in e.items() if k != "source"}
+            for name, e in config["environment"]["etc"].items()
+        },
+    ):
+        assert leaves(part) == [], part
+    assert config["services"]["flashpods"]["enable"] is False
