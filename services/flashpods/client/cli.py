@@ -366,14 +366,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     # Also accepted after the command; SUPPRESS keeps `--json status` from being reset.
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
+    common.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output"
+    )
     sub = parser.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
     resources = argparse.ArgumentParser(add_help=False)
     resources.add_argument("--image", help="container image (API default otherwise)")
-    resources.add_argument("--cpus", type=_positive)
-    resources.add_argument("--memory", type=_positive, metavar="GB")
-    resources.add_argument("--timeout", type=_positive, metavar="MINUTES")
+    resources.add_argument("--cpus", type=_positive, help="default 2 (max: worker 8, agent 4)")
+    resources.add_argument(
+        "--memory", type=_positive, metavar="GB", help="default 4 (max: worker 16, agent 8)"
+    )
+    resources.add_argument(
+        "--timeout", type=_positive, metavar="MINUTES", help="default: worker 30, agent 60"
+    )
     resources.add_argument("--dir", default=".", help="folder to upload (default: .)")
     resources.add_argument(
         "--no-upload", dest="dir", action="store_const", const=None, help="upload nothing"
