@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
-
-import pytest
 
 from flashpods import deployment
 
@@ -25,7 +22,6 @@ def test_firewall_has_no_unfilled_placeholders() -> None:
     assert 'iifname "wg0" ip saddr 10.0.0.2 tcp dport 8080 accept' in ruleset
 
 
-@pytest.mark.skipif(shutil.which("nft") is None, reason="nft not installed")
 def test_firewall_ruleset_passes_nft_check(tmp_path) -> None:
     rules = tmp_path / "flashpods.nft"
     rules.write_text(deployment.firewall_ruleset())
