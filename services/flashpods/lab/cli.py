@@ -78,3 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     except LabError as exc:
         print(f"flashpods-lab: {exc}", file=sys.stderr)
         return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

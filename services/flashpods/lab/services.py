@@ -4,7 +4,7 @@ Environments, users, paths and the start order come from flashpods.nix; the only
 lab differences are named here and in docs/lab.md: podman is rootful (cgroup v1, see
 lab.md), the API gets the lab's image/pull/tools/instance settings, restarts come
 after 1 s instead of 5 s, and rsyncd also honours `address` (nixos-24.05 ignores it;
-the firewall carries that restriction there).
+the firewall carries that restriction there) by --address.
 """
 
 from __future__ import annotations
@@ -157,8 +157,20 @@ def build(values: dict[str, Any], topo: Topology, inputs: LabInputs) -> list[Uni
     )
     rsyncd = Unit(
         name="rsyncd",
+        # rsync reads `address` from its config only outside [global] sections, and
+        # nixos-24.05 renders it inside one (so there the firewall alone restricts it);
+        # the lab honours the setting with --address.
         argv=tuple(
-            in_netns(host, ["rsync", "--daemon", "--no-detach", f"--config={inputs.rsyncd_conf}"])
+            in_netns(
+                host,
+                [
+                    "rsync",
+                    "--daemon",
+                    "--no-detach",
+                    f"--address={values['rsyncd']['global']['address']}",
+                    f"--config={inputs.rsyncd_conf}",
+                ],
+            )
         ),
         env=root_env,
         after=("network.target",),

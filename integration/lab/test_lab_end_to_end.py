@@ -1,0 +1,71 @@
+"""A job from the laptop, end to end: `flashpods-lab demo` itself, and the same flow with
+the SDK (upload over rsync, worker, log, artifact download), checked in detail."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from flashpods.lab.demo import SAMPLE_FILES, write_sample
+from lab_helpers import Laptop, secrets_file
+
+
+def test_demo_runs_a_job_end_to_end(lab_up, tmp_path: Path, values: dict[str, Any]) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "flashpods.lab.cli", "demo"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    out = proc.stdout
+    assert proc.returncode == 0, out + proc.stderr
+    assert "got a GITHUB_TOKEN from the token service" in out
+    assert "./src/wordcount.py" in out  # the worker read /work
+    for phase in ("upload", "finalize", "start", "run", "artifact download", "end to end"):
+        assert f"{phase} " in out.split("summary:")[1]
+    (artifact,) = (tmp_path / "flashpods-artifacts").glob("job_*/wordcount.txt")
+    assert artifact.read_text().splitlines()[0].split() == ["3", "the"]
+    secrets = secrets_file(values)
+    assert secrets["github_token"] not in out + proc.stderr
+
+
+def test_sdk_flow_upload_job_log_artifact(laptop: Laptop, tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    write_sample(project)
+    (project / ".git").mkdir()
+    (project / ".git" / "HEAD").write_text("excluded by the client\n")
+
+    def flow() -> tuple[Any, Any, str, Path, Any]:
+        with laptop.client() as fp:
+            upload = fp.upload(project)
+            created = fp.create_worker(
+                "cd /work && ls -R . && sha256sum README.md > /artifacts/readme.sha256 "
+                "&& mkdir /artifacts/sub && echo nested > /artifacts/sub/n.txt "
+                "&& echo to-stderr >&2",
+                files_id=upload.upload_id,
+            )
+            job = fp.wait(created.job_id, timeout=120)
+            log = fp.get_output(created.job_id).output
+            files = fp.download_artifacts(created.job_id, tmp_path / "out")
+            return upload, job, log, tmp_path / "out", (files, fp.get_upload(upload.upload_id))
+
+    upload, job, log, out, (files, upload_after) = laptop.call(flow)
+    assert upload.file_count == len(SAMPLE_FILES)  # .git was excluded
+    assert job.status == "completed" and job.exit_code == 0
+    assert "to-stderr" in log and "wordcount.py" in log
+    assert all(line.startswith("[") for line in log.splitlines() if line)
+    got = sorted(str(p.relative_to(out)) for p in files)
+    assert got == ["readme.sha256", "sub/n.txt"]
+    assert (out / "sub" / "n.txt").read_text() == "nested\n"
+    import hashlib
+
+    want = hashlib.sha256(SAMPLE_FILES["README.md"].encode()).hexdigest()
+    assert (out / "readme.sha256").read_text().split()[0] == want
+    assert upload_after.state == "consumed"
+    assert not Path(f"/tmp/flashpods/uploads/{upload.upload_id}").exists()
+    assert Path(f"/var/lib/flashpods/artifacts/{job.id}/sub/n.txt").exists()
+    assert Path(f"/var/log/flashpods/{job.id}.log").exists()

@@ -1,0 +1,70 @@
+"""SPIRE attestation of job containers and the token exchange, in the running lab.
+
+The containers are made like the API makes jobs (role label, flashpods uid, the SPIRE
+socket directory, the token socket, the tools at /opt/flashpods); the secrets are
+compared by hash so they never appear in the test output.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import pytest
+from lab_helpers import Podman, secrets_file
+
+FETCH_X509 = (
+    "/opt/flashpods/bin/spire-agent api fetch x509 -socketPath "
+    "/run/spire/sockets/agent.sock -output json | jq -r '.svids[].spiffe_id'"
+)
+
+# Through the project's helper: print a hash of each secret the token service granted.
+EXCHANGE = r"""
+/opt/flashpods/bin/flashpods-token-helper --require GITHUB_TOKEN sh -c '
+  for name in ANTHROPIC_API_KEY GITHUB_TOKEN; do
+    eval "value=\${$name-}"
+    if [ -n "$value" ]; then
+      echo "$name $(printf %s "$value" | sha256sum | cut -d" " -f1)"
+    else
+      echo "$name none"
+    fi
+  done'
+"""
+
+
+def _sha(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()
+
+
+@pytest.mark.parametrize("role", ["worker", "agent"])
+def test_container_gets_the_svid_of_its_role(podman: Podman, role: str) -> None:
+    # New entries take a few seconds to reach the agent; the lab's entries exist since `up`.
+    proc = podman.job_container(role, "bridge", ["sh", "-c", FETCH_X509])
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == [f"spiffe://flashpods.local/{role}"]
+
+
+def test_unlabelled_container_gets_no_identity(podman: Podman) -> None:
+    proc = podman.job_container("nobody", "bridge", ["sh", "-c", FETCH_X509 + "; exit 0"])
+    assert "spiffe://" not in proc.stdout
+
+
+def test_token_exchange_gives_an_agent_both_secrets_and_a_worker_only_github(
+    podman: Podman, values: dict[str, Any]
+) -> None:
+    secrets = secrets_file(values)
+    agent = podman.job_container("agent", "bridge", ["sh", "-c", EXCHANGE])
+    worker = podman.job_container("worker", "bridge", ["sh", "-c", EXCHANGE])
+    assert agent.returncode == 0, agent.stderr
+    assert worker.returncode == 0, worker.stderr
+    assert agent.stdout.split("\n")[:2] == [
+        f"ANTHROPIC_API_KEY {_sha(secrets['anthropic_api_key'])}",
+        f"GITHUB_TOKEN {_sha(secrets['github_token'])}",
+    ]
+    assert worker.stdout.split("\n")[:2] == [
+        "ANTHROPIC_API_KEY none",
+        f"GITHUB_TOKEN {_sha(secrets['github_token'])}",
+    ]
+    for out in (agent.stdout + agent.stderr, worker.stdout + worker.stderr):
+        assert secrets["github_token"] not in out
+        assert secrets["anthropic_api_key"] not in out
