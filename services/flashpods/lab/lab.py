@@ -181,7 +181,11 @@ def up() -> UpReport:
     _write_service_inputs(values, topo, inputs, spire_bin)
     t = step("configs", t)
     lab_units = services.build(values, topo, inputs)
-    units.save(lab_units, STATE_DIR / "units.json")
+    units_file = STATE_DIR / "units.json"
+    if _supervisor_pid() is not None and units.load(units_file) != lab_units:
+        # The unit definitions changed (e.g. a new checkout): restart the services.
+        _stop_supervisor()
+    units.save(lab_units, units_file)
     if _supervisor_pid() is None:
         _start_supervisor(service_bin)
     else:
@@ -226,18 +230,24 @@ def _unit_pids() -> list[int]:
     return pids
 
 
+def _stop_supervisor() -> None:
+    """Stop every unit (reverse order) and the supervisor itself."""
+    pid = _supervisor_pid()
+    if pid is None:
+        return
+    with contextlib.suppress(LabError):
+        control({"cmd": "shutdown"}, timeout=10)
+    deadline = time.monotonic() + 90
+    while alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if alive(pid):
+        os.kill(pid, signal.SIGKILL)
+
+
 def down() -> None:
     preflight.require_root()
     topo = topology()
-    pid = _supervisor_pid()
-    if pid is not None:
-        with contextlib.suppress(LabError):
-            control({"cmd": "shutdown"}, timeout=10)
-        deadline = time.monotonic() + 90
-        while alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if alive(pid):
-            os.kill(pid, signal.SIGKILL)
+    _stop_supervisor()
     # Whatever a crashed supervisor left: the units' own process groups.
     for unit_pid in _unit_pids():
         with contextlib.suppress(ProcessLookupError, PermissionError):
