@@ -62,12 +62,26 @@ def _jobs_total(laptop: Laptop) -> int:
 
 
 @pytest.mark.parametrize("unit", ["flashpods-api", "flashpods-token-service", "spire-agent"])
-def test_kill_9_mid_job_the_job_completes(laptop: Laptop, unit: str) -> None:
+def test_kill_9_mid_job_the_job_completes(laptop: Laptop, unit: str, tmp_path: Path) -> None:
+    (tmp_path / "kept.txt").write_text("an upload finalized before the fault\n")
+
+    def uploaded() -> Any:
+        with laptop.client() as fp:
+            return fp.upload(tmp_path)
+
+    upload = laptop.call(uploaded)
     before_total = _jobs_total(laptop)
     token_inode = os.stat("/run/flashpods/token.sock").st_ino
     job_id = _start_job(laptop, TOKEN_THEN_ARTIFACT)
     kill9_and_wait_restart(unit)
     job, log, artifact = _finish(laptop, job_id)
+
+    def upload_now() -> Any:
+        with laptop.client() as fp:
+            return fp.get_upload(upload.upload_id)
+
+    after = laptop.call(upload_now)
+    assert (after.state, after.size_bytes, after.file_count) == ("finalized", 37, 1)
     assert job.status == "completed", (job.raw, log)
     lines = [line.split("] ", 1)[1] for line in log.splitlines() if "] " in line]
     assert lines[0] == "before" and "after" in lines
