@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+import textwrap
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -102,7 +103,7 @@ def run_demo(out: Path) -> int:
         total = time.monotonic() - t0
     for path in paths:
         print(f"artifact {path} ({path.stat().st_size} bytes):")
-        print("  " + path.read_text().strip().replace("\n", "\n  "))
+        print(textwrap.indent(path.read_text().rstrip("\n"), "  "))
     print(
         "summary: "
         + ", ".join(f"{k} {v:.2f} s" for k, v in phases.marks.items())
