@@ -238,3 +238,13 @@ def test_agent_sends_task_branch_and_context_from_a_file(stub: Stub, tmp_path: P
     code, _, err = _cli(stub, ["agent", "--no-upload", "--branch", "b"])
     assert code == 125 and "missing_task" in err
     assert len(stub.script.requests("POST", "/jobs")) == 1
+
+
+def test_logs_follow_waits_for_a_job_that_has_not_started(stub: Stub) -> None:
+    stub.script.on("GET", JOB, _job("pending"), _job("running"), _job("completed", 0))
+    stub.script.on("GET", JOB + "/output", error(404, "logs_not_available"), _output("x\n"))
+    code, out, _ = _cli(stub, ["logs", JOB_ID, "-f"])
+    assert (code, out) == (0, "x\n")
+    stub.script.on("GET", "/jobs/job_missing/output", error(404, "job_not_found"))
+    code, _, err = _cli(stub, ["logs", "job_missing", "-f"])
+    assert code == 1 and "404 job_not_found" in err

@@ -250,20 +250,27 @@ def cmd_status(ctx: Context) -> int:
 def cmd_logs(ctx: Context) -> int:
     fp = ctx.client()
     args = ctx.args
-    first = fp.get_output(args.job_id, tail=args.tail)
-    if ctx.as_json and not args.follow:
-        ctx.emit(first.raw)
-        return 0
-    ctx.out.write(first.output)
-    ctx.out.flush()
-    if not args.follow:
-        return 0
-    follower = OutputFollower.after(first)
 
     def write(text: str) -> None:
         ctx.out.write(text)
         ctx.out.flush()
 
+    if not args.follow:
+        shown = fp.get_output(args.job_id, tail=args.tail)
+        if ctx.as_json:
+            ctx.emit(shown.raw)
+        else:
+            write(shown.output)
+        return 0
+    try:
+        shown = fp.get_output(args.job_id, tail=args.tail)
+    except FlashpodsError as exc:
+        if exc.code != "logs_not_available":
+            raise
+        follower = OutputFollower()  # not started yet: all of its log is still to come
+    else:
+        write(shown.output)
+        follower = OutputFollower.after(shown)
     try:
         fp.follow(args.job_id, write, follower=follower)
     except KeyboardInterrupt:
