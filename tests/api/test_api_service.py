@@ -261,3 +261,17 @@ def test_openapi_documents_every_error_code() -> None:
         codes |= set(re.findall(r"`([a-z]+_[a-z_]+)`", api_md.read_text())) & codes
     missing = sorted(code for code in codes if code not in text)
     assert not missing, f"error codes not in docs/openapi.yaml: {missing}"
+
+
+def test_download_names_cannot_inject_headers(api: Api) -> None:
+    job_id = api.post("/jobs", json={"type": "worker", "command": "x"}).json()["job_id"]
+    api.runtime.run(job_id)
+    name = "résumé\r\nX-Evil: 1.txt"
+    api.runtime.finish(job_id, 0, artifacts={name: b"cv"})
+    response = api.get(f"/jobs/{job_id}/artifacts/r%C3%A9sum%C3%A9%0D%0AX-Evil%3A%201.txt")
+    assert response.status_code == 200 and response.content == b"cv"
+    assert "X-Evil" not in response.headers
+    assert response.headers["Content-Disposition"] == (
+        'attachment; filename="r_sum___X-Evil: 1.txt"; '
+        "filename*=UTF-8''r%C3%A9sum%C3%A9%0D%0AX-Evil%3A%201.txt"
+    )

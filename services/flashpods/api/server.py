@@ -25,7 +25,7 @@ from flashpods.api.http import RequestHandler
 from flashpods.api.jobs import Jobs
 from flashpods.api.ratelimit import RateLimiter
 from flashpods.api.recovery import Reconciler
-from flashpods.api.runtime import Runtime
+from flashpods.api.runtime import ContainerError, Runtime
 from flashpods.api.uploads import Uploads
 
 log = logging.getLogger("flashpods.api.server")
@@ -76,6 +76,8 @@ class _Loop(threading.Thread):
         while True:
             try:
                 self.work()
+            except ContainerError as exc:  # podman down or slow: expected, keep it short
+                log.warning("%s: podman: %s; retrying in %.0f s", self.name, exc, self.interval)
             except Exception:
                 log.exception("%s failed; retrying in %.0f s", self.name, self.interval)
             if self.stop_event.wait(self.interval):

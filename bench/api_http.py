@@ -1,0 +1,218 @@
+"""Benchmark of the API's HTTP layer: prints a table.
+
+- req/s, p50 and p99 of GET /health and GET /jobs/{id} with 1, 8 and 32 concurrent
+  keep-alive clients (rate limit off);
+- GET /jobs/{id}/output?tail=100 on a 50 MB log;
+- artifact download throughput against reading the same file from disk.
+
+The server is the real console script (`python -m flashpods.api.main`) in its own
+process, with a throwaway database, log and artifact seeded before it starts; podman is
+not needed (no job is started; the reconcile loop just logs that podman is absent).
+Clients are threads with persistent http.client connections in this process, so on a
+small machine client and server share the CPUs: numbers are a floor, not a ceiling.
+
+    python bench/api_http.py [--seconds 3] [--artifact-mb 256]
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from flashpods.api.db import Store
+
+TOKEN = "b" * 64
+JOB_ID = "job_0123456789abcdef"
+LINE = b"[12:00:00.000] " + b"x" * 85 + b"\n"  # 100-byte log lines
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def seed(root: Path, artifact_mb: int) -> dict[str, str]:
+    env = {
+        "FLASHPODS_DB_PATH": str(root / "db" / "flashpods.db"),
+        "FLASHPODS_UPLOADS_PATH": str(root / "uploads"),
+        "FLASHPODS_ARTIFACTS_PATH": str(root / "artifacts"),
+        "FLASHPODS_LOGS_PATH": str(root / "logs"),
+        "FLASHPODS_TOKEN_FILE": str(root / "token"),
+        "FLASHPODS_PODMAN_SOCKET": str(root / "no-podman.sock"),
+        "FLASHPODS_LISTEN_ADDR": f"127.0.0.1:{free_port()}",
+        "FLASHPODS_RATE_LIMIT_PER_SECOND": "0",
+        "FLASHPODS_INSTANCE": "bench",
+        "FLASHPODS_LOG_LEVEL": "warning",
+        "FLASHPODS_RECONCILE_INTERVAL_SECONDS": "3600",
+    }
+    for key in ("FLASHPODS_UPLOADS_PATH", "FLASHPODS_ARTIFACTS_PATH", "FLASHPODS_LOGS_PATH"):
+        Path(env[key]).mkdir(parents=True)
+    Path(env["FLASHPODS_DB_PATH"]).parent.mkdir(parents=True)
+    (root / "token").write_text(TOKEN)
+    store = Store(Path(env["FLASHPODS_DB_PATH"]))
+    now = time.time()
+    store.execute(
+        "INSERT INTO jobs (id, type, status, final_status, command, image, cpus, memory_gb, "
+        "timeout_minutes, exit_code, created_at, started_at, completed_at, updated_at) "
+        "VALUES (?, 'worker', 'completed', 'completed', 'make test', 'ubuntu:22.04', 2, 4, 30, 0, "
+        "?, ?, ?, ?)",
+        (JOB_ID, now - 60, now - 59, now, now),
+    )
+    with open(Path(env["FLASHPODS_LOGS_PATH"]) / f"{JOB_ID}.log", "wb") as log:
+        log.write(LINE * (50 * 1024 * 1024 // len(LINE)))
+    artifact = Path(env["FLASHPODS_ARTIFACTS_PATH"]) / JOB_ID / "blob.bin"
+    artifact.parent.mkdir()
+    with open(artifact, "wb") as out:
+        chunk = os.urandom(1024 * 1024)
+        for _ in range(artifact_mb):
+            out.write(chunk)
+    store.execute(
+        "INSERT INTO artifacts (job_id, name, size_bytes, created_at) VALUES (?, 'blob.bin', ?, ?)",
+        (JOB_ID, artifact.stat().st_size, now),
+    )
+    store.close()
+    return env
+
+
+def wait_up(host: str, port: int, process: subprocess.Popen[bytes]) -> None:
+    for _ in range(200):
+        if process.poll() is not None:
+            sys.exit(f"server exited with {process.returncode}")
+        try:
+            connection = http.client.HTTPConnection(host, port, timeout=2)
+            connection.request("GET", "/health")
+            if connection.getresponse().status == 200:
+                return
+        except OSError:
+            time.sleep(0.05)
+    sys.exit("server did not come up")
+
+
+def load(
+    host: str, port: int, path: str, clients: int, seconds: float
+) -> tuple[float, float, float]:
+    """(req/s, p50 ms, p99 ms) for `clients` keep-alive connections hammering `path`."""
+    latencies: list[list[float]] = [[] for _ in range(clients)]
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    start_gate = threading.Barrier(clients + 1)
+    stop_at = [0.0]
+
+    def client(index: int) -> None:
+        connection = http.client.HTTPConnection(host, port, timeout=30)
+        mine = latencies[index]
+        start_gate.wait()
+        while time.perf_counter() < stop_at[0]:
+            begin = time.perf_counter()
+            connection.request("GET", path, headers=headers)
+            response = connection.getresponse()
+            response.read()
+            if response.status != 200:
+                raise SystemExit(f"{path}: HTTP {response.status}")
+            mine.append(time.perf_counter() - begin)
+        connection.close()
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    began = time.perf_counter()
+    stop_at[0] = began + seconds
+    start_gate.wait()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - began
+    flat = sorted(x for per in latencies for x in per)
+    p99 = flat[min(len(flat) - 1, int(len(flat) * 0.99))]
+    return len(flat) / elapsed, statistics.median(flat) * 1000, p99 * 1000
+
+
+def download_mb_s(host: str, port: int, path: str, size: int) -> float:
+    connection = http.client.HTTPConnection(host, port, timeout=60)
+    begin = time.perf_counter()
+    connection.request("GET", path, headers={"Authorization": f"Bearer {TOKEN}"})
+    response = connection.getresponse()
+    received = 0
+    while chunk := response.read(1024 * 1024):
+        received += len(chunk)
+    elapsed = time.perf_counter() - begin
+    assert received == size, (received, size)
+    return size / elapsed / 1e6
+
+
+def disk_mb_s(path: Path) -> float:
+    begin = time.perf_counter()
+    size = 0
+    with open(path, "rb", buffering=0) as handle:
+        while chunk := handle.read(1024 * 1024):
+            size += len(chunk)
+    return size / (time.perf_counter() - begin) / 1e6
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=3.0, help="per load measurement")
+    parser.add_argument("--artifact-mb", type=int, default=256)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="flashpods-bench-") as tmp:
+        env = seed(Path(tmp), args.artifact_mb)
+        host, port_text = env["FLASHPODS_LISTEN_ADDR"].rsplit(":", 1)
+        port = int(port_text)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "flashpods.api.main"], env={**os.environ, **env}
+        )
+        try:
+            wait_up(host, port, process)
+            rows: list[tuple[str, str, str, str]] = []
+            for path in ("/health", f"/jobs/{JOB_ID}"):
+                for clients in (1, 8, 32):
+                    rate, p50, p99 = load(host, port, path, clients, args.seconds)
+                    rows.append(
+                        (
+                            f"GET {path.replace(JOB_ID, '{id}')} x{clients}",
+                            f"{rate:,.0f} req/s",
+                            f"{p50:.2f}",
+                            f"{p99:.2f}",
+                        )
+                    )
+            rate, p50, p99 = load(host, port, f"/jobs/{JOB_ID}/output?tail=100", 1, args.seconds)
+            rows.append(
+                (
+                    "GET output?tail=100 (50 MB log) x1",
+                    f"{rate:,.0f} req/s",
+                    f"{p50:.2f}",
+                    f"{p99:.2f}",
+                )
+            )
+            artifact = Path(env["FLASHPODS_ARTIFACTS_PATH"]) / JOB_ID / "blob.bin"
+            size = artifact.stat().st_size
+            disk_mb_s(artifact)  # warm the page cache so both read from memory
+            http_rate = max(
+                download_mb_s(host, port, f"/jobs/{JOB_ID}/artifacts/blob.bin", size)
+                for _ in range(3)
+            )
+            disk_rate = max(disk_mb_s(artifact) for _ in range(3))
+            rows.append((f"artifact download {size >> 20} MiB", f"{http_rate:,.0f} MB/s", "", ""))
+            rows.append(("same file read from disk (cached)", f"{disk_rate:,.0f} MB/s", "", ""))
+        finally:
+            process.terminate()
+            process.wait(30)
+    print(f"{'measurement':<40} {'throughput':>16} {'p50 ms':>8} {'p99 ms':>8}")
+    print("-" * 75)
+    for name, throughput, p50_text, p99_text in rows:
+        print(f"{name:<40} {throughput:>16} {p50_text:>8} {p99_text:>8}")
+    print(
+        f"\n{os.cpu_count()} CPUs; clients and server share them; {args.seconds:.0f} s per load row."
+    )
+
+
+if __name__ == "__main__":
+    main()
