@@ -209,9 +209,8 @@ def main() -> None:
     print("-" * 75)
     for name, throughput, p50_text, p99_text in rows:
         print(f"{name:<40} {throughput:>16} {p50_text:>8} {p99_text:>8}")
-    print(
-        f"\n{os.cpu_count()} CPUs; clients and server share them; {args.seconds:.0f} s per load row."
-    )
+    cpus = os.cpu_count()
+    print(f"\n{cpus} CPUs; clients and server share them; {args.seconds:.0f} s per load row.")
 
 
 if __name__ == "__main__":
