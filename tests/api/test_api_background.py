@@ -260,3 +260,16 @@ def test_restart_loses_nothing(config: Config) -> None:
         assert second.server.app.store.schema_version() == 1
     finally:
         second.server.stop(grace=2)
+
+
+def test_late_startup_pass_leaves_this_process_jobs_alone(api: Api) -> None:
+    """podman was down at start-up; jobs created since then are already supervised."""
+    reconciler = api.server.app.reconciler
+    api.runtime.fail_list = True
+    with pytest.raises(Exception, match="podman"):
+        reconciler.run_once()
+    job_id = api.post("/jobs", json={"type": "worker", "command": "x"}).json()["job_id"]
+    api.runtime.run(job_id)
+    api.runtime.fail_list = False
+    reconciler.run_once()  # the start-up pass, finally
+    assert api.runtime.resumed == [] and status(api, job_id) == "running"

@@ -250,3 +250,26 @@ def test_list_jobs_newest_first_with_filters(api: Api) -> None:
     assert api.get("/jobs", params={"status": "completed"}).json()["total"] == 1
     limited = api.get("/jobs", params={"limit": 1}).json()
     assert len(limited["jobs"]) == 1 and limited["total"] == 3
+
+
+def test_one_upload_feeds_one_job(api: Api) -> None:
+    api.upload("upload_once", {"a": b"1"})
+    barrier = threading.Barrier(4)
+
+    def one(_: int) -> int:
+        barrier.wait()
+        body = {
+            "type": "worker",
+            "command": "x",
+            "files_id": "upload_once",
+            "cpus": 1,
+            "memory_gb": 1,
+        }
+        return api.request("POST", "/jobs", json=body).status_code
+
+    with ThreadPoolExecutor(4) as pool:
+        codes = sorted(pool.map(one, range(4)))
+    assert codes == [201, 409, 409, 409]
+    assert len(api.rows("jobs")) == 1
+    delete = api.delete("/uploads/upload_once")  # reserved by the job that has not run yet
+    assert delete.status_code == 409 and delete.json()["error"] == "upload_in_use"

@@ -64,6 +64,7 @@ class Reconciler:
         self.jobs = jobs
         self.runtime = runtime
         self.startup_done = False
+        self.boot = time.time()
         self.suspects: dict[str, str] = {}  # job id -> status when its container was missed
 
     def run_once(self) -> None:
@@ -86,8 +87,12 @@ class Reconciler:
         for job_id in by_job.keys() | rows.keys():
             info = by_job.get(job_id)
             row = rows.get(job_id)
-            if row is not None and row["updated_at"] > listed_at - RECENT and not startup:
-                continue  # changed while we listed: look again next pass
+            # Rows this process changed recently (or at all, before the start-up pass
+            # succeeded) are handled by whoever changed them: look again next pass.
+            if row is not None and row["updated_at"] > (
+                self.boot if startup else listed_at - RECENT
+            ):
+                continue
             if row is not None and job_id in self.jobs.starting:
                 continue  # runtime.start is still creating it
             action = decide(
