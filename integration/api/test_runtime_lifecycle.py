@@ -173,3 +173,35 @@ def test_orphan_container_is_listed_and_removed(runtime: PodmanRuntime, podman_s
         runtime.remove_container(created[0])  # idempotent
     finally:
         podman("rm", "--force", "--ignore", "--time", "0", *created)
+
+
+def test_artifacts_subdirectories_and_symlinks(runtime: PodmanRuntime, hooks, make_spec) -> None:
+    script = (
+        "mkdir -p /artifacts/reports/daily && echo r1 > /artifacts/reports/daily/r1.txt; "
+        "echo main > /artifacts/main.txt; echo h > /artifacts/.hidden; "
+        "ln -s /etc/passwd /artifacts/escape; ln -s ../../../etc/hostname /artifacts/reports/up; "
+        "ln -s /artifacts/main.txt /artifacts/reports/alias.txt; "
+        "echo 'trailing' > '/artifacts/bad name '; echo done"
+    )
+    spec = make_spec(script)
+    runtime.start(spec, hooks)
+    outcome = hooks.wait(spec.job_id)
+    assert outcome.status == "completed"
+    sizes = {a.name: a.size_bytes for a in outcome.artifacts}
+    assert sizes == {
+        ".hidden": 2,
+        "main.txt": 5,
+        "reports/alias.txt": 5,
+        "reports/daily/r1.txt": 3,
+    }
+    root = spec.artifacts_dir
+    on_disk = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+    assert on_disk == sorted(sizes)
+    assert not any(p.is_symlink() for p in root.rglob("*"))
+    assert (root / "reports" / "alias.txt").read_text() == "main\n"
+    text = spec.log_path.read_text()
+    assert "done" in text
+    assert "'escape' skipped: symlink dangles or resolves outside /artifacts" in text
+    assert "'reports/up' skipped" in text
+    assert "'bad name ' skipped: name has leading or trailing whitespace" in text
+    assert "'.hidden' has a leading '.' (kept)" in text

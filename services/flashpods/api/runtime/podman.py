@@ -49,29 +49,9 @@ class PodmanConfig:
     artifact_limits: ArtifactLimits = field(default_factory=ArtifactLimits)
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> PodmanConfig:
-        env = dict(os.environ if env is None else env)
-        defaults = cls()
-        tools = env.get("FLASHPODS_TOOLS_DIR")
-        config = cls(
-            socket_path=Path(env.get("FLASHPODS_PODMAN_SOCKET", str(defaults.socket_path))),
-            instance=env.get("FLASHPODS_INSTANCE", defaults.instance),
-            pull_policy=env.get("FLASHPODS_PULL_POLICY", defaults.pull_policy),
-            log_max_bytes=int(env.get("FLASHPODS_LOG_MAX_BYTES", defaults.log_max_bytes)),
-            spire_socket_dir=Path(
-                env.get("FLASHPODS_SPIRE_SOCKET_DIR", str(defaults.spire_socket_dir))
-            ),
-            token_socket=Path(env.get("FLASHPODS_TOKEN_SOCKET", str(defaults.token_socket))),
-            tools_dir=Path(tools) if tools else None,
-            agent_command=env.get("FLASHPODS_AGENT_COMMAND", defaults.agent_command),
-        )
-        config.validate()
-        return config
-
-    @classmethod
     def from_api(cls, config: Config) -> PodmanConfig:
         """The runtime's part of the API's configuration."""
-        converted = cls(
+        return cls(
             socket_path=config.podman_socket,
             instance=config.instance,
             pull_policy=config.pull_policy,
@@ -86,10 +66,8 @@ class PodmanConfig:
                 max_files=config.artifact_max_files,
             ),
         )
-        converted.validate()
-        return converted
 
-    def validate(self) -> None:
+    def __post_init__(self) -> None:
         if self.pull_policy not in cli.PULL_POLICIES:
             raise ValueError(f"FLASHPODS_PULL_POLICY must be one of {cli.PULL_POLICIES}")
         if self.log_max_bytes < 1024:
