@@ -392,3 +392,34 @@ def test_truncated_marker(tmp_path: Path) -> None:
     path.write_text(f"[10:00:00.000] {marker}\n[10:00:01.000] more\n")
     assert not tail_file(path, 5).truncated
     assert tail_file(tmp_path / "missing.log", 5).lines == []
+
+
+def test_remove_tree_empties_read_only_directories_as_their_owner() -> None:
+    """rsync -a keeps a read-only directory's mode; the API (not root) must still delete it."""
+    import os
+    import pwd
+    import shutil
+    import tempfile
+
+    from flashpods.api.uploads import remove_tree
+
+    nobody = pwd.getpwnam("nobody")
+    root = Path(tempfile.mkdtemp(prefix="flashpods-rm-"))
+    try:
+        (root / "up" / "ro").mkdir(parents=True)
+        (root / "up" / "ro" / "f").write_text("x")
+        (root / "up" / "ro" / "link").symlink_to("/etc")
+        for path in (root, root / "up", root / "up" / "ro", root / "up" / "ro" / "f"):
+            os.chown(path, nobody.pw_uid, nobody.pw_gid, follow_symlinks=False)
+        os.chmod(root / "up" / "ro", 0o555)
+        os.chmod(root / "up", 0o555)
+        child = os.fork()
+        if child == 0:  # pragma: no cover - runs in the child
+            os.setgid(nobody.pw_gid)
+            os.setuid(nobody.pw_uid)
+            remove_tree(root / "up")
+            os._exit(0)
+        os.waitpid(child, 0)
+        assert not (root / "up").exists() and Path("/etc/passwd").exists()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

@@ -73,9 +73,26 @@ def remove_tree(path: Path) -> None:
     except FileNotFoundError:
         return
     if stat.S_ISDIR(info.st_mode):
-        shutil.rmtree(path, ignore_errors=True)
+        shutil.rmtree(path, onerror=_make_writable_and_retry)
     else:
         path.unlink(missing_ok=True)
+
+
+def _make_writable_and_retry(function: Any, name: str, _exc: Any) -> None:
+    """rsync -a keeps modes, so an upload may hold read-only directories we own; rmtree
+    cannot empty those until they are writable again. Anything else is logged, not fatal."""
+    try:
+        parent = os.path.dirname(name)
+        os.chmod(parent, stat.S_IRWXU, follow_symlinks=False)
+        if function is not os.rmdir and os.path.isdir(name) and not os.path.islink(name):
+            os.chmod(name, stat.S_IRWXU)
+            shutil.rmtree(name, onerror=_make_writable_and_retry)
+        else:
+            function(name)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        log.warning("could not remove %s: %s", os.path.basename(name), exc.strerror)
 
 
 def not_found(upload_id: str) -> ServiceError:
