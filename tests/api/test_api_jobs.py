@@ -173,6 +173,7 @@ def test_container_error_fails_the_job_and_expires_the_upload(api: Api) -> None:
     assert job["error"] == "container_error: image not found: nosuch:latest"
     assert api.get("/uploads/upload_x").json()["state"] == "expired"
     assert not (api.config.snapshots_path / "upload_x").exists()
+    assert api.runtime.containers == {} and len(api.rows("jobs")) == 1
     # Its resources are free again.
     api.runtime.fail_start = None
     create(api, cpus=8, memory_gb=16)

@@ -423,3 +423,13 @@ def test_remove_tree_empties_read_only_directories_as_their_owner() -> None:
         assert not (root / "up").exists() and Path("/etc/passwd").exists()
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_tail_of_one_enormous_line_is_bounded(tmp_path: Path) -> None:
+    from flashpods.api.logs import MAX_TAIL_BYTES
+
+    path = tmp_path / "long.log"
+    path.write_bytes(b"start" + b"y" * (MAX_TAIL_BYTES * 2) + b"end\n")
+    tail = tail_file(path, 3)
+    assert len(tail.lines) == 1 and tail.lines[0].endswith("end")
+    assert len(tail.lines[0]) == MAX_TAIL_BYTES - 1 and "start" not in tail.lines[0]

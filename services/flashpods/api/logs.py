@@ -18,6 +18,9 @@ from flashpods.common.errors import ServiceError
 BLOCK = 64 * 1024
 MAX_TAIL = 10_000
 DEFAULT_TAIL = 100
+# However long the lines, one request reads at most this much (the end of a longer line
+# is returned as it is).
+MAX_TAIL_BYTES = 8 * 1024 * 1024
 _before, _, _after = LOG_TRUNCATED_MARKER.partition("{limit}")
 TRUNCATED_RE = re.compile(re.escape(_before) + r".+" + re.escape(_after) + r"$")
 
@@ -38,16 +41,21 @@ def tail_file(path: Path, count: int) -> Tail:
     with handle:
         size = os.fstat(handle.fileno()).st_size  # appends after this are not read
         position = size
-        data = b""
+        floor = max(0, size - MAX_TAIL_BYTES)
+        chunks: list[bytes] = []
+        breaks = 0
         # The final byte is usually the last line's '\n'; N lines need N+1 breaks before it.
-        while position > 0 and data.count(b"\n") <= count:
-            step = min(BLOCK, position)
+        while position > floor and breaks <= count:
+            step = min(BLOCK, position - floor)
             position -= step
             handle.seek(position)
-            data = handle.read(step) + data
+            chunk = handle.read(step)
+            chunks.append(chunk)
+            breaks += chunk.count(b"\n")
+    data = b"".join(reversed(chunks))
+    # With more than `count` pieces the first (possibly cut) one is never among the last
+    # `count`; with fewer, the byte cap was hit and the end of a huge line is kept.
     pieces = (data[:-1] if data.endswith(b"\n") else data).split(b"\n") if data else []
-    if position > 0:
-        pieces = pieces[1:]  # the first piece may start mid-line
     lines = [piece.decode("utf-8", "replace") for piece in pieces[-count:]] if count else []
     truncated = bool(lines) and TRUNCATED_RE.search(lines[-1]) is not None
     return Tail(lines, size, truncated)
