@@ -267,7 +267,7 @@ class RequestHandler(BaseHTTPRequestHandler):
             505: "http_version_not_supported",
         }
         error = ServiceError(code, names.get(code, "bad_request"), message or "Bad request")
-        self._send_json(error.status, error.body(), {}, str(uuid.uuid4()), None)
+        self._send_json(error.status, error.body(), {}, str(uuid.uuid4()))
 
     def dispatch(self) -> None:
         app: App = self.server.app
@@ -315,7 +315,7 @@ class RequestHandler(BaseHTTPRequestHandler):
         if response.download is not None:
             self._send_download(response.status, response.download, headers, request_id)
         else:
-            self._send_json(response.status, response.body, headers, request_id, response)
+            self._send_json(response.status, response.body, headers, request_id)
         log.info(
             "%s %s %s -> %d (request %s)",
             self.client_address[0],
@@ -370,12 +370,7 @@ class RequestHandler(BaseHTTPRequestHandler):
             self.send_header("Connection", "close")
 
     def _send_json(
-        self,
-        status: int,
-        body: dict[str, Any] | None,
-        headers: dict[str, str],
-        request_id: str,
-        response: Response | None,
+        self, status: int, body: dict[str, Any] | None, headers: dict[str, str], request_id: str
     ) -> None:
         payload = b"" if status == 204 or body is None else json.dumps(body).encode()
         self.send_response(status)

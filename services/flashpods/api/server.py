@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -108,6 +109,14 @@ class FlashpodsHTTPServer(ThreadingHTTPServer):
         except BaseException:
             self.server_close()
             raise
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A connection failed outside a request's own error handling (client went away)."""
+        error = sys.exc_info()[1]
+        if isinstance(error, ConnectionError | TimeoutError):
+            log.debug("connection from %s: %s", client_address[0], error)
+        else:
+            log.exception("connection from %s failed", client_address[0])
 
     @property
     def url(self) -> str:
