@@ -81,18 +81,32 @@ def test_empty_token_and_bad_database(tmp_path: Path) -> None:
         load_config(env)
 
 
-def test_console_script_fails_with_one_line(tmp_path: Path) -> None:
-    env = {**os.environ, **make_env(tmp_path, FLASHPODS_TOKEN_FILE=str(tmp_path / "missing"))}
-    result = subprocess.run(
-        [sys.executable, "-m", "flashpods.api.main"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"FLASHPODS_TOKEN_FILE": "/nonexistent/token"}, "does not exist"),
+        ({"FLASHPODS_LOG_MAX_BYTES": "10"}, "FLASHPODS_LOG_MAX_BYTES"),  # the runtime's check
+        ({"FLASHPODS_LISTEN_ADDR": "taken"}, "cannot listen"),
+    ],
+)
+def test_console_script_fails_with_one_line(
+    tmp_path: Path, change: dict[str, str], message: str
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        if change.get("FLASHPODS_LISTEN_ADDR") == "taken":
+            change = {"FLASHPODS_LISTEN_ADDR": f"127.0.0.1:{taken.getsockname()[1]}"}
+        result = subprocess.run(
+            [sys.executable, "-m", "flashpods.api.main"],
+            env={**os.environ, **make_env(tmp_path, **change)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "does not exist" in lines[0], result.stderr
+    assert len(lines) == 1 and message in lines[0], result.stderr
 
 
 # --- HTTP details --------------------------------------------------------------------------

@@ -26,7 +26,11 @@ def main() -> int:
     # Imported here: the podman adapter is only needed by the real service.
     from flashpods.api.runtime.podman import PodmanRuntime
 
-    runtime = PodmanRuntime(config)
+    try:
+        runtime = PodmanRuntime(config)
+    except ValueError as exc:  # the runtime's own checks (mount paths, log limit)
+        print(f"flashpods-api: configuration error: {exc}", file=sys.stderr)
+        return 2
     try:
         server = build_server(config, runtime)
     except OSError as exc:
