@@ -71,4 +71,11 @@ def validate_svid(token: str, bundle: JwtBundle, audience: str) -> str:
     except (PySpiffeError, jwt.PyJWTError, KeyError, TypeError, ValueError):
         # e.g. a token without `exp` (PyJWT does not require it; py-spiffe then fails).
         raise invalid_jwt("malformed token") from None
+    # py-spiffe >= 0.3 checks this itself; 0.2.2 (the version the NixOS package set can
+    # run, nix/py-spiffe.nix) does not.
+    if svid.spiffe_id.trust_domain != bundle.trust_domain:
+        raise invalid_jwt(
+            f"JWT-SVID subject trust domain '{svid.spiffe_id.trust_domain}' does not match "
+            f"the trust domain '{bundle.trust_domain}' of the bundle"
+        )
     return str(svid.spiffe_id)
