@@ -24,7 +24,10 @@ let
       ps.sqlite-utils
       ps.cryptography
       ps.pyjwt
+      ps.pyyaml
       flashpods.spiffe
+      # Its console scripts land next to the interpreter, where tests look for them.
+      (ps.toPythonModule flashpods)
     ]
   );
   deploymentJson = builtins.toFile "flashpods-deployment.json" (
@@ -42,6 +45,7 @@ stdenvNoCC.mkDerivation {
         ../services
         ../tests
         ../modules/data
+        ../docs
       ]
       # The job-side scripts some tests read, once they exist.
       ++ lib.optional (builtins.pathExists ../container) ../container
@@ -49,7 +53,6 @@ stdenvNoCC.mkDerivation {
   };
   nativeBuildInputs = [
     pythonEnv
-    flashpods # the console scripts, for tests that run them
     git
     jq
     nftables
