@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from flashpods.api.runtime import ContainerInfo
-from flashpods.api.runtime.oomwatch import memory_counter_file, oom_kill_count
+from flashpods.api.runtime.oomwatch import memory_counter_file, near_limit, oom_kill_count
 from flashpods.api.runtime.supervisor import TIMEOUT_ERROR, decide_outcome
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
@@ -66,3 +66,11 @@ def test_oom_kill_counter() -> None:
     assert oom_kill_count("oom_kill_disable 0\nunder_oom 0\noom_kill 2\n") == 2
     assert oom_kill_count("low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n") == 1
     assert oom_kill_count("") == 0
+
+
+def test_near_limit() -> None:
+    assert near_limit(str(1 << 30), str(1 << 30))
+    assert near_limit(str((1 << 30) - (1 << 20)), str(1 << 30))
+    assert not near_limit(str(1 << 29), str(1 << 30))
+    assert not near_limit("5", "max")
+    assert not near_limit("5", "9223372036854771712")  # v1's "no limit"

@@ -6,7 +6,10 @@ the runtime watches the container's memory cgroup itself while the container run
 
 - cgroup v1: `memory.oom_control` has an `oom_kill` counter; when we may write
   `cgroup.event_control` (root) an eventfd wakes us the moment the memcg goes under OOM,
-  before podman removes the cgroup; otherwise the counter is polled.
+  before podman removes the cgroup; otherwise (the API runs unprivileged next to a
+  rootful podman, as in the lab) the counter is polled every 50 ms, and the peak usage
+  too: a SIGKILL (exit 137) of a container whose memory peaked at its limit is counted as
+  an OOM kill even if podman removed the cgroup before a poll saw the counter move.
 - cgroup v2: `memory.events` has `oom_kill`; it is polled (it is also hierarchical, so a
   kill in a sub-cgroup of the container counts).
 """
@@ -23,7 +26,14 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
-POLL_SECONDS = 0.2
+POLL_SECONDS = 0.05
+EVENT_WAIT_SECONDS = 0.2
+NEAR_LIMIT = 0.97
+# (peak usage, limit) per cgroup version.
+_USAGE_FILES = {
+    "memory.oom_control": ("memory.max_usage_in_bytes", "memory.limit_in_bytes"),
+    "memory.events": ("memory.peak", "memory.max"),
+}
 
 
 def memory_counter_file(proc_cgroup: str, cgroup_root: Path = CGROUP_ROOT) -> Path | None:
@@ -46,9 +56,19 @@ def oom_kill_count(text: str) -> int:
     return 0
 
 
+def near_limit(peak_text: str, limit_text: str) -> bool:
+    """Did usage peak at (almost) the limit? False when there is no limit."""
+    try:
+        peak, limit = int(peak_text), int(limit_text)
+    except ValueError:
+        return False  # "max": unlimited
+    return 0 < limit < (1 << 62) and peak >= limit * NEAR_LIMIT
+
+
 class OomWatch:
     def __init__(self, pid: int) -> None:
         self.oom_killed = False
+        self.near_limit = False
         self._stop = threading.Event()
         self._file: Path | None = None
         try:
@@ -61,13 +81,13 @@ class OomWatch:
         if self._file is not None:
             self._thread.start()
 
-    def stop(self) -> bool:
-        """The container ended: a last look, then whether an OOM kill was seen."""
+    def stop(self, exit_code: int | None) -> bool:
+        """The container ended with exit_code: was it OOM-killed?"""
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(2)
         self._check()
-        return self.oom_killed
+        return self.oom_killed or (self.near_limit and exit_code == 137)
 
     def _check(self) -> None:
         if self._file is None or self.oom_killed:
@@ -75,6 +95,12 @@ class OomWatch:
         # OSError: the cgroup is gone with the container.
         with contextlib.suppress(OSError, ValueError):
             self.oom_killed = oom_kill_count(self._file.read_text()) > 0
+        if not self.near_limit:
+            peak_name, limit_name = _USAGE_FILES[self._file.name]
+            with contextlib.suppress(OSError):
+                peak = (self._file.parent / peak_name).read_text()
+                limit = (self._file.parent / limit_name).read_text()
+                self.near_limit = near_limit(peak.strip(), limit.strip())
 
     def _run(self) -> None:
         assert self._file is not None
@@ -85,7 +111,7 @@ class OomWatch:
                 if event_fd is None:
                     self._stop.wait(POLL_SECONDS)
                     continue
-                ready, _, _ = select.select([event_fd], [], [], POLL_SECONDS)
+                ready, _, _ = select.select([event_fd], [], [], EVENT_WAIT_SECONDS)
                 if ready:
                     os.eventfd_read(event_fd)
                     # The event fires as the memcg goes under OOM, before the kill is

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import Literal, TypeVar
 
 from flashpods.api.runtime import ArtifactRecord, ContainerInfo, JobHooks, JobOutcome, JobSpec
 from flashpods.api.runtime.artifacts_copy import (
@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 
 StopReason = Literal["cancelled", "timed_out"]
 TIMEOUT_ERROR = "Job exceeded timeout limit"
+RETRIES = 5
+RETRY_SECONDS = 2.0
+T = TypeVar("T")
 
 
 def decide_outcome(
@@ -140,7 +143,7 @@ class JobSupervisor:
         stop_reason: StopReason | None = None
         while not self._exited.is_set():
             if self._abandoned.is_set():
-                return
+                break
             if stop_reason is None and self._cancel.is_set():
                 stop_reason = "cancelled"
             elif stop_reason is None and utc_now() >= deadline:
@@ -155,13 +158,30 @@ class JobSupervisor:
         if stop_reason is None and self._cancel.is_set():
             stop_reason = "cancelled"  # DELETE won the race with a natural exit
         if self._abandoned.is_set():
+            if oom:
+                oom.stop(None)
             return
-        self._finish(stop_reason, oom.stop() if oom else False)
+        self._finish(stop_reason, oom)
 
-    def _finish(self, stop_reason: StopReason | None, oom_seen: bool) -> None:
-        info = self.ops.inspect(self.name)
+    def _retry(self, what: str, call: Callable[[], T]) -> T:
+        """podman or the database may hiccup; a job's end must not be lost to that."""
+        for attempt in range(RETRIES):
+            try:
+                return call()
+            except Exception:
+                if attempt == RETRIES - 1:
+                    raise
+                log.warning("%s for %s failed; retrying", what, self.spec.job_id, exc_info=True)
+                self._abandoned.wait(RETRY_SECONDS)
+        raise AssertionError("unreachable")
+
+    def _finish(self, stop_reason: StopReason | None, oom: OomWatch | None) -> None:
+        info = self._retry("inspect", lambda: self.ops.inspect(self.name))
+        oom_seen = oom.stop(info.exit_code if info else None) if oom else False
         self.capture.finish()
-        self.hooks.on_copying_artifacts(self.spec.job_id)
+        self._retry(
+            "on_copying_artifacts", lambda: self.hooks.on_copying_artifacts(self.spec.job_id)
+        )
         warnings: list[str] = []
         copy_error: str | None = None
         records: list[ArtifactRecord] = []
@@ -180,7 +200,7 @@ class JobSupervisor:
             artifacts=tuple(records),
             ended_at=(info.finished_at if info and info.finished_at else utc_now()),
         )
-        self.hooks.on_finished(self.spec.job_id, outcome)
+        self._retry("on_finished", lambda: self.hooks.on_finished(self.spec.job_id, outcome))
         self.ops.finalize(self.spec)
 
     def _note(self, text: str) -> None:

@@ -1,0 +1,150 @@
+"""JobSupervisor with fake podman operations: cancel, timeout, retries, abandon."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from flashpods.api.runtime import ContainerInfo, JobOutcome, JobSpec
+from flashpods.api.runtime import supervisor as sup_module
+from flashpods.api.runtime.artifacts_copy import ArtifactLimits
+from flashpods.api.runtime.logcapture import LogCapture
+from flashpods.api.runtime.supervisor import ContainerOps, JobSupervisor
+
+
+class FakePodman:
+    def __init__(self, exit_code: int = 0) -> None:
+        self.exit_code = exit_code
+        self.exited = threading.Event()
+        self.stops = 0
+        self.finalized: list[str] = []
+
+    def wait(self, name: str) -> None:
+        self.exited.wait(30)
+
+    def stop(self, name: str) -> None:
+        self.stops += 1
+        self.exit_code = 143
+        self.exited.set()
+
+    def inspect(self, name: str) -> ContainerInfo | None:
+        now = datetime.now(UTC)
+        state = "exited" if self.exited.is_set() else "running"
+        return ContainerInfo("c", "job_1", state, self.exit_code, False, now, now)
+
+    def ops(self) -> ContainerOps:
+        return ContainerOps(
+            self.wait, self.stop, self.inspect, lambda s: self.finalized.append(s.job_id)
+        )
+
+
+class Hooks:
+    def __init__(self, failures: int = 0) -> None:
+        self.failures = failures
+        self.outcome: JobOutcome | None = None
+        self.done = threading.Event()
+        self.calls: list[str] = []
+
+    def on_running(self, job_id: str, started_at: datetime) -> None:
+        self.calls.append("running")
+
+    def on_copying_artifacts(self, job_id: str) -> None:
+        self.calls.append("copying")
+
+    def on_finished(self, job_id: str, outcome: JobOutcome) -> None:
+        self.calls.append("finished")
+        if self.failures:
+            self.failures -= 1
+            raise RuntimeError("database is locked")
+        self.outcome = outcome
+        self.done.set()
+
+
+def make(
+    tmp_path: Path, podman: FakePodman, hooks: Hooks, timeout_minutes: int = 5
+) -> JobSupervisor:
+    spec = JobSpec(
+        "job_1",
+        "worker",
+        "img",
+        1,
+        1,
+        timeout_minutes,
+        tmp_path / "a",
+        tmp_path / "job_1.log",
+        command="x",
+    )
+    spec.artifacts_dir.mkdir()
+    capture = LogCapture(tmp_path / ".job_1.ctr.log", spec.log_path, 1 << 20)
+    return JobSupervisor(spec, hooks, podman.ops(), capture, ArtifactLimits(), lambda _: None)
+
+
+def test_natural_exit_reports_then_finalizes(tmp_path: Path) -> None:
+    podman, hooks = FakePodman(exit_code=0), Hooks()
+    sup = make(tmp_path, podman, hooks)
+    sup.supervise(datetime.now(UTC), None)
+    podman.exited.set()
+    assert hooks.done.wait(10)
+    sup.join(10)
+    assert hooks.outcome is not None and hooks.outcome.status == "completed"
+    assert hooks.calls == ["copying", "finished"]
+    assert podman.finalized == ["job_1"] and podman.stops == 0
+
+
+def test_cancel_stops_the_container(tmp_path: Path) -> None:
+    podman, hooks = FakePodman(), Hooks()
+    sup = make(tmp_path, podman, hooks)
+    sup.supervise(datetime.now(UTC), None)
+    sup.request_cancel()
+    assert hooks.done.wait(10)
+    assert hooks.outcome is not None
+    assert (hooks.outcome.status, hooks.outcome.exit_code) == ("cancelled", 143)
+    assert podman.stops == 1
+
+
+def test_deadline_passed_while_the_api_was_down_times_out_at_once(tmp_path: Path) -> None:
+    podman, hooks = FakePodman(), Hooks()
+    sup = make(tmp_path, podman, hooks, timeout_minutes=1)
+    sup.supervise(datetime.now(UTC) - timedelta(minutes=2), None)
+    assert hooks.done.wait(10)
+    assert hooks.outcome is not None
+    assert (hooks.outcome.status, hooks.outcome.exit_code) == ("timed_out", 137)
+
+
+def test_a_failing_hook_is_retried_before_the_container_goes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sup_module, "RETRY_SECONDS", 0.01)
+    podman, hooks = FakePodman(), Hooks(failures=2)
+    sup = make(tmp_path, podman, hooks)
+    sup.supervise(datetime.now(UTC), None)
+    podman.exited.set()
+    assert hooks.done.wait(10)
+    sup.join(10)
+    assert hooks.calls == ["copying", "finished", "finished", "finished"]
+    assert podman.finalized == ["job_1"]
+
+
+def test_a_hook_that_keeps_failing_leaves_the_container_for_recovery(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sup_module, "RETRY_SECONDS", 0.01)
+    podman, hooks = FakePodman(), Hooks(failures=100)
+    sup = make(tmp_path, podman, hooks)
+    sup.supervise(datetime.now(UTC), None)
+    podman.exited.set()
+    sup.join(10)
+    assert hooks.calls.count("finished") == sup_module.RETRIES
+    assert podman.finalized == []
+
+
+def test_abandon_reports_nothing(tmp_path: Path) -> None:
+    podman, hooks = FakePodman(), Hooks()
+    sup = make(tmp_path, podman, hooks)
+    sup.supervise(datetime.now(UTC), None)
+    sup.abandon()
+    podman.exited.set()
+    sup.join(10)
+    assert hooks.calls == [] and podman.finalized == []
