@@ -224,6 +224,7 @@ def test_insufficient_storage_per_upload_and_total(config: Config) -> None:
         ({"type": "worker", "command": ""}, "missing_command"),
         ({"type": "worker", "command": "x" * 10_001}, "missing_command"),
         ({"type": "agent", "git_branch": "b"}, "missing_task"),
+        ({"type": "agent", "task": "t", "git_branch": "b", "context": 5}, "invalid_context"),
         ({"type": "agent", "task": "t"}, "missing_git_branch"),
         ({"type": "agent", "task": "t", "git_branch": "a..b"}, "missing_git_branch"),
         (worker(client_job_id="not-a-uuid"), "invalid_client_job_id"),

@@ -8,6 +8,7 @@ import logging
 import sqlite3
 import threading
 import time
+from datetime import datetime
 from typing import Any
 
 from flashpods.api import admission
@@ -384,7 +385,7 @@ class Jobs:
 
     # --- JobHooks ------------------------------------------------------------------------
 
-    def on_running(self, job_id: str, started_at: Any) -> None:
+    def on_running(self, job_id: str, started_at: datetime) -> None:
         started = started_at.timestamp()
         self.transition(job_id, "running", started_at=started)
         self.store.execute(

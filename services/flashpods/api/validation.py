@@ -111,7 +111,8 @@ def parse_job_request(body: dict[str, Any], default_image: str) -> JobRequest:
             context = body["context"]
             if not isinstance(context, str) or len(context) > MAX_CONTEXT:
                 raise _bad(
-                    "missing_task", f"context must be a string of at most {MAX_CONTEXT} characters"
+                    "invalid_context",
+                    f"context must be a string of at most {MAX_CONTEXT} characters",
                 )
         branch = body.get("git_branch")
         if not isinstance(branch, str) or not is_valid_branch(branch):
