@@ -336,27 +336,30 @@ class Jobs:
     # --- cancel --------------------------------------------------------------------------
 
     def cancel(self, job_id: str) -> dict[str, Any]:
-        row = self.require(job_id)
-        message = "Job cancelled"
-        if row["status"] == "pending" and self.transition(
-            job_id, "cancelled", ("pending",), final_status="cancelled", completed_at=time.time()
+        self.require(job_id)
+        now = time.time()
+        # Whichever of the two updates matches the job's state at this instant wins; a
+        # job that moves on from pending meanwhile is caught by the second one.
+        if self.transition(
+            job_id, "cancelled", ("pending",), final_status="cancelled", completed_at=now
         ):
-            self.uploads.release(job_id)
-        elif row["status"] in ("starting", "running") and self.store.execute(
+            self.uploads.release(job_id)  # its container was never started
+            message = "Job cancelled before it started"
+        elif self.store.execute(
             "UPDATE jobs SET status = 'cancelled', final_status = 'cancelled', "
             "cancel_requested = 1, completed_at = ?, updated_at = ? "
             "WHERE id = ? AND status IN ('starting', 'running')",
-            (time.time(), time.time(), job_id),
+            (now, now, job_id),
         ):
             message = "Job cancelled; its container is being stopped"
             self.cancel_container(job_id)
         else:
-            row = self.require(job_id)
+            status = self.require(job_id)["status"]
             raise ServiceError(
                 409,
                 "job_already_terminal",
-                f"Job {job_id} has already ended ({row['status']})",
-                {"status": row["status"]},
+                f"Job {job_id} has already ended ({status})",
+                {"status": status},
             )
         log.info("job %s cancelled", job_id)
         return {"job_id": job_id, "status": "cancelled", "message": message}
