@@ -18,6 +18,7 @@ from flashpods.api.config import Config
 from flashpods.api.db import Store
 from flashpods.api.ids import is_job_id, is_upload_id
 from flashpods.api.jobs import ENDED
+from flashpods.api.logs import log_path
 from flashpods.api.uploads import Uploads, remove_tree
 
 log = logging.getLogger("flashpods.api.cleanup")
@@ -62,12 +63,7 @@ class Cleaner:
             for entry in _entries(cfg.uploads_path):
                 row = self.uploads.row(entry.name) if is_upload_id(entry.name) else None
                 if row is None and is_upload_id(entry.name) and entry.is_dir(follow_symlinks=False):
-                    now_ = time.time()
-                    self.store.execute(
-                        "INSERT OR IGNORE INTO uploads (upload_id, state, created_at, updated_at) "
-                        "VALUES (?, 'uploading', ?, ?)",
-                        (entry.name, now_, now_),
-                    )
+                    self.uploads.discover(entry.name)
                 elif row is None or row["state"] != "uploading":
                     remove_tree(Path(entry.path))
                     report.orphans_removed += 1
@@ -91,7 +87,7 @@ class Cleaner:
     def log_files(self, job_id: str) -> list[Path]:
         """The job's log plus the runtime's hidden companions (`.{job_id}.*`, e.g. conmon's)."""
         return [
-            self.config.logs_path / f"{job_id}.log",
+            log_path(self.config, job_id),
             *self.config.logs_path.glob(f".{job_id}.*"),
         ]
 

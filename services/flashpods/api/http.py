@@ -25,7 +25,7 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 from flashpods.api.artifacts import Download, check_name
 from flashpods.api.ids import is_request_id
 from flashpods.api.jobs import STATUS_FILTERS
-from flashpods.api.logs import job_output, parse_tail
+from flashpods.api.logs import job_output, log_path, parse_tail
 from flashpods.common.errors import ServiceError
 
 if TYPE_CHECKING:
@@ -149,7 +149,7 @@ def cancel_job(app: App, request: Request) -> Response:
 def job_output_route(app: App, request: Request) -> Response:
     count = parse_tail(request.arg("tail"))
     row = app.jobs.require(request.params["job_id"])
-    return Response(200, job_output(row, app.config.logs_path / f"{row['id']}.log", count))
+    return Response(200, job_output(row, log_path(app.config, row["id"]), count))
 
 
 def list_artifacts(app: App, request: Request) -> Response:

@@ -15,6 +15,7 @@ from flashpods.api import admission
 from flashpods.api.config import Config
 from flashpods.api.db import Store
 from flashpods.api.ids import is_upload_id, new_job_id
+from flashpods.api.logs import log_path
 from flashpods.api.runtime import ContainerError, JobOutcome, JobSpec, Runtime
 from flashpods.api.timeutil import from_epoch
 from flashpods.api.uploads import Uploads
@@ -138,7 +139,7 @@ class Jobs:
             memory_gb=row["memory_gb"],
             timeout_minutes=row["timeout_minutes"],
             artifacts_dir=self.config.artifacts_path / row["id"],
-            log_path=self.config.logs_path / f"{row['id']}.log",
+            log_path=log_path(self.config, row["id"]),
             upload_dir=self.uploads.snapshot_dir(row["files_id"]) if row["files_id"] else None,
             command=row["command"],
             task=row["task"],
@@ -159,9 +160,7 @@ class Jobs:
             used = admission.usage_of(
                 (row["cpus"], row["memory_gb"])
                 for row in self.store.query(
-                    "SELECT cpus, memory_gb FROM jobs WHERE status IN (?, ?, ?) "
-                    "OR (status = 'cancelled' AND cancel_requested = 1)",
-                    ACTIVE,
+                    f"SELECT cpus, memory_gb FROM jobs WHERE {admission.HOLDING_SQL}"
                 )
             )
             admission.check(

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from flashpods.api.config import Config
 from flashpods.api.runtime import LOG_TRUNCATED_MARKER
 from flashpods.common.errors import ServiceError
 
@@ -59,6 +60,10 @@ def tail_file(path: Path, count: int) -> Tail:
     lines = [piece.decode("utf-8", "replace") for piece in pieces[-count:]] if count else []
     truncated = bool(lines) and TRUNCATED_RE.search(lines[-1]) is not None
     return Tail(lines, size, truncated)
+
+
+def log_path(config: Config, job_id: str) -> Path:
+    return config.logs_path / f"{job_id}.log"
 
 
 def parse_tail(raw: str | None) -> int:

@@ -118,7 +118,7 @@ class Uploads:
     def row(self, upload_id: str) -> dict[str, Any] | None:
         return self.store.one("SELECT * FROM uploads WHERE upload_id = ?", (upload_id,))
 
-    def _discover(self, upload_id: str) -> dict[str, Any] | None:
+    def discover(self, upload_id: str) -> dict[str, Any] | None:
         """An rsync-created directory the API has not seen yet becomes an `uploading` row."""
         if not self.incoming_dir(upload_id).is_dir() or self.incoming_dir(upload_id).is_symlink():
             return None
@@ -133,7 +133,7 @@ class Uploads:
     def lookup(self, upload_id: str) -> dict[str, Any]:
         if not is_upload_id(upload_id):
             raise not_found(upload_id[:80])
-        row = self.row(upload_id) or self._discover(upload_id)
+        row = self.row(upload_id) or self.discover(upload_id)
         if row is None:
             raise not_found(upload_id)
         return row
