@@ -271,3 +271,18 @@ def test_late_startup_pass_leaves_this_process_jobs_alone(api: Api) -> None:
     api.runtime.fail_list = False
     reconciler.run_once()  # the start-up pass, finally
     assert api.runtime.resumed == [] and status(api, job_id) == "running"
+
+
+def test_snapshot_of_an_ended_job_is_removed_if_release_was_missed(api: Api) -> None:
+    api.upload("upload_left", {"a": b"1"})
+    job_id = api.post(
+        "/jobs", json={"type": "worker", "command": "x", "files_id": "upload_left"}
+    ).json()["job_id"]
+    api.runtime.run(job_id)
+    api.server.app.cleaner.run_once()
+    assert (api.config.snapshots_path / "upload_left").exists()  # mounted at /work: kept
+    api.server.app.uploads.release = lambda job_id: None  # type: ignore[method-assign]
+    api.runtime.finish(job_id, 0)  # the API "crashed" before deleting the snapshot
+    assert (api.config.snapshots_path / "upload_left").exists()
+    api.server.app.cleaner.run_once()
+    assert not (api.config.snapshots_path / "upload_left").exists()

@@ -17,7 +17,7 @@ from typing import Any
 from flashpods.api.config import Config
 from flashpods.api.db import Store
 from flashpods.api.ids import is_job_id, is_upload_id
-from flashpods.api.jobs import ENDED
+from flashpods.api.jobs import ACTIVE, ENDED
 from flashpods.api.logs import log_path
 from flashpods.api.uploads import Uploads, remove_tree
 
@@ -69,7 +69,7 @@ class Cleaner:
                     report.orphans_removed += 1
             for entry in _entries(cfg.snapshots_path):
                 row = self.uploads.row(entry.name) if is_upload_id(entry.name) else None
-                if row is None or row["state"] not in ("finalized", "consumed"):
+                if row is None or not self._snapshot_needed(row):
                     remove_tree(Path(entry.path))
                     report.orphans_removed += 1
             expired = self.store.query(
@@ -81,6 +81,15 @@ class Cleaner:
             for row in expired:
                 self.uploads.expire(row["upload_id"])
                 report.uploads_expired += 1
+
+    def _snapshot_needed(self, row: dict[str, Any]) -> bool:
+        """Finalized, or consumed by a job whose container may still have it at /work."""
+        if row["state"] == "finalized":
+            return True
+        if row["state"] != "consumed" or row["job_id"] is None:
+            return False
+        job = self.store.one("SELECT status FROM jobs WHERE id = ?", (row["job_id"],))
+        return job is not None and job["status"] in ACTIVE
 
     # --- logs -------------------------------------------------------------------------------
 
