@@ -74,7 +74,7 @@
       packages.${system} = rec {
         flashpods = pkgs.callPackage ./nix/flashpods.nix { };
         default = flashpods;
-        spiffe = flashpods.spiffe;
+        inherit (flashpods) spiffe sqlite-utils;
         # What job containers mount at /opt/flashpods (static spire-agent + entrypoints).
         tools = pkgs.callPackage ./nix/tools.nix { inherit spire; };
       };

@@ -9,6 +9,7 @@
   lib,
   python3Packages,
   spiffe ? python3Packages.callPackage ./py-spiffe.nix { },
+  sqlite-utils ? python3Packages.callPackage ./sqlite-utils.nix { },
 }:
 
 python3Packages.buildPythonApplication {
@@ -32,16 +33,16 @@ python3Packages.buildPythonApplication {
   ];
 
   pythonRemoveDeps = [ "mcp" ];
-  # nixos-24.05's sqlite-utils/requests may be older than the minimums pyproject names.
+  # nixos-24.05's requests may be older than the minimum pyproject names; spiffe is 0.2.2
+  # (nix/py-spiffe.nix explains why).
   pythonRelaxDeps = [
     "requests"
-    "sqlite-utils"
     "spiffe"
   ];
 
   propagatedBuildInputs = [
     python3Packages.requests
-    python3Packages.sqlite-utils
+    sqlite-utils
     spiffe
     # Imported directly (token validation, SPIRE bootstrap), not only through spiffe.
     python3Packages.cryptography
@@ -64,7 +65,7 @@ python3Packages.buildPythonApplication {
   ];
 
   passthru = {
-    inherit spiffe;
+    inherit spiffe sqlite-utils;
   };
 
   meta = {

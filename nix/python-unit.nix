@@ -21,11 +21,11 @@ let
       ps.hypothesis
       ps.pytest-testinfra
       ps.requests
-      ps.sqlite-utils
       ps.cryptography
       ps.pyjwt
       ps.pyyaml
       flashpods.spiffe
+      flashpods.sqlite-utils
       # Its console scripts land next to the interpreter, where tests look for them.
       (ps.toPythonModule flashpods)
     ]
