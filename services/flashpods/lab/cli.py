@@ -35,7 +35,10 @@ def _status(args: argparse.Namespace) -> int:
         print(json.dumps(data, indent=2))
         return 0 if data.get("supervisor_running") else 3
     if not data.get("supervisor_running"):
-        print("lab is down")
+        if any(data.get("namespaces", {}).values()):
+            print("lab is broken: its supervisor is not running; flashpods-lab down, then up")
+        else:
+            print("lab is down")
         return 3
     for name, info in data.get("units", {}).items():
         print(
