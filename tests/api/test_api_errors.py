@@ -16,6 +16,8 @@ import pytest
 from api_fakes import FakeRuntime
 from api_harness import TOKEN, Api, start_api
 from flashpods.api.config import Config
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 
 def state(api: Api) -> dict[str, Any]:
@@ -107,6 +109,8 @@ def test_invalid_json_and_payload_too_large(api: Api) -> None:
         expect(api.post("/jobs", data=b"[1, 2]"), 400, "invalid_json")
         expect(api.post("/jobs", data=b"\xff\xfe"), 400, "invalid_json")
         expect(api.post("/jobs", data=b""), 400, "invalid_json")
+        nan = b'{"type": "worker", "command": "x", "cpus": NaN}'
+        expect(api.post("/jobs", data=nan), 400, "invalid_json")
         big = b'{"type": "worker", "command": "' + b"x" * (1024 * 1024) + b'"}'
         expect(api.post("/jobs", data=big), 413, "payload_too_large")
 
@@ -353,3 +357,47 @@ def test_cancel_ended_job(api: Api) -> None:
     with unchanged(api):
         body = expect(api.delete(f"/jobs/{done}"), 409, "job_already_terminal")
     assert body["details"]["status"] == "completed"
+
+
+_json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children, max_size=3)
+    ),
+    max_leaves=8,
+)
+_job_bodies = st.fixed_dictionaries(
+    {},
+    optional={
+        "type": st.sampled_from(["worker", "agent", "", "WORKER"]) | _json_values,
+        "command": st.text(max_size=30) | _json_values,
+        "task": st.text(max_size=30) | _json_values,
+        "context": _json_values,
+        "git_branch": st.sampled_from(["main", "a..b", "-x", "feature/ok"]) | _json_values,
+        "client_job_id": st.uuids(version=4).map(str) | _json_values,
+        "files_id": st.sampled_from(["upload_nope", "../x"]) | _json_values,
+        "image": st.sampled_from(["ubuntu:22.04", "Bad", "a@b"]) | _json_values,
+        "cpus": _json_values,
+        "memory_gb": _json_values,
+        "timeout_minutes": _json_values,
+    },
+)
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(body=_job_bodies)
+def test_any_job_body_gets_a_documented_answer(api: Api, body: dict[str, Any]) -> None:
+    response = api.post("/jobs", json=body)
+    assert response.status_code in (200, 201, 400, 404, 409, 429), response.text
+    payload = response.json()
+    if response.status_code >= 400:
+        assert set(payload) <= {"error", "message", "details"} and payload["error"]
+    else:
+        assert payload["job_id"].startswith("job_")
+        api.delete(f"/jobs/{payload['job_id']}")  # free its resources for the next example

@@ -55,12 +55,17 @@ class Request:
 
     def json_object(self) -> dict[str, Any]:
         try:
-            value = json.loads(self.body)
+            value = json.loads(self.body, parse_constant=_reject_constant)
         except (ValueError, UnicodeDecodeError):
             raise ServiceError(400, "invalid_json", "The request body is not valid JSON") from None
         if not isinstance(value, dict):
             raise ServiceError(400, "invalid_json", "The request body must be a JSON object")
         return value
+
+
+def _reject_constant(name: str) -> Any:
+    """NaN and Infinity are not JSON (Python's parser accepts them by default)."""
+    raise ValueError(f"{name} is not valid JSON")
 
 
 @dataclass

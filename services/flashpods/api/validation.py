@@ -93,9 +93,8 @@ def _resource(body: dict[str, Any], key: str, code: str, default: int, maximum: 
 def parse_job_request(body: dict[str, Any], default_image: str) -> JobRequest:
     """Validate a POST /jobs body; raise the first error in api.md's order."""
     job_type = body.get("type")
-    if job_type not in LIMITS:
+    if not isinstance(job_type, str) or job_type not in LIMITS:
         raise _bad("invalid_job_type", "type must be 'worker' or 'agent'")
-    assert isinstance(job_type, str)
     command = task = context = branch = None
     if job_type == "worker":
         command = _text(body, "command", MAX_COMMAND)
