@@ -401,3 +401,25 @@ def test_any_job_body_gets_a_documented_answer(api: Api, body: dict[str, Any]) -
     else:
         assert payload["job_id"].startswith("job_")
         api.delete(f"/jobs/{payload['job_id']}")  # free its resources for the next example
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(segment=st.text(min_size=1, max_size=40), method=st.sampled_from(["GET", "POST", "DELETE"]))
+def test_any_path_gets_a_json_answer(api: Api, segment: str, method: str) -> None:
+    from urllib.parse import quote
+
+    encoded = quote(segment, safe="")
+    for path in (
+        f"/uploads/{encoded}",
+        f"/uploads/{encoded}/finalize",
+        f"/jobs/{encoded}",
+        f"/jobs/{encoded}/output",
+        f"/jobs/job_0123456789abcdef/artifacts/{encoded}",
+        f"/{encoded}",
+    ):
+        response = api.request(method, path)
+        assert response.status_code in (200, 204, 400, 404, 405, 409, 410), (path, response.text)
+        if response.status_code >= 400:
+            assert response.json()["error"]
