@@ -139,14 +139,16 @@ class FlashpodsHTTPServer(ThreadingHTTPServer):
         periodically; clean up periodically."""
         config = self.app.config
         self.loops = [
-            _Loop("reconcile", config.reconcile_interval, self._reconcile, self.stop_event),
+            _Loop(
+                "reconcile",
+                config.reconcile_interval,
+                self.app.reconciler.run_once,
+                self.stop_event,
+            ),
             _Loop("cleanup", config.cleanup_interval, self.app.cleaner.run_once, self.stop_event),
         ]
         for loop in self.loops:
             loop.start()
-
-    def _reconcile(self) -> None:
-        self.app.reconciler.run_once()
 
     def stop(self, grace: float = 30.0) -> None:
         """Graceful stop; call from any thread except the one running serve_forever."""
