@@ -175,6 +175,14 @@ with subtest("A folder rsynced from the laptop becomes a job; the laptop gets it
     )
     assert laptop.succeed("cat /tmp/result.txt").strip() == "HELLO FROM THE LAPTOP"
 
+with subtest("The laptop's packaged CLI uploads, runs, follows and downloads a job"):
+    laptop.succeed("mkdir -p /tmp/cli && echo 'from the cli' > /tmp/cli/in.txt")
+    laptop.succeed(
+        "cd /tmp && FLASHPODS_API_TOKEN_FILE=/etc/flashpods-test/api-token "
+        "flashpods run --dir /tmp/cli -- 'tr a-z A-Z < /work/in.txt > /artifacts/cli.txt'"
+    )
+    assert laptop.succeed("cat /tmp/flashpods-artifacts/*/cli.txt").strip() == "FROM THE CLI"
+
 with subtest("A job's container reaches the internet but never the API or rsync"):
     internet_ip = internet.succeed("ip -4 -o addr show dev eth1").split()[3].split("/")[0]
     probes = " ; ".join(
