@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
@@ -124,3 +125,23 @@ def test_capture_follows_a_rotated_file(tmp_path: Path) -> None:
     threading.Event().wait(0.3)
     capture.finish(10)
     assert [line[15:] for line in log.read_text().splitlines()] == ["before", "after"]
+
+
+def test_an_unreadable_rotated_file_ends_capture_with_the_marker(tmp_path: Path) -> None:
+    raw, log = tmp_path / "raw", tmp_path / "job.log"
+    raw.write_bytes(_raw(["stdout F before"]))
+    capture = LogCapture(raw, log, 1 << 20)
+    capture.start()
+    threading.Event().wait(0.3)
+    rotated = tmp_path / "raw.tmp"
+    rotated.write_bytes(_raw(["stdout F secret"]))
+    rotated.chmod(0)
+    rotated.replace(raw)
+    if os.access(raw, os.R_OK):  # root reads anything: make the open fail another way
+        raw.unlink()
+        raw.mkdir()
+    capture.finish(10)
+    lines = log.read_text().splitlines()
+    assert lines[0][15:] == "before"
+    assert lines[-1].endswith("[TRUNCATED - log exceeded 1 MB limit]")
+    assert capture.truncated

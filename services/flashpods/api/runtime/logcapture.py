@@ -144,6 +144,7 @@ class LogCapture:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"log-{log_path.stem}", daemon=True)
         self.truncated = False
+        self._unreadable = False
 
     def start(self) -> None:
         self._thread.start()
@@ -204,6 +205,11 @@ class LogCapture:
                         continue
                     out.flush()
                     rotated = self._reopen_if_rotated(raw)
+                    if self._unreadable:
+                        # What follows cannot be captured: say so, as for the size limit.
+                        out.write(truncation_line(self.limit_bytes, utc_now()))
+                        self.truncated = True
+                        return
                     if rotated is not None:
                         if raw:
                             raw.close()
@@ -234,8 +240,8 @@ class LogCapture:
             return None
         try:
             return self.raw_path.open("rb")
-        except PermissionError:
-            # rootful conmon recreated it as root: what follows cannot be read.
+        except OSError:
+            # e.g. a rootful conmon recreated it as root: what follows cannot be read.
             log.warning("raw log of %s no longer readable", self.log_path.name)
-            self._stop.set()
+            self._unreadable = True
             return None
