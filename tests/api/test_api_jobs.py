@@ -274,3 +274,25 @@ def test_one_upload_feeds_one_job(api: Api) -> None:
     assert len(api.rows("jobs")) == 1
     delete = api.delete("/uploads/upload_once")  # reserved by the job that has not run yet
     assert delete.status_code == 409 and delete.json()["error"] == "upload_in_use"
+
+
+def test_cancel_during_a_failing_start_frees_everything(api: Api) -> None:
+    api.upload("upload_c", {"a": b"1"})
+    real_start = api.runtime.start
+
+    def start_then_fail(spec: Any, hooks: Any) -> None:
+        assert api.delete(f"/jobs/{spec.job_id}").status_code == 200  # DELETE during start
+        api.runtime.fail_start = "no such image"
+        real_start(spec, hooks)
+
+    api.runtime.start = start_then_fail  # type: ignore[method-assign]
+    response = api.post(
+        "/jobs", json={"type": "worker", "command": "x", "files_id": "upload_c", "cpus": 8}
+    )
+    assert response.status_code == 500 and response.json()["error"] == "container_error"
+    job = api.rows("jobs")[0]
+    assert (job["status"], job["cancel_requested"]) == ("cancelled", 0)
+    assert api.get("/uploads/upload_c").json()["state"] == "expired"
+    api.runtime.start = real_start  # type: ignore[method-assign]
+    api.runtime.fail_start = None
+    assert api.post("/jobs", json={"type": "worker", "command": "x", "cpus": 8}).status_code == 201

@@ -300,7 +300,7 @@ class Jobs:
             if not isinstance(exc, ContainerError):
                 log.exception("job %s: runtime.start failed", job_id)
             log.warning("job %s: container could not start: %s", job_id, message)
-            self._finish_without_container(job_id, "failed", f"container_error: {message}")
+            self._fail_start(job_id, f"container_error: {message}")
             raise ServiceError(
                 500,
                 "container_error",
@@ -326,11 +326,14 @@ class Jobs:
             self.store.execute(sql, (target, time.time(), *fields.values(), job_id, *sources)) == 1
         )
 
-    def _finish_without_container(self, job_id: str, status: str, error: str | None) -> None:
-        if self.transition(
-            job_id, status, error=error, final_status=status, completed_at=time.time()
-        ):
-            self.uploads.release(job_id)
+    def _fail_start(self, job_id: str, error: str) -> None:
+        """No container exists. A DELETE may have made the job `cancelled` meanwhile: it
+        stays cancelled, and nothing is left holding resources either way."""
+        self.transition(
+            job_id, "failed", error=error, final_status="failed", completed_at=time.time()
+        )
+        self.store.execute("UPDATE jobs SET cancel_requested = 0 WHERE id = ?", (job_id,))
+        self.uploads.release(job_id)
 
     # --- cancel --------------------------------------------------------------------------
 
