@@ -138,8 +138,14 @@ class PodmanRuntime:
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise ContainerError(f"podman {args[0]} failed: {type(exc).__name__}") from exc
 
-    def _checked(self, args: list[str], **kwargs: object) -> str:
-        result = self._podman(args, **kwargs)  # type: ignore[arg-type]
+    def _checked(
+        self,
+        args: list[str],
+        *,
+        env: dict[str, str] | None = None,
+        timeout: float = PODMAN_TIMEOUT_SECONDS,
+    ) -> str:
+        result = self._podman(args, env=env, timeout=timeout)
         if result.returncode != 0:
             text = cli.scrub_paths(result.stderr.strip().splitlines()[-1] if result.stderr else "")
             raise ContainerError(
