@@ -18,6 +18,9 @@ image = "localhost/flashpods-job:latest"
 token = laptop.succeed("cat /etc/flashpods-test/api-token").strip()
 
 
+SMALL = {"cpus": 1, "memory_gb": 1}
+
+
 def api(method: str, path: str, body: dict | None = None) -> dict:
     """One API call from the laptop over WireGuard; the JSON answer."""
     cmd = f"curl -sS --fail-with-body --max-time 30 -X {method} "
@@ -159,6 +162,7 @@ with subtest("A folder rsynced from the laptop becomes a job; the laptop gets it
         "/jobs",
         {
             "type": "worker",
+            **SMALL,
             "command": "tr a-z A-Z < /work/src/input.txt > /artifacts/result.txt && echo done",
             "files_id": upload_id,
         },
@@ -179,7 +183,8 @@ with subtest("The laptop's packaged CLI uploads, runs, follows and downloads a j
     laptop.succeed("mkdir -p /tmp/cli && echo 'from the cli' > /tmp/cli/in.txt")
     laptop.succeed(
         "cd /tmp && FLASHPODS_API_TOKEN_FILE=/etc/flashpods-test/api-token "
-        "flashpods run --dir /tmp/cli -- 'tr a-z A-Z < /work/in.txt > /artifacts/cli.txt'"
+        "flashpods run --cpus 1 --memory 1 --dir /tmp/cli -- "
+        "'tr a-z A-Z < /work/in.txt > /artifacts/cli.txt'"
     )
     assert laptop.succeed("cat /tmp/flashpods-artifacts/*/cli.txt").strip() == "FROM THE CLI"
 
@@ -200,6 +205,7 @@ with subtest("A job's container reaches the internet but never the API or rsync"
         "/jobs",
         {
             "type": "worker",
+            **SMALL,
             "command": f"{probes} ; curl -sf --max-time 10 http://{internet_ip}/",
         },
     )
@@ -216,6 +222,7 @@ with subtest("Restarting the API in the middle of a job loses nothing"):
         "/jobs",
         {
             "type": "worker",
+            **SMALL,
             "command": "sleep 20; echo survived > /artifacts/after-restart.txt",
         },
     )

@@ -57,9 +57,11 @@ in
         services.flashpods = {
           enable = true;
           wireguard.laptopPublicKey = lib.fileContents ./fixtures/laptop.pub;
+          # What admission hands out (a worker defaults to 2 CPUs / 4 GB; the tests ask
+          # for 1 / 1 and never run two jobs at once).
           hostCapacity = {
             cpus = 2;
-            memoryGb = 2;
+            memoryGb = 4;
           };
           api = {
             defaultImage = "localhost/flashpods-job:latest";
