@@ -92,6 +92,9 @@ class Service:
     last_exit: int | None = None
     started_at: float = 0.0
     ready_at: float = 0.0
+    # The first start (boot), kept across restarts: the start order is checked on these.
+    boot_started_at: float = 0.0
+    boot_ready_at: float = 0.0
 
     def status(self) -> dict[str, Any]:
         pid = self.proc.pid if self.proc and self.proc.poll() is None else None
@@ -104,6 +107,8 @@ class Service:
             "after": list(self.unit.after),
             "started_at": self.started_at,
             "ready_at": self.ready_at,
+            "boot_started_at": self.boot_started_at,
+            "boot_ready_at": self.boot_ready_at,
         }
 
 
@@ -160,6 +165,7 @@ class Supervisor:
                 pass_fds=pass_fds,
             )
         svc.started_at = time.time()
+        svc.boot_started_at = svc.boot_started_at or svc.started_at
         svc.state = "starting"
         self._write_status()
 
@@ -178,6 +184,7 @@ class Supervisor:
                 with self.lock:
                     svc.state = "active"
                     svc.ready_at = time.time()
+                    svc.boot_ready_at = svc.boot_ready_at or svc.ready_at
                     self._write_status()
                 return True
             time.sleep(0.1)
@@ -190,6 +197,7 @@ class Supervisor:
                 svc.last_exit = code
                 svc.state = "exited" if code == 0 else "failed"
                 svc.ready_at = time.time()
+                svc.boot_ready_at = svc.boot_ready_at or svc.ready_at
                 self._write_status()
             return code == 0
         return False
