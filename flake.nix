@@ -4,24 +4,26 @@
   inputs = {
     # The seed's choice: the host runs nixos-24.05.
     nixpkgs.url = "github:NixOS/nixpkgs/nixos-24.05";
-    # SPIRE only. The configs and the bootstrap are written for SPIRE 1.13 (the version the
-    # lab builds); nixos-24.05 ships 1.9, and 1.13 needs Go >= 1.25, which 24.05 lacks.
-    nixpkgs-spire.url = "github:NixOS/nixpkgs/nixos-25.11";
+    # Only for two tools nixos-24.05 cannot provide: SPIRE >= 1.13 (the configs and the
+    # bootstrap are written for the lab's 1.13; 24.05 ships 1.9, and 1.13 needs Go >= 1.25)
+    # and a ruff whose formatting matches the one the project develops with.
+    nixpkgs-recent.url = "github:NixOS/nixpkgs/nixos-25.11";
   };
 
   outputs =
     {
       self,
       nixpkgs,
-      nixpkgs-spire,
+      nixpkgs-recent,
     }:
     let
       system = "x86_64-linux";
       inherit (nixpkgs) lib;
       pkgs = nixpkgs.legacyPackages.${system};
-      spire = nixpkgs-spire.legacyPackages.${system}.spire;
+      recent = nixpkgs-recent.legacyPackages.${system};
+      inherit (recent) spire;
 
-      # Modules get SPIRE from the nixpkgs-spire input unless the user sets another.
+      # Modules get SPIRE from the nixpkgs-recent input unless the user sets another.
       spireFromFlake = {
         services.flashpods.spire.package = lib.mkDefault spire;
       };
@@ -91,7 +93,7 @@
           python-unit = pkgs.callPackage ./nix/python-unit.nix {
             inherit (self.packages.${system}) flashpods;
           };
-          python-format = pkgs.callPackage ./nix/python-format.nix { };
+          python-format = pkgs.callPackage ./nix/python-format.nix { inherit (recent) ruff; };
         }
         # Every package builds (and its import checks pass).
         // lib.mapAttrs' (name: drv: lib.nameValuePair "package-${name}" drv) self.packages.${system};

@@ -108,7 +108,7 @@ in
         SPIRE (server, agent and the agent CLI for job containers). The configuration and
         bootstrap are written for SPIRE ${data.spire.version}; nixos-24.05's `pkgs.spire`
         is 1.9, too old (`join_token_file`, JSON CLI output), so the flake sets this to the
-        `spire` of its `nixpkgs-spire` input.
+        `spire` of its `nixpkgs-recent` input.
       '';
     };
 

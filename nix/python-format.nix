@@ -1,6 +1,7 @@
 # checks.<system>.python-format: ruff lint and format of the Python sources and of the VM
-# test scripts (with the test driver's globals, vm-tests/ruff.toml). Uses the ruff of
-# nixos-24.05, which may be older than the one .ci/run uses.
+# test scripts (with the test driver's globals, vm-tests/ruff.toml). The flake passes the
+# ruff of its nixpkgs-recent input: nixos-24.05's (0.4) predates ruff's 2025 style, so it
+# would ask to reformat code the project's ruff formats.
 {
   lib,
   runCommand,

@@ -15,7 +15,7 @@
 let
   staticAgent = spire.overrideAttrs (old: {
     pname = "spire-agent-static";
-    # `spire` comes from the flake's nixpkgs-spire input, whose buildGoModule reads
+    # `spire` comes from the flake's nixpkgs-recent input, whose buildGoModule reads
     # CGO_ENABLED from `env`.
     env = (old.env or { }) // {
       CGO_ENABLED = "0";

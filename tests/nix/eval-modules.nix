@@ -130,7 +130,7 @@ let
       environment.etc."spire/agent.conf".source = "/etc/static/spire/agent.conf";
     };
   };
-  # flake.nix's pin of SPIRE (nixpkgs-spire).
+  # flake.nix's pin of SPIRE (nixpkgs-recent).
   spireFromFlake = {
     services.flashpods.spire.package = lib.mkDefault (
       fakeDrv "spire"
