@@ -198,6 +198,9 @@ def test_eight_concurrent_creates_with_one_client_job_id_make_one_job(api: ApiPr
     ).stdout.split()  # fmt: skip
     assert len(containers) == 1
     _cancel_all(api, {job_id})
+    job = api.job(job_id)
+    # init forwards SIGTERM to the shell running sleep: it dies of it.
+    assert (job["status"], job["exit_code"]) == ("cancelled", 143)
 
 
 def test_concurrent_creates_never_overcommit(api: ApiProcess) -> None:
@@ -212,3 +215,28 @@ def test_concurrent_creates_never_overcommit(api: ApiProcess) -> None:
     active = [api.job(job_id) for job_id in accepted]
     assert sum(job["cpus"] for job in active if job["status"] in ("starting", "running")) <= 4
     _cancel_all(api, accepted)
+
+
+def test_orphan_container_of_this_instance_is_removed(api: ApiProcess, podman_socket: Path) -> None:
+    def run(instance: str) -> str:
+        return subprocess.run(
+            ["podman", "--url", f"unix://{podman_socket}", "run", "-d", "--pull=never",
+             "--label", "flashpods-job=true", "--label", "flashpods-job-id=job_00ff00ff",
+             "--label", "flashpods-job-type=worker", "--label", f"flashpods-instance={instance}",
+             IMAGE, "sleep", "300"],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()  # fmt: skip
+
+    orphan, foreign = run(INSTANCE), run(f"{INSTANCE}-foreign")
+    try:
+        # No job row has this ID: the reconciliation loop (every 2 s here) removes it.
+        wait_for(
+            lambda: subprocess.run(["podman", "container", "exists", orphan]).returncode == 1,
+            30,
+            "orphan removal",
+        )
+        time.sleep(3)  # another pass: the other instance's container is never touched
+        assert subprocess.run(["podman", "container", "exists", foreign]).returncode == 0
+    finally:
+        subprocess.run(["podman", "rm", "--force", "--ignore", "--time", "0", orphan, foreign],
+                       capture_output=True, check=False)  # fmt: skip
