@@ -94,6 +94,7 @@
             inherit (self.packages.${system}) flashpods;
           };
           python-format = pkgs.callPackage ./nix/python-format.nix { inherit (recent) ruff; };
+          nix-static = pkgs.callPackage ./nix/static-tests.nix { inherit (recent) ruff; };
         }
         # Every package builds (and its import checks pass).
         // lib.mapAttrs' (name: drv: lib.nameValuePair "package-${name}" drv) self.packages.${system};

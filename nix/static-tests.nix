@@ -1,0 +1,51 @@
+# checks.<system>.nix-static: tests/nix (what .ci/run runs on Debian's nix 2.8) once more
+# with nixpkgs' nix: every .nix parses, the data and the modules evaluate without nixpkgs
+# and equal the lab's values, the VM test scripts lint and type-check. The sandbox has no
+# store daemon; evaluation needs none (NIX_REMOTE=dummy://).
+{
+  lib,
+  stdenvNoCC,
+  python3,
+  nix,
+  ruff,
+}:
+
+let
+  pythonEnv = python3.withPackages (ps: [
+    ps.pytest
+    ps.mypy
+  ]);
+in
+stdenvNoCC.mkDerivation {
+  name = "flashpods-nix-static";
+  src = lib.fileset.toSource {
+    root = ../.;
+    fileset = lib.fileset.unions [
+      ../pyproject.toml
+      ../flake.nix
+      ../configuration.nix
+      ../modules
+      ../nix
+      ../vm-tests
+      ../tests/nix
+      ../services/flashpods/__init__.py
+      ../services/flashpods/deployment.py
+      ../services/flashpods/spire
+    ];
+  };
+  nativeBuildInputs = [
+    pythonEnv
+    nix
+    ruff
+  ];
+  dontConfigure = true;
+  dontInstall = true;
+  buildPhase = ''
+    runHook preBuild
+    export HOME=$TMPDIR NIX_REMOTE=dummy:// NIX_STATE_DIR=$TMPDIR/nix
+    export PYTHONPATH=$PWD/services FLASHPODS_REPO=$PWD
+    python -m pytest -p no:cacheprovider tests/nix
+    touch $out
+    runHook postBuild
+  '';
+}
