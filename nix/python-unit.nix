@@ -1,7 +1,9 @@
 # checks.<system>.python-unit: the Python unit tests (tests/) against the packaged
 # dependencies, without a VM. Excluded here: tests/nix (needs nix-instantiate, which the
 # build sandbox cannot run; .ci/run runs it), the MCP server's tests (the `mcp` SDK is not
-# in nixos-24.05), and tests marked podman/spire/lab (real components, run by .ci/run).
+# in nixos-24.05), tests marked podman/spire/lab (real components, run by .ci/run) and the
+# one test that needs root (chown/setuid; the build user is not root). Without nft in the
+# sandbox the nft --check test skips itself (nixpkgs checks the ruleset at build time).
 {
   lib,
   stdenvNoCC,
@@ -9,7 +11,6 @@
   flashpods,
   git,
   jq,
-  nftables,
   rsync,
 }:
 
@@ -55,7 +56,6 @@ stdenvNoCC.mkDerivation {
     pythonEnv
     git
     jq
-    nftables
     rsync
   ];
   dontConfigure = true;
@@ -70,7 +70,8 @@ stdenvNoCC.mkDerivation {
     python -m pytest -p no:cacheprovider tests \
       --ignore=tests/nix \
       --ignore=tests/client/test_client_mcp.py \
-      -m "not podman and not spire and not lab"
+      -m "not podman and not spire and not lab" \
+      -k "not test_remove_tree_empties_read_only_directories_as_their_owner"
     touch $out
     runHook postBuild
   '';
