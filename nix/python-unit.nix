@@ -1,8 +1,8 @@
 # checks.<system>.python-unit: the Python unit tests (tests/) against the packaged
 # dependencies, without a VM. Excluded here: tests/nix (its own check, nix-static), the
-# MCP server's tests (the `mcp` SDK is not
-# in nixos-24.05), tests marked podman/spire/lab (real components, run by .ci/run) and the
-# one test that needs root (chown/setuid; the build user is not root). Without nft in the
+# MCP server's tests (the `mcp` SDK is not in nixos-24.05), tests marked podman/spire/lab
+# (real components, run by .ci/run) and the one test that needs root (chown/setuid; the
+# build user is not root). Without nft in the
 # sandbox the nft --check test skips itself (nixpkgs checks the ruleset at build time).
 {
   lib,
