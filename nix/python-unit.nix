@@ -2,8 +2,8 @@
 # dependencies, without a VM. Excluded here: tests/nix (its own check, nix-static), the
 # MCP server's tests (the `mcp` SDK is not in nixos-24.05), tests marked podman/spire/lab
 # (real components, run by .ci/run) and the one test that needs root (chown/setuid; the
-# build user is not root). Without nft in the
-# sandbox the nft --check test skips itself (nixpkgs checks the ruleset at build time).
+# build user is not root). Without nft in the sandbox the nft --check test skips itself
+# (nixpkgs checks the ruleset at build time).
 {
   lib,
   stdenvNoCC,
