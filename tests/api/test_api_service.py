@@ -19,7 +19,7 @@ import pytest
 import yaml
 from api_fakes import FakeRuntime
 from api_harness import TOKEN, Api, make_env, start_api
-from flashpods.api.config import ConfigError, load_config
+from flashpods.api.config import Config, ConfigError, load_config
 from flashpods.api.http import ROUTES
 
 REPO = Path(__file__).resolve().parents[2]
@@ -289,3 +289,21 @@ def test_download_names_cannot_inject_headers(api: Api) -> None:
         'attachment; filename="r_sum___X-Evil: 1.txt"; '
         "filename*=UTF-8''r%C3%A9sum%C3%A9%0D%0AX-Evil%3A%201.txt"
     )
+
+
+def test_binds_before_its_address_exists(config: Config) -> None:
+    """10.0.0.1 exists only once wg0 is up; IP_FREEBIND lets the API start before that."""
+    from dataclasses import replace
+
+    from flashpods.api.server import build_server
+
+    absent = "192.0.2.77"  # TEST-NET-1, configured on no interface here
+    assert absent not in subprocess.run(["ip", "-o", "addr"], capture_output=True, text=True).stdout
+    server = build_server(
+        replace(config, listen_host=absent, listen_port=0), FakeRuntime(), background=False
+    )
+    try:
+        assert server.server_address[0] == absent
+    finally:
+        server.server_close()
+        server.app.store.close()
