@@ -29,9 +29,12 @@ def test_exit_zero_completes_and_cleans_up(runtime: PodmanRuntime, hooks, make_s
     assert (outcome.status, outcome.exit_code, outcome.error) == ("completed", 0, None)
     assert hooks.kinds(spec.job_id) == ["running", "copying", "finished"]
     assert [strip_prefix(line) for line in log_lines(spec)] == ["hello"]
-    # The container and conmon's raw file are gone once the final status is out.
-    wait_for(lambda: not container_exists(spec.job_id), 10, "container removal")
-    assert not raw_log_path(spec).exists()
+    # The container and conmon's raw file go right after the final status is out.
+    wait_for(
+        lambda: not container_exists(spec.job_id) and not raw_log_path(spec).exists(),
+        10,
+        "container and raw log removal",
+    )
 
 
 def test_nonzero_exit_fails_with_its_code(runtime: PodmanRuntime, hooks, make_spec) -> None:
