@@ -6,6 +6,7 @@ fixture before the other tests and checked last, so its minute overlaps with the
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -213,3 +214,37 @@ def test_timeout_after_one_minute(timeout_job: tuple[JobSpec, RecordingHooks]) -
     assert strip_prefix(log_lines(spec)[0]) == "started"
     started = next(event[2] for event in hooks.events if event[0] == "running")
     assert 60 <= (outcome.ended_at - started).total_seconds() < 75
+
+
+def test_podman_service_restart_mid_job_is_survived(tmp_path: Path, hooks, make_spec) -> None:
+    socket = tmp_path / "own-podman.sock"
+
+    def serve() -> subprocess.Popen[bytes]:
+        service = subprocess.Popen(
+            ["podman", "system", "service", "--time=0", f"unix://{socket}"],
+            cwd=tmp_path,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for(socket.exists, 15, "podman service")
+        return service
+
+    service = serve()
+    runtime = PodmanRuntime(make_config(socket))
+    spec = make_spec("echo before; sleep 4; echo after > /artifacts/after.txt; echo after")
+    try:
+        runtime.start(spec, hooks)
+        wait_for(lambda: "before" in spec.log_path.read_text(), 10, "first line")
+        service.kill()  # the socket service dies; conmon keeps the container running
+        service.wait(10)
+        socket.unlink(missing_ok=True)
+        time.sleep(1)
+        service = serve()
+        outcome = hooks.wait(spec.job_id, 40)
+    finally:
+        runtime.shutdown()
+        service.terminate()
+        service.wait(10)
+    assert (outcome.status, outcome.exit_code) == ("completed", 0)
+    assert [strip_prefix(line) for line in log_lines(spec)] == ["before", "after"]
+    assert [a.name for a in outcome.artifacts] == ["after.txt"]

@@ -88,6 +88,15 @@ def _parse_time(text: str | None) -> datetime | None:
     return parse_conmon_time(text.encode())
 
 
+def _is_missing(stderr: str) -> bool:
+    """podman says the container does not exist (not: podman cannot be reached, whose
+    message also says "no such file or directory" about its socket)."""
+    text = stderr.lower()
+    return ("no such container" in text or "no such object" in text) and (
+        "unable to connect" not in text
+    )
+
+
 def _labels(raw: dict[str, Any]) -> dict[str, str]:
     return (raw.get("Config") or {}).get("Labels") or {}
 
@@ -168,7 +177,7 @@ class PodmanRuntime:
             found = json.loads(result.stdout) if result.stdout.strip() else []
         except json.JSONDecodeError as exc:
             raise ContainerError("podman inspect returned no JSON") from exc
-        if result.returncode != 0 and not found and "no such" not in result.stderr.lower():
+        if result.returncode != 0 and not found and not _is_missing(result.stderr):
             raise ContainerError(f"podman inspect failed: {cli.scrub_paths(result.stderr)}")
         return found
 
@@ -184,21 +193,24 @@ class PodmanRuntime:
         return _container_info(found[0]), (pid if isinstance(pid, int) and pid > 0 else None)
 
     def _wait(self, name: str) -> None:
-        """Block until the container is not running; survives podman hiccups."""
+        """Block until the container is not running; survives podman hiccups and
+        restarts of the podman service (it keeps asking until podman answers)."""
         while True:
-            result = self._podman(
-                ["wait", "--condition", "stopped", "--condition", "exited", name],
-                timeout=10 * 24 * 3600,
-            )
-            if result.returncode == 0:
-                return
             try:
+                result = self._podman(
+                    ["wait", "--condition", "stopped", "--condition", "exited", name],
+                    timeout=10 * 24 * 3600,
+                )
+                # `podman wait` can also end because the service went away: only podman's
+                # own view of the container says whether it has really ended.
                 info = self.inspect(name)
-            except ContainerError:
-                info = None
+            except ContainerError as exc:
+                log.warning("podman unreachable while waiting for %s, retrying: %s", name, exc)
+                threading.Event().wait(2)
+                continue
             if info is None or info.state not in ("running", "created", "paused", "stopping"):
                 return
-            log.warning("podman wait %s failed, retrying: %s", name, result.stderr.strip())
+            log.warning("podman wait %s ended early, retrying: %s", name, result.stderr.strip())
             threading.Event().wait(2)
 
     def _stop(self, name: str) -> None:
@@ -352,7 +364,7 @@ class PodmanRuntime:
     def remove_container(self, container_id: str) -> None:
         found = self._inspect_raw([container_id])
         result = self._podman(["rm", "--force", "--time", "0", container_id])
-        if result.returncode != 0 and "no such" not in result.stderr.lower():
+        if result.returncode != 0 and not _is_missing(result.stderr):
             raise ContainerError(f"podman rm failed: {cli.scrub_paths(result.stderr)}")
         # The raw log lives outside podman's storage (see raw_log_path); rm leaves it behind.
         for raw in found:
