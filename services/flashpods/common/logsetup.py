@@ -5,8 +5,14 @@ from __future__ import annotations
 import logging
 import os
 
-_LEVELS = {"trace": "DEBUG", "debug": "DEBUG", "info": "INFO", "warn": "WARNING",
-           "warning": "WARNING", "error": "ERROR"}
+_LEVELS = {
+    "trace": "DEBUG",
+    "debug": "DEBUG",
+    "info": "INFO",
+    "warn": "WARNING",
+    "warning": "WARNING",
+    "error": "ERROR",
+}
 
 
 def configure_logging(service: str) -> logging.Logger:
