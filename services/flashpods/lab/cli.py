@@ -36,7 +36,7 @@ def _status(args: argparse.Namespace) -> int:
         return 0 if data.get("supervisor_running") else 3
     if not data.get("supervisor_running"):
         if any(data.get("namespaces", {}).values()):
-            print("lab is broken: its supervisor is not running; flashpods-lab down, then up")
+            print("lab is broken: its supervisor is not running; run flashpods-lab up")
         else:
             print("lab is down")
         return 3

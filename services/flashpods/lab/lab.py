@@ -97,6 +97,9 @@ def control(request: dict[str, Any], timeout: float = 120) -> dict[str, Any]:
 
 def _start_supervisor(service_bin: Path) -> None:
     LOG_DIR.mkdir(parents=True, exist_ok=True)
+    # A previous supervisor's status must not count as this one's.
+    (STATE_DIR / "status.json").unlink(missing_ok=True)
+    (STATE_DIR / "supervisor.sock").unlink(missing_ok=True)
     with open(LOG_DIR / "supervisor.log", "ab") as log:
         subprocess.Popen(
             [str(service_bin / "python"), "-m", "flashpods.lab.supervisor", str(STATE_DIR)],
@@ -187,6 +190,7 @@ def up() -> UpReport:
         _stop_supervisor()
     units.save(lab_units, units_file)
     if _supervisor_pid() is None:
+        _kill_orphaned_units()
         _start_supervisor(service_bin)
     else:
         for unit in units.start_order(lab_units):
@@ -244,14 +248,18 @@ def _stop_supervisor() -> None:
         os.kill(pid, signal.SIGKILL)
 
 
+def _kill_orphaned_units() -> None:
+    """What a crashed supervisor left running: each unit's own process group."""
+    for unit_pid in _unit_pids():
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(unit_pid, signal.SIGKILL)
+
+
 def down() -> None:
     preflight.require_root()
     topo = topology()
     _stop_supervisor()
-    # Whatever a crashed supervisor left: the units' own process groups.
-    for unit_pid in _unit_pids():
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(unit_pid, signal.SIGKILL)
+    _kill_orphaned_units()
     containers = _lab_containers()
     if containers:
         argv = ["podman", "rm", "-f", "-t", "0", *containers]
