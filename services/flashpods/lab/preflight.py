@@ -60,8 +60,3 @@ def require(checks: list[Check]) -> None:
     missing = [c.what for c in checks if not c.ok]
     if missing:
         raise LabError("missing: " + "; ".join(missing) + " (run scripts/setup.sh)")
-
-
-def spire_bin_dir(version: str) -> Path:
-    cache = Path(os.environ.get("FLASHPODS_CACHE_DIR", "/var/cache/flashpods"))
-    return cache / f"spire-{version}" / "bin"

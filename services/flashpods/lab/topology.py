@@ -52,10 +52,6 @@ class Topology:
     def netns_path(self, name: str) -> Path:
         return NETNS_DIR / name
 
-    @property
-    def internet_url(self) -> str:
-        return f"http://{self.up_inet_addr}:{self.http_port}/"
-
 
 def from_deployment(values: dict[str, Any]) -> Topology:
     wg = values["wireguard"]
