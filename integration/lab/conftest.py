@@ -26,9 +26,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def lab_up() -> Iterator[lab.UpReport]:
     if os.geteuid() != 0:
         pytest.fail("integration/lab needs root (it builds network namespaces)")
-    report = lab.up()
-    yield report
-    lab.down()
+    try:
+        report = lab.up()
+        yield report
+    finally:
+        lab.down()  # also after a failed `up`: never leave half a lab behind
 
 
 @pytest.fixture(scope="session")
