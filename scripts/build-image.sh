@@ -19,6 +19,9 @@ if [ ! -f "$TARBALL" ]; then
   chroot "$root" apt-get clean
   rm -rf "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/*.bin "$root"/tmp/*
   mkdir -p "$root/work" "$root/artifacts"
+  # mktemp made the rootfs 0700; as the image's / that locks out every non-root
+  # container user (rootless keep-id: "stat /bin/sh: permission denied").
+  chmod 0755 "$root"
   tar -C "$root" --numeric-owner -cf "$TARBALL.tmp" .
   mv "$TARBALL.tmp" "$TARBALL"
 fi
