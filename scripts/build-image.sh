@@ -24,6 +24,8 @@ if [ ! -f "$TARBALL" ]; then
   chmod 0755 "$root"
   tar -C "$root" --numeric-owner -cf "$TARBALL.tmp" .
   mv "$TARBALL.tmp" "$TARBALL"
+  # Rootfs tarballs of older versions of this script are never used again.
+  find "$CACHE/image" -maxdepth 1 -name 'flashpods-job-*' ! -name "flashpods-job-$KEY.*" -delete
 fi
 
 current="$(podman image inspect --format '{{.Id}}' "$IMAGE" 2>/dev/null || true)"
