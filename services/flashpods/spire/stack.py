@@ -1,7 +1,7 @@
-"""The identity stack in one directory: podman API service, SPIRE server and agent, token
-service. Used by the real-component tests and the benchmark (the lab runs the same
-pieces at the real paths). Everything lives under `base`; the server binds 127.0.0.1 on
-a free port; `close()` stops what it started, in reverse order.
+"""The identity stack in one directory: podman API service (flashpods.localhost), SPIRE
+server and agent, token service. Used by the real-component tests and the benchmark (the
+lab runs the same pieces at the real paths). Everything lives under `base`; the server
+binds 127.0.0.1 on a free port; `close()` stops what it started, in reverse order.
 """
 
 from __future__ import annotations
@@ -14,32 +14,16 @@ import signal
 import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from flashpods.localhost import PodmanService, free_port
 from flashpods.spire.binaries import spire_bin_dir
 from flashpods.spire.bootstrap import BootstrapResult, bootstrap, wait_for_agent
 from flashpods.spire.config import SpireSettings, write_configs
 from flashpods.spire.tools_dir import assemble_tools_dir
 from flashpods.tokens.activation import listen_unix, spawn_with_socket
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _wait_for(predicate: Callable[[], bool], what: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} not ready after {timeout:.0f} s")
-        time.sleep(0.1)
 
 
 @dataclass
@@ -57,16 +41,18 @@ class IdentityStack:
     secrets_file: Path = field(init=False)
     tools_dir: Path = field(init=False)
     logs: Path = field(init=False)
+    _podman: PodmanService = field(init=False)
     _procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict, init=False)
     _log_files: list[IO[bytes]] = field(default_factory=list, init=False)
     _token_listener: socket.socket | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
-        self.podman_socket = self.base / "podman.sock"
         self.token_socket = self.base / "token.sock"
         self.secrets_file = self.base / "secrets.json"
         self.tools_dir = self.base / "tools"
         self.logs = self.base / "logs"
+        self._podman = PodmanService(self.base, log=self.logs / "podman.log")
+        self.podman_socket = self._podman.socket
         self.settings = SpireSettings.from_deployment().under(
             self.base,
             port=free_port(),
@@ -109,11 +95,7 @@ class IdentityStack:
         self.write_secrets(self.secrets)
         write_configs(self.settings)
         assemble_tools_dir(self.tools_dir, self.bin_dir)
-        self._spawn(
-            "podman",
-            ["podman", "system", "service", "--time=0", f"unix://{self.podman_socket}"],
-        )
-        _wait_for(self.podman_socket.exists, "podman API socket", 20)
+        self._podman.start()
         self.start_server()
         self.bootstrap()
         self.start_agent()
@@ -166,8 +148,9 @@ class IdentityStack:
         os.replace(tmp, self.secrets_file)
 
     def close(self) -> None:
-        for name in ("token-service", "spire-agent", "spire-server", "podman"):
+        for name in ("token-service", "spire-agent", "spire-server"):
             self.stop(name)
+        self._podman.stop()
         if self._token_listener is not None:
             self._token_listener.close()
         for log in self._log_files:
