@@ -8,9 +8,6 @@ Whatever the tests leave of their instance is removed at the end.
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,50 +15,17 @@ from pathlib import Path
 import pytest
 from flashpods.api.runtime import JobSpec
 from flashpods.api.runtime.podman import PodmanRuntime
-from podman_support import IMAGE, INSTANCE, RecordingHooks, make_config, new_job_id
-
-
-def _require_podman() -> None:
-    if shutil.which("podman") is None:
-        pytest.fail("podman is not installed: run scripts/setup.sh", pytrace=False)
-    probe = subprocess.run(["podman", "image", "exists", IMAGE], check=False)
-    if probe.returncode != 0:
-        pytest.fail(f"{IMAGE} is missing: run scripts/build-image.sh", pytrace=False)
+from flashpods.localhost import JOB_IMAGE, HostError, podman_service
+from podman_support import INSTANCE, RecordingHooks, make_config, new_job_id
 
 
 @pytest.fixture(scope="session")
 def podman_socket(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    _require_podman()
-    home = tmp_path_factory.mktemp("podman-service")
-    socket = home / "podman.sock"
-    # cwd: conmon 2.1 drops its `oom` flag file into its working directory.
-    service = subprocess.Popen(
-        ["podman", "system", "service", "--time=0", f"unix://{socket}"],
-        cwd=home,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 15
-    while not socket.exists():
-        if service.poll() is not None or time.monotonic() > deadline:
-            service.kill()
-            pytest.fail("podman system service did not come up", pytrace=False)
-        time.sleep(0.05)
-    yield socket
-    leftover = subprocess.run(
-        ["podman", "ps", "-aq", "--filter", f"label=flashpods-instance={INSTANCE}"],
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout.split()
-    if leftover:
-        subprocess.run(
-            ["podman", "rm", "--force", "--ignore", "--time", "0", *leftover],
-            capture_output=True,
-            check=False,
-        )
-    service.terminate()
-    service.wait(10)
+    try:
+        with podman_service(tmp_path_factory.mktemp("podman-service"), INSTANCE) as socket:
+            yield socket
+    except (HostError, TimeoutError) as exc:
+        pytest.fail(str(exc), pytrace=False)
 
 
 @pytest.fixture(scope="session")
@@ -107,7 +71,7 @@ def make_spec(dirs: Dirs) -> SpecFactory:
         values: dict[str, object] = {
             "job_id": job_id,
             "job_type": "worker",
-            "image": IMAGE,
+            "image": JOB_IMAGE,
             "cpus": 1,
             "memory_gb": 1,
             "timeout_minutes": 5,

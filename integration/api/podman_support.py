@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import subprocess
 import threading
-import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
 from flashpods.api.runtime import JobOutcome, JobSpec
 from flashpods.api.runtime.podman import PodmanConfig
+from flashpods.localhost import podman
 
-IMAGE = "localhost/flashpods-job:latest"
 INSTANCE = f"test-{uuid.uuid4().hex[:10]}"
 
 
@@ -69,20 +66,8 @@ def new_job_id() -> str:
     return f"job_{uuid.uuid4().hex[:16]}"
 
 
-def podman(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["podman", *args], capture_output=True, text=True, check=False)
-
-
 def container_exists(job_id: str) -> bool:
     return podman("container", "exists", f"job_{job_id}").returncode == 0
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 def log_lines(spec: JobSpec) -> list[str]:

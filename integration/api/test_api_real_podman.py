@@ -6,67 +6,24 @@ session's private podman socket and this session's FLASHPODS_INSTANCE.
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
-from podman_support import IMAGE, INSTANCE, container_exists, wait_for
+from flashpods.localhost import JOB_IMAGE, ApiProcess, api_environment, wait_until, write_token
+from podman_support import INSTANCE, container_exists
 
 TOKEN = "b" * 64
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@dataclass
-class ApiProcess:
-    root: Path
-    env: dict[str, str]
-    url: str
-    proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        log = (self.root / "api.log").open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "flashpods.api.main"],
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        wait_for(self._healthy, 20, "flashpods-api health")
-
-    def _healthy(self) -> bool:
-        assert self.proc is not None
-        if self.proc.poll() is not None:
-            raise AssertionError((self.root / "api.log").read_text())
-        try:
-            return requests.get(f"{self.url}/health", timeout=1).status_code == 200
-        except requests.ConnectionError:
-            return False
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(15)
+class Api(ApiProcess):
+    """The API process plus authenticated calls and job polling."""
 
     def call(self, method: str, path: str, **kwargs: Any) -> requests.Response:
         headers = {"Authorization": f"Bearer {TOKEN}"}
@@ -88,42 +45,25 @@ class ApiProcess:
             time.sleep(0.2)
 
 
-def api_env(root: Path, podman_socket: Path, **extra: str) -> dict[str, str]:
-    (root / "api-token").write_text(TOKEN + "\n")
-    port = free_port()
-    env = {
-        **os.environ,
-        "FLASHPODS_DB_PATH": str(root / "db" / "flashpods.db"),
-        "FLASHPODS_UPLOADS_PATH": str(root / "uploads"),
-        "FLASHPODS_ARTIFACTS_PATH": str(root / "artifacts"),
-        "FLASHPODS_LOGS_PATH": str(root / "logs"),
-        "FLASHPODS_LISTEN_ADDR": f"127.0.0.1:{port}",
-        "FLASHPODS_TOKEN_FILE": str(root / "api-token"),
-        "FLASHPODS_PODMAN_SOCKET": str(podman_socket),
-        "FLASHPODS_INSTANCE": INSTANCE,
-        "FLASHPODS_DEFAULT_IMAGE": IMAGE,
-        "FLASHPODS_PULL_POLICY": "never",
-        "FLASHPODS_HOST_CPUS": "4",
-        "FLASHPODS_HOST_MEMORY_GB": "16",
-        "FLASHPODS_RATE_LIMIT_PER_SECOND": "0",
-        "FLASHPODS_SPIRE_SOCKET_DIR": str(root / "no-spire"),
-        "FLASHPODS_TOKEN_SOCKET": str(root / "no-token.sock"),
-        "FLASHPODS_RECONCILE_INTERVAL_SECONDS": "2",
-    }
-    env.update(extra)
-    return env
-
-
 @pytest.fixture
-def api(tmp_path: Path, podman_socket: Path) -> Iterator[ApiProcess]:
-    env = api_env(tmp_path, podman_socket)
-    process = ApiProcess(tmp_path, env, f"http://{env['FLASHPODS_LISTEN_ADDR']}")
+def api(tmp_path: Path, podman_socket: Path) -> Iterator[Api]:
+    write_token(tmp_path / "api-token", TOKEN)
+    env = api_environment(
+        tmp_path,
+        podman_socket,
+        INSTANCE,
+        FLASHPODS_HOST_CPUS="4",
+        FLASHPODS_HOST_MEMORY_GB="16",
+        FLASHPODS_RATE_LIMIT_PER_SECOND="0",
+        FLASHPODS_RECONCILE_INTERVAL_SECONDS="2",
+    )
+    process = Api(tmp_path, env)
     process.start()
     yield process
     process.stop()
 
 
-def test_sigkill_mid_job_then_restart_ends_the_job_right(api: ApiProcess) -> None:
+def test_sigkill_mid_job_then_restart_ends_the_job_right(api: Api) -> None:
     root = api.root / "uploads" / "upload_crash"
     root.mkdir(parents=True)
     (root / "n.txt").write_text("30\n")
@@ -137,7 +77,7 @@ def test_sigkill_mid_job_then_restart_ends_the_job_right(api: ApiProcess) -> Non
     assert created.status_code == 201, created.text
     job_id = created.json()["job_id"]
     api.wait_status(job_id, {"running"}, 20)
-    wait_for(
+    wait_until(
         lambda: "tick 3" in api.call("GET", f"/jobs/{job_id}/output").json()["output"],
         20,
         "some output",
@@ -153,10 +93,10 @@ def test_sigkill_mid_job_then_restart_ends_the_job_right(api: ApiProcess) -> Non
     artifacts = api.call("GET", f"/jobs/{job_id}/artifacts").json()
     assert [a["name"] for a in artifacts["artifacts"]] == ["out/r.txt"]
     assert api.call("GET", f"/jobs/{job_id}/artifacts/out/r.txt").content == b"result\n"
-    wait_for(lambda: not container_exists(job_id), 15, "container removal")
+    wait_until(lambda: not container_exists(job_id), 15, "container removal")
 
 
-def _post_concurrently(api: ApiProcess, bodies: list[dict[str, Any]]) -> list[requests.Response]:
+def _post_concurrently(api: Api, bodies: list[dict[str, Any]]) -> list[requests.Response]:
     results: list[requests.Response | None] = [None] * len(bodies)
     barrier = threading.Barrier(len(bodies))
 
@@ -173,14 +113,14 @@ def _post_concurrently(api: ApiProcess, bodies: list[dict[str, Any]]) -> list[re
     return [r for r in results if r is not None]
 
 
-def _cancel_all(api: ApiProcess, job_ids: set[str]) -> None:
+def _cancel_all(api: Api, job_ids: set[str]) -> None:
     for job_id in job_ids:
         assert api.call("DELETE", f"/jobs/{job_id}").status_code == 200
     for job_id in job_ids:
-        wait_for(lambda j=job_id: not container_exists(j), 30, f"{job_id} removal")
+        wait_until(lambda j=job_id: not container_exists(j), 30, f"{job_id} removal")
 
 
-def test_eight_concurrent_creates_with_one_client_job_id_make_one_job(api: ApiProcess) -> None:
+def test_eight_concurrent_creates_with_one_client_job_id_make_one_job(api: Api) -> None:
     body = {"type": "worker", "command": "sleep 60", "client_job_id": str(uuid.uuid4())}
     responses = _post_concurrently(api, [body] * 8)
     codes = sorted(r.status_code for r in responses)
@@ -203,7 +143,7 @@ def test_eight_concurrent_creates_with_one_client_job_id_make_one_job(api: ApiPr
     assert (job["status"], job["exit_code"]) == ("cancelled", 143)
 
 
-def test_concurrent_creates_never_overcommit(api: ApiProcess) -> None:
+def test_concurrent_creates_never_overcommit(api: Api) -> None:
     # Host capacity is 4 CPUs: of 8 one-CPU jobs created at once, exactly 4 fit.
     bodies = [{"type": "worker", "command": "sleep 60", "cpus": 1, "memory_gb": 1}] * 8
     responses = _post_concurrently(api, bodies)
@@ -217,20 +157,20 @@ def test_concurrent_creates_never_overcommit(api: ApiProcess) -> None:
     _cancel_all(api, accepted)
 
 
-def test_orphan_container_of_this_instance_is_removed(api: ApiProcess, podman_socket: Path) -> None:
+def test_orphan_container_of_this_instance_is_removed(api: Api, podman_socket: Path) -> None:
     def run(instance: str) -> str:
         return subprocess.run(
             ["podman", "--url", f"unix://{podman_socket}", "run", "-d", "--pull=never",
              "--label", "flashpods-job=true", "--label", "flashpods-job-id=job_00ff00ff",
              "--label", "flashpods-job-type=worker", "--label", f"flashpods-instance={instance}",
-             IMAGE, "sleep", "300"],
+             JOB_IMAGE, "sleep", "300"],
             capture_output=True, text=True, check=True,
         ).stdout.strip()  # fmt: skip
 
     orphan, foreign = run(INSTANCE), run(f"{INSTANCE}-foreign")
     try:
         # No job row has this ID: the reconciliation loop (every 2 s here) removes it.
-        wait_for(
+        wait_until(
             lambda: subprocess.run(["podman", "container", "exists", orphan]).returncode == 1,
             30,
             "orphan removal",

@@ -10,14 +10,8 @@ from pathlib import Path
 import pytest
 from flashpods.api.runtime import ContainerError
 from flashpods.api.runtime.podman import PodmanRuntime, raw_log_path
-from podman_support import (
-    INSTANCE,
-    container_exists,
-    log_lines,
-    podman,
-    strip_prefix,
-    wait_for,
-)
+from flashpods.localhost import podman, wait_until
+from podman_support import INSTANCE, container_exists, log_lines, strip_prefix
 
 PREFIX = re.compile(r"^\[\d\d:\d\d:\d\d\.\d{3}\] ")
 
@@ -30,7 +24,7 @@ def test_exit_zero_completes_and_cleans_up(runtime: PodmanRuntime, hooks, make_s
     assert hooks.kinds(spec.job_id) == ["running", "copying", "finished"]
     assert [strip_prefix(line) for line in log_lines(spec)] == ["hello"]
     # The container and conmon's raw file go right after the final status is out.
-    wait_for(
+    wait_until(
         lambda: not container_exists(spec.job_id) and not raw_log_path(spec).exists(),
         10,
         "container and raw log removal",

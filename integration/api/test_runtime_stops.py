@@ -6,7 +6,6 @@ fixture before the other tests and checked last, so its minute overlaps with the
 
 from __future__ import annotations
 
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +14,7 @@ import pytest
 from flashpods.api.runtime import JobSpec
 from flashpods.api.runtime.logcapture import format_size
 from flashpods.api.runtime.podman import PodmanRuntime
+from flashpods.localhost import JOB_IMAGE, PodmanService, wait_until
 from podman_support import (
     RecordingHooks,
     container_exists,
@@ -22,7 +22,6 @@ from podman_support import (
     make_config,
     new_job_id,
     strip_prefix,
-    wait_for,
 )
 
 
@@ -37,7 +36,7 @@ def timeout_job(
     spec = JobSpec(
         job_id=job_id,
         job_type="worker",
-        image="localhost/flashpods-job:latest",
+        image=JOB_IMAGE,
         cpus=1,
         memory_gb=1,
         timeout_minutes=1,
@@ -59,13 +58,13 @@ def test_cancel_ends_cancelled_within_15_seconds(runtime: PodmanRuntime, hooks, 
     # PID 1 is podman's init, which forwards SIGTERM to the shell: it dies of it (143).
     spec = make_spec("echo running; sleep 300")
     runtime.start(spec, hooks)
-    wait_for(lambda: spec.log_path.read_text().strip() != "", 10, "first log line")
+    wait_until(lambda: spec.log_path.read_text().strip() != "", 10, "first log line")
     asked = time.monotonic()
     runtime.cancel(spec.job_id)
     outcome = hooks.wait(spec.job_id, 15)
     assert time.monotonic() - asked < 15
     assert (outcome.status, outcome.exit_code) == ("cancelled", 143)
-    wait_for(lambda: not container_exists(spec.job_id), 10, "container removal")
+    wait_until(lambda: not container_exists(spec.job_id), 10, "container removal")
 
 
 def test_cancel_of_a_job_ignoring_sigterm_kills_it(
@@ -73,7 +72,7 @@ def test_cancel_of_a_job_ignoring_sigterm_kills_it(
 ) -> None:
     spec = make_spec("trap '' TERM; echo stubborn; while :; do sleep 1; done")
     runtime.start(spec, hooks)
-    wait_for(lambda: "stubborn" in spec.log_path.read_text(), 10, "first log line")
+    wait_until(lambda: "stubborn" in spec.log_path.read_text(), 10, "first log line")
     runtime.cancel(spec.job_id)
     outcome = hooks.wait(spec.job_id, 20)  # 10 s grace, then SIGKILL
     assert (outcome.status, outcome.exit_code) == ("cancelled", 137)
@@ -124,7 +123,7 @@ def test_resume_after_crash_keeps_the_log_exact(podman_socket: Path, hooks, make
     spec = make_spec(script)
     first = PodmanRuntime(make_config(podman_socket))
     first.start(spec, hooks)
-    wait_for(lambda: "tick 5" in spec.log_path.read_text(), 10, "some ticks")
+    wait_until(lambda: "tick 5" in spec.log_path.read_text(), 10, "some ticks")
     first.shutdown()  # the API dies: nobody watches the container any more
     # A crash can leave a torn last line; the resumed capture must repair it.
     with spec.log_path.open("ab") as fh:
@@ -145,7 +144,7 @@ def test_resume_of_an_exited_container_collects_it(podman_socket: Path, hooks, m
     first = PodmanRuntime(make_config(podman_socket))
     first.start(spec, hooks)
     first.shutdown()  # the API dies before the job ends
-    wait_for(
+    wait_until(
         lambda: (
             any(
                 i.state == "exited"
@@ -167,7 +166,7 @@ def test_resume_of_an_exited_container_collects_it(podman_socket: Path, hooks, m
     assert (outcome.status, outcome.exit_code) == ("completed", 0)
     assert [strip_prefix(line) for line in log_lines(spec)] == ["one"]
     assert [a.name for a in outcome.artifacts] == ["two.txt"]
-    wait_for(lambda: not container_exists(spec.job_id), 10, "container removal")
+    wait_until(lambda: not container_exists(spec.job_id), 10, "container removal")
 
 
 def test_agent_gets_its_environment_and_a_writable_work(
@@ -217,34 +216,19 @@ def test_timeout_after_one_minute(timeout_job: tuple[JobSpec, RecordingHooks]) -
 
 
 def test_podman_service_restart_mid_job_is_survived(tmp_path: Path, hooks, make_spec) -> None:
-    socket = tmp_path / "own-podman.sock"
-
-    def serve() -> subprocess.Popen[bytes]:
-        service = subprocess.Popen(
-            ["podman", "system", "service", "--time=0", f"unix://{socket}"],
-            cwd=tmp_path,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        wait_for(socket.exists, 15, "podman service")
-        return service
-
-    service = serve()
-    runtime = PodmanRuntime(make_config(socket))
+    service = PodmanService(tmp_path)
+    runtime = PodmanRuntime(make_config(service.start()))
     spec = make_spec("echo before; sleep 4; echo after > /artifacts/after.txt; echo after")
     try:
         runtime.start(spec, hooks)
-        wait_for(lambda: "before" in spec.log_path.read_text(), 10, "first line")
+        wait_until(lambda: "before" in spec.log_path.read_text(), 10, "first line")
         service.kill()  # the socket service dies; conmon keeps the container running
-        service.wait(10)
-        socket.unlink(missing_ok=True)
         time.sleep(1)
-        service = serve()
+        service.start()  # same socket path, the stale socket file removed first
         outcome = hooks.wait(spec.job_id, 40)
     finally:
         runtime.shutdown()
-        service.terminate()
-        service.wait(10)
+        service.stop()
     assert (outcome.status, outcome.exit_code) == ("completed", 0)
     assert [strip_prefix(line) for line in log_lines(spec)] == ["before", "after"]
     assert [a.name for a in outcome.artifacts] == ["after.txt"]
