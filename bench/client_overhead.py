@@ -33,14 +33,10 @@ import requests
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "integration" / "client"))
 
-from client_stack import (  # noqa: E402
-    BIN,
-    flashpods_api,
-    podman_service,
-    rsync_daemon,
-)
+from client_stack import BIN, flashpods_api, rsync_daemon  # noqa: E402
 from flashpods.client.config import load_config  # noqa: E402
 from flashpods.client.upload import DEFAULT_EXCLUDES, new_upload_id, rsync_command  # noqa: E402
+from flashpods.localhost import podman_service  # noqa: E402
 
 ENDED = {"completed", "failed", "timed_out", "cancelled", "cleaning", "cleaned"}
 

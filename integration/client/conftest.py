@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import TypeVar
 
 import pytest
-from client_stack import Api, StackError, flashpods_api, podman_service, rsync_daemon
+from client_stack import Api, flashpods_api, rsync_daemon
+from flashpods.localhost import HostError, podman_service
 
 T = TypeVar("T")
 
@@ -24,7 +25,7 @@ def _enter(manager: AbstractContextManager[T]) -> Iterator[T]:
     try:
         with manager as value:
             yield value
-    except StackError as exc:
+    except (HostError, TimeoutError) as exc:
         pytest.fail(str(exc), pytrace=False)
 
 

@@ -8,8 +8,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from client_stack import Api, StackError, flashpods_api, rsync_daemon
+from client_stack import Api, flashpods_api, rsync_daemon
 from flashpods.client.errors import FlashpodsError
+from flashpods.localhost import HostError
 
 
 @pytest.fixture
@@ -25,7 +26,7 @@ def small_host(tmp_path: Path, podman_socket: Path) -> Iterator[tuple[Api, str]]
             rsync_daemon(tmp_path / "rsyncd", api.uploads) as url,
         ):
             yield api, url
-    except StackError as exc:
+    except (HostError, TimeoutError) as exc:
         pytest.fail(str(exc), pytrace=False)
     finally:
         subprocess.run(["umount", str(disk)], check=True)
