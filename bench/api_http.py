@@ -19,46 +19,34 @@ from __future__ import annotations
 import argparse
 import http.client
 import os
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
 from flashpods.api.db import Store
+from flashpods.localhost import api_environment, api_process, write_token
 
 TOKEN = "b" * 64
 JOB_ID = "job_0123456789abcdef"
 LINE = b"[12:00:00.000] " + b"x" * 85 + b"\n"  # 100-byte log lines
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def seed(root: Path, artifact_mb: int) -> dict[str, str]:
-    env = {
-        "FLASHPODS_DB_PATH": str(root / "db" / "flashpods.db"),
-        "FLASHPODS_UPLOADS_PATH": str(root / "uploads"),
-        "FLASHPODS_ARTIFACTS_PATH": str(root / "artifacts"),
-        "FLASHPODS_LOGS_PATH": str(root / "logs"),
-        "FLASHPODS_TOKEN_FILE": str(root / "token"),
-        "FLASHPODS_PODMAN_SOCKET": str(root / "no-podman.sock"),
-        "FLASHPODS_LISTEN_ADDR": f"127.0.0.1:{free_port()}",
-        "FLASHPODS_RATE_LIMIT_PER_SECOND": "0",
-        "FLASHPODS_INSTANCE": "bench",
-        "FLASHPODS_LOG_LEVEL": "warning",
-        "FLASHPODS_RECONCILE_INTERVAL_SECONDS": "3600",
-    }
+    # No podman socket: the reconcile loop (hourly here) only logs that podman is absent.
+    env = api_environment(
+        root,
+        root / "no-podman.sock",
+        "bench",
+        FLASHPODS_RATE_LIMIT_PER_SECOND="0",
+        FLASHPODS_LOG_LEVEL="warning",
+        FLASHPODS_RECONCILE_INTERVAL_SECONDS="3600",
+    )
     for key in ("FLASHPODS_UPLOADS_PATH", "FLASHPODS_ARTIFACTS_PATH", "FLASHPODS_LOGS_PATH"):
         Path(env[key]).mkdir(parents=True)
     Path(env["FLASHPODS_DB_PATH"]).parent.mkdir(parents=True)
-    (root / "token").write_text(TOKEN)
+    write_token(Path(env["FLASHPODS_TOKEN_FILE"]), TOKEN)
     store = Store(Path(env["FLASHPODS_DB_PATH"]))
     now = time.time()
     store.execute(
@@ -82,20 +70,6 @@ def seed(root: Path, artifact_mb: int) -> dict[str, str]:
     )
     store.close()
     return env
-
-
-def wait_up(host: str, port: int, process: subprocess.Popen[bytes]) -> None:
-    for _ in range(200):
-        if process.poll() is not None:
-            sys.exit(f"server exited with {process.returncode}")
-        try:
-            connection = http.client.HTTPConnection(host, port, timeout=2)
-            connection.request("GET", "/health")
-            if connection.getresponse().status == 200:
-                return
-        except OSError:
-            time.sleep(0.05)
-    sys.exit("server did not come up")
 
 
 def load(
@@ -166,11 +140,7 @@ def main() -> None:
         env = seed(Path(tmp), args.artifact_mb)
         host, port_text = env["FLASHPODS_LISTEN_ADDR"].rsplit(":", 1)
         port = int(port_text)
-        process = subprocess.Popen(
-            [sys.executable, "-m", "flashpods.api.main"], env={**os.environ, **env}
-        )
-        try:
-            wait_up(host, port, process)
+        with api_process(Path(tmp), env):
             rows: list[tuple[str, str, str, str]] = []
             for path in ("/health", f"/jobs/{JOB_ID}"):
                 for clients in (1, 8, 32):
@@ -202,9 +172,6 @@ def main() -> None:
             disk_rate = max(disk_mb_s(artifact) for _ in range(3))
             rows.append((f"artifact download {size >> 20} MiB", f"{http_rate:,.0f} MB/s", "", ""))
             rows.append(("same file read from disk (cached)", f"{disk_rate:,.0f} MB/s", "", ""))
-        finally:
-            process.terminate()
-            process.wait(30)
     print(f"{'measurement':<40} {'throughput':>16} {'p50 ms':>8} {'p99 ms':>8}")
     print("-" * 75)
     for name, throughput, p50_text, p99_text in rows:

@@ -17,80 +17,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
-import socket
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import requests
+from flashpods.localhost import JOB_IMAGE, api_environment, api_process, podman_service, write_token
 
-IMAGE = "localhost/flashpods-job:latest"
 TOKEN = "c" * 64
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise SystemExit(f"timed out waiting for {what}")
-        time.sleep(0.02)
-
-
-def start_services(root: Path) -> tuple[subprocess.Popen[bytes], subprocess.Popen[bytes], str]:
-    sock = root / "podman.sock"
-    service = subprocess.Popen(
-        ["podman", "system", "service", "--time=0", f"unix://{sock}"],
-        cwd=root,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    wait_until(sock.exists, 15, "podman service")
-    (root / "api-token").write_text(TOKEN)
-    port = free_port()
-    env = {
-        **os.environ,
-        "FLASHPODS_DB_PATH": str(root / "db" / "flashpods.db"),
-        "FLASHPODS_UPLOADS_PATH": str(root / "uploads"),
-        "FLASHPODS_ARTIFACTS_PATH": str(root / "artifacts"),
-        "FLASHPODS_LOGS_PATH": str(root / "logs"),
-        "FLASHPODS_LISTEN_ADDR": f"127.0.0.1:{port}",
-        "FLASHPODS_TOKEN_FILE": str(root / "api-token"),
-        "FLASHPODS_PODMAN_SOCKET": str(sock),
-        "FLASHPODS_INSTANCE": f"bench-{os.getpid()}",
-        "FLASHPODS_DEFAULT_IMAGE": IMAGE,
-        "FLASHPODS_PULL_POLICY": "never",
-        "FLASHPODS_RATE_LIMIT_PER_SECOND": "0",
-        "FLASHPODS_SPIRE_SOCKET_DIR": str(root / "no-spire"),
-        "FLASHPODS_TOKEN_SOCKET": str(root / "no-token.sock"),
-        "FLASHPODS_LOG_LEVEL": "warning",
-    }
-    api = subprocess.Popen(
-        [sys.executable, "-m", "flashpods.api.main"],
-        env=env,
-        stdout=(root / "api.log").open("wb"),
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-
-    def healthy() -> bool:
-        try:
-            return requests.get(f"{url}/health", timeout=1).status_code == 200
-        except requests.ConnectionError:
-            return False
-
-    wait_until(healthy, 20, "flashpods-api")
-    return service, api, url
 
 
 def api_run(session: requests.Session, url: str) -> tuple[float, float, float]:
@@ -117,7 +53,7 @@ def api_run(session: requests.Session, url: str) -> tuple[float, float, float]:
 def plain_run(sock: Path) -> float:
     start = time.perf_counter()
     subprocess.run(
-        ["podman", "--url", f"unix://{sock}", "run", "--rm", "--pull=never", IMAGE, "true"],
+        ["podman", "--url", f"unix://{sock}", "run", "--rm", "--pull=never", JOB_IMAGE, "true"],
         check=True,
         stdout=subprocess.DEVNULL,
     )
@@ -141,25 +77,29 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="flashpods-bench-") as tmp:
         root = Path(tmp)
-        service, api, url = start_services(root)
-        session = requests.Session()
-        session.headers["Authorization"] = f"Bearer {TOKEN}"
-        try:
-            api_run(session, url)  # warm-up: image layers, page cache, podman's state
-            plain_run(root / "podman.sock")
-            created, running, completed, plain = [], [], [], []
-            for _ in range(args.runs):
-                c, r, d = api_run(session, url)
-                created.append(c)
-                running.append(r)
-                completed.append(d)
-                plain.append(plain_run(root / "podman.sock"))
-        finally:
-            api.send_signal(signal.SIGTERM)
-            api.wait(20)
-            service.terminate()
-            service.wait(20)
-    print(f"job start overhead, image {IMAGE}, command `true`, {args.runs} runs each")
+        write_token(root / "api-token", TOKEN)
+        instance = f"bench-{os.getpid()}"
+        with podman_service(root, instance) as sock:
+            env = api_environment(
+                root,
+                sock,
+                instance,
+                FLASHPODS_RATE_LIMIT_PER_SECOND="0",
+                FLASHPODS_LOG_LEVEL="warning",
+            )
+            with api_process(root, env) as api:
+                session = requests.Session()
+                session.headers["Authorization"] = f"Bearer {TOKEN}"
+                api_run(session, api.url)  # warm-up: image layers, page cache, podman's state
+                plain_run(sock)
+                created, running, completed, plain = [], [], [], []
+                for _ in range(args.runs):
+                    c, r, d = api_run(session, api.url)
+                    created.append(c)
+                    running.append(r)
+                    completed.append(d)
+                    plain.append(plain_run(sock))
+    print(f"job start overhead, image {JOB_IMAGE}, command `true`, {args.runs} runs each")
     print(summary("api: POST /jobs → 201", created))
     print(summary("api: POST → running seen", running))
     print(summary("api: POST → completed seen", completed))
