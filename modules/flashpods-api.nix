@@ -140,7 +140,7 @@ in
       # The podman CLI (remote client) the runtime adapter runs against the API socket.
       path = [ config.virtualisation.podman.package ];
 
-      serviceConfig = {
+      serviceConfig = import ./lib/hardening.nix // {
         Type = "simple";
         User = data.user;
         Group = data.group;
@@ -152,27 +152,15 @@ in
         # the API must not touch them (crash recovery reattaches on start).
         KillMode = "mixed";
 
-        # Hardening. /etc/flashpods stays unreadable: the token comes as a credential.
-        NoNewPrivileges = true;
-        ProtectSystem = "strict";
+        # Hardening beyond lib/hardening.nix. /etc/flashpods stays unreadable: the token
+        # comes as a credential.
         # read-only, not hidden: the podman client it runs looks up its user config.
         ProtectHome = "read-only";
         PrivateTmp = false; # the uploads live in /tmp/flashpods
         ReadWritePaths = writablePaths;
         InaccessiblePaths = [ "-${dirOf api.tokenFile}" ];
-        PrivateDevices = true;
-        ProtectKernelTunables = true;
-        ProtectKernelModules = true;
-        ProtectKernelLogs = true;
-        ProtectControlGroups = true;
-        ProtectClock = true;
-        ProtectHostname = true;
         ProtectProc = "invisible";
         ProcSubset = "pid";
-        RestrictNamespaces = true;
-        RestrictRealtime = true;
-        RestrictSUIDSGID = true;
-        LockPersonality = true;
         MemoryDenyWriteExecute = true;
         RemoveIPC = true;
         CapabilityBoundingSet = "";
@@ -182,7 +170,6 @@ in
           "AF_INET"
           "AF_INET6"
         ];
-        SystemCallArchitectures = "native";
         # The podman CLI (Go) raises RLIMIT_NOFILE at start, so @resources stays allowed;
         # a denied call fails with EPERM instead of killing the process.
         SystemCallFilter = [

@@ -23,25 +23,7 @@ let
   # nix-instantiate on the host (flashpods.deployment.values()).
   deploymentJson = pkgs.writeText "flashpods-deployment.json" (builtins.toJSON data);
 
-  commonHardening = {
-    NoNewPrivileges = true;
-    ProtectSystem = "strict";
-    ProtectHome = true;
-    PrivateTmp = true;
-    PrivateDevices = true;
-    ProtectKernelTunables = true;
-    ProtectKernelModules = true;
-    ProtectKernelLogs = true;
-    ProtectControlGroups = true;
-    ProtectClock = true;
-    ProtectHostname = true;
-    RestrictNamespaces = true;
-    RestrictRealtime = true;
-    RestrictSUIDSGID = true;
-    LockPersonality = true;
-    SystemCallArchitectures = "native";
-    UMask = "0077";
-  };
+  commonHardening = import ./lib/hardening.nix;
 in
 {
   imports = [

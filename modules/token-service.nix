@@ -57,7 +57,7 @@ in
         inherit (cfg) secretsFile logLevel;
       };
 
-      serviceConfig = {
+      serviceConfig = import ./lib/hardening.nix // {
         Type = "simple";
         ExecStart = "${cfg.package}/bin/flashpods-token-service";
         # systemd hands over the listening socket as fd 3 (LISTEN_FDS=1).
@@ -67,42 +67,25 @@ in
         Restart = "always";
         RestartSec = "5s";
 
-        # Hardening. Root, but with no capabilities: reading a root-owned 0600 file needs
+        # Hardening beyond lib/hardening.nix. Root, but with no capabilities: reading a root-owned 0600 file needs
         # none. Only unix sockets are used (its own, passed in; the SPIRE agent's).
-        NoNewPrivileges = true;
-        ProtectSystem = "strict";
-        ProtectHome = true;
-        PrivateTmp = true;
         PrivateNetwork = true;
-        PrivateDevices = true;
         ReadOnlyPaths = [
           (dirOf cfg.secretsFile)
           (dirOf env.FLASHPODS_SPIRE_SOCKET)
         ];
         CapabilityBoundingSet = "";
         AmbientCapabilities = "";
-        ProtectKernelTunables = true;
-        ProtectKernelModules = true;
-        ProtectKernelLogs = true;
-        ProtectControlGroups = true;
-        ProtectClock = true;
-        ProtectHostname = true;
         ProtectProc = "invisible";
         ProcSubset = "pid";
-        RestrictNamespaces = true;
-        RestrictRealtime = true;
-        RestrictSUIDSGID = true;
-        LockPersonality = true;
         RemoveIPC = true;
         RestrictAddressFamilies = [ "AF_UNIX" ];
         IPAddressDeny = "any";
-        SystemCallArchitectures = "native";
         SystemCallFilter = [
           "@system-service"
           "~@privileged"
         ];
         SystemCallErrorNumber = "EPERM";
-        UMask = "0077";
       };
     };
   };

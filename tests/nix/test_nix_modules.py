@@ -8,7 +8,7 @@ nftables table, SPIRE configs, rsyncd settings, tmpfiles, WireGuard.
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pytest
@@ -16,6 +16,7 @@ from flashpods import deployment
 from flashpods.spire import config as spire_config
 
 FAKE_STORE = "/nix/store/00000000000000000000000000000000-"
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -282,3 +283,26 @@ def test_disabled_means_nothing_deployed(eval_modules: Callable[[str], dict[str,
     ):
         assert leaves(part) == [], part
     assert config["services"]["flashpods"]["enable"] is False
+
+
+# Where a unit deliberately departs from modules/lib/hardening.nix, and why (see the modules).
+HARDENING_EXCEPTIONS: dict[str, dict[str, Any]] = {
+    # the podman client reads its user config; the uploads live in /tmp/flashpods;
+    # job artifacts and logs must be readable by the flashpods group.
+    "flashpods-api": {"ProtectHome": "read-only", "PrivateTmp": False, "UMask": "0022"},
+    "flashpods-token-service": {},
+    "spire-server": {},
+    "spire-bootstrap": {},
+    # the Workload API socket is 0777 by design (system.md)
+    "spire-agent": {"UMask": "0022"},
+}
+
+
+@pytest.mark.parametrize("unit", sorted(HARDENING_EXCEPTIONS))
+def test_every_service_unit_keeps_the_hardening_baseline(
+    units: dict[str, Any], nix_eval: Callable[[str], Any], unit: str
+) -> None:
+    baseline = nix_eval(f"import {REPO / 'modules/lib/hardening.nix'}")
+    expected = baseline | HARDENING_EXCEPTIONS[unit]
+    service_config = units[unit]["serviceConfig"]
+    assert {key: service_config.get(key) for key in expected} == expected
