@@ -67,8 +67,9 @@ in
         Restart = "always";
         RestartSec = "5s";
 
-        # Hardening beyond lib/hardening.nix. Root, but with no capabilities: reading a root-owned 0600 file needs
-        # none. Only unix sockets are used (its own, passed in; the SPIRE agent's).
+        # Hardening beyond lib/hardening.nix. Root, but with no capabilities: reading a
+        # root-owned 0600 file needs none. Only unix sockets are used (its own, passed in;
+        # the SPIRE agent's).
         PrivateNetwork = true;
         ReadOnlyPaths = [
           (dirOf cfg.secretsFile)
