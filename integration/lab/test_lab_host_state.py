@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from flashpods import deployment
 from flashpods.lab import lab
 from flashpods.lab.proc import in_netns, run
 from flashpods.lab.services import default_inputs
@@ -131,3 +132,17 @@ def test_up_again_changes_nothing(lab_up) -> None:
     lab.up()
     after = {n: (u["pid"], u["restarts"]) for n, u in unit_status().items()}
     assert after == before
+
+
+def test_services_run_the_code_of_this_checkout(lab_up) -> None:
+    # The API's interpreter (a console script's shebang names it) must import `flashpods`
+    # from the checkout under test, not from whichever clone built the service venv first.
+    pid = unit_status()["flashpods-api"]["pid"]
+    interpreter = Path(f"/proc/{pid}/exe").resolve()
+    argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    script = Path(argv[1].decode())
+    assert script.name == "flashpods-api"
+    python = script.parent / "python"
+    assert python.resolve() == interpreter
+    imported = run([str(python), "-c", "import flashpods; print(flashpods.__file__)"]).stdout
+    assert Path(imported.strip()).is_relative_to(deployment.repo_root() / "services")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 from flashpods import deployment
-from flashpods.lab import rsyncd, services
+from flashpods.lab import pyenv, rsyncd, services
 from flashpods.lab.topology import Topology, from_deployment
 from flashpods.lab.units import Readiness, Unit, load, save, start_order
 
@@ -88,3 +88,15 @@ def test_topology_takes_wireguard_from_the_deployment() -> None:
     )
     assert topo.host_wg != topo.laptop_wg  # wireguard-go shares /var/run/wireguard
     assert Topology().namespaces == ("laptop", "host", "internet")
+
+
+def test_service_venv_is_rebuilt_for_another_checkout(tmp_path: Path) -> None:
+    first, second = tmp_path / "clone-a", tmp_path / "clone-b"
+    for checkout in (first, second):
+        checkout.mkdir()
+        (checkout / "pyproject.toml").write_text('[project]\nname = "flashpods"\n')
+    assert pyenv.venv_stamp(first) != pyenv.venv_stamp(second)
+    before = pyenv.venv_stamp(first)
+    assert pyenv.venv_stamp(first) == before
+    (first / "pyproject.toml").write_text('[project]\nname = "flashpods"\nversion = "2"\n')
+    assert pyenv.venv_stamp(first) != before

@@ -4,7 +4,8 @@ The development venv may sit on an interpreter under /root (pyenv), which the
 `flashpods` user cannot execute. The services therefore run from their own venv on
 Debian's /usr/bin/python3, with this package installed editable (its sources stay in
 the repository, readable by everyone). Cached outside the repository and rebuilt only
-when pyproject.toml changes.
+when pyproject.toml or the checkout changes: an editable install points at one checkout,
+and a fresh clone elsewhere (CI) must run its own code, not the previous clone's.
 """
 
 from __future__ import annotations
@@ -27,12 +28,18 @@ def service_venv() -> Path:
     return cache_dir() / "service-venv"
 
 
+def venv_stamp(repo_root: Path) -> str:
+    """What the service venv was built from: the checkout and its dependencies."""
+    digest = hashlib.sha256((repo_root / "pyproject.toml").read_bytes())
+    digest.update(str(repo_root.resolve()).encode())
+    return digest.hexdigest()
+
+
 def ensure_service_venv() -> Path:
-    """The venv's bin directory, (re)built when the project's dependencies changed."""
+    """The venv's bin directory, (re)built when the checkout or its dependencies changed."""
     venv = service_venv()
-    pyproject = deployment.repo_root() / "pyproject.toml"
     stamp = venv / "flashpods-pyproject.sha256"
-    want = hashlib.sha256(pyproject.read_bytes()).hexdigest()
+    want = venv_stamp(deployment.repo_root())
     if stamp.exists() and stamp.read_text().strip() == want and (venv / "bin/python").exists():
         return venv / "bin"
     if not SYSTEM_PYTHON.exists():
