@@ -22,6 +22,11 @@ def repo_root() -> Path:
     return Path(__file__).resolve().parents[2]
 
 
+def cache_dir() -> Path:
+    """Where slow set-up results live, outside the repository (scripts/lib.sh agrees)."""
+    return Path(os.environ.get("FLASHPODS_CACHE_DIR", "/var/cache/flashpods"))
+
+
 def data_dir() -> Path:
     return repo_root() / "modules" / "data"
 

@@ -11,7 +11,6 @@ and a fresh clone elsewhere (CI) must run its own code, not the previous clone's
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 from flashpods import deployment
@@ -20,12 +19,8 @@ from flashpods.lab.proc import LabError, run
 SYSTEM_PYTHON = Path("/usr/bin/python3")
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("FLASHPODS_CACHE_DIR", "/var/cache/flashpods"))
-
-
 def service_venv() -> Path:
-    return cache_dir() / "service-venv"
+    return deployment.cache_dir() / "service-venv"
 
 
 def venv_stamp(repo_root: Path) -> str:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from flashpods import deployment
+
 
 class SpireBinariesMissing(RuntimeError):
     pass
@@ -13,11 +15,8 @@ class SpireBinariesMissing(RuntimeError):
 def spire_bin_dir(version: str) -> Path:
     """FLASHPODS_SPIRE_BIN_DIR, else $FLASHPODS_CACHE_DIR/spire-<version>/bin."""
     override = os.environ.get("FLASHPODS_SPIRE_BIN_DIR")
-    if override:
-        bin_dir = Path(override)
-    else:
-        cache = Path(os.environ.get("FLASHPODS_CACHE_DIR", "/var/cache/flashpods"))
-        bin_dir = cache / f"spire-{version}" / "bin"
+    default = deployment.cache_dir() / f"spire-{version}" / "bin"
+    bin_dir = Path(override) if override else default
     for name in ("spire-server", "spire-agent"):
         if not os.access(bin_dir / name, os.X_OK):
             raise SpireBinariesMissing(
