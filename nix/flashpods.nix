@@ -70,7 +70,6 @@ python3Packages.buildPythonApplication {
 
   meta = {
     description = "Self-hosted compute backend for AI coding agents (API, token service, CLI)";
-    license = lib.licenses.mit;
     mainProgram = "flashpods";
     platforms = lib.platforms.linux;
   };
