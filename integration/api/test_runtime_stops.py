@@ -6,6 +6,8 @@ fixture before the other tests and checked last, so its minute overlaps with the
 
 from __future__ import annotations
 
+import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -232,3 +234,31 @@ def test_podman_service_restart_mid_job_is_survived(tmp_path: Path, hooks, make_
     assert (outcome.status, outcome.exit_code) == ("completed", 0)
     assert [strip_prefix(line) for line in log_lines(spec)] == ["before", "after"]
     assert [a.name for a in outcome.artifacts] == ["after.txt"]
+
+
+def test_shutdown_leaves_no_exit_waiter_behind(tmp_path: Path, hooks, make_spec) -> None:
+    # After shutdown the job is the next start's to resume: nothing of this runtime may
+    # keep polling podman (or spawning podman clients) once its service is gone.
+    service = PodmanService(tmp_path)
+    runtime = PodmanRuntime(make_config(service.start()))
+    spec = make_spec("sleep 60")
+    waiter = f"wait-{spec.job_id}"
+    try:
+        runtime.start(spec, hooks)
+        wait_until(
+            lambda: any(thread.name == waiter for thread in threading.enumerate()),
+            15,
+            "the job to be supervised",
+        )
+        runtime.shutdown()
+        service.kill()  # the blocked `podman wait` now fails; the waiter must not retry
+        wait_until(
+            lambda: all(thread.name != waiter for thread in threading.enumerate()),
+            10,
+            "the exit waiter to stop",
+        )
+    finally:
+        service.stop()
+        subprocess.run(["podman", "rm", "--force", "--time", "0", f"job_{spec.job_id}"],
+                       capture_output=True, check=False)  # fmt: skip
+    assert spec.job_id not in hooks.outcomes  # abandoned, not reported

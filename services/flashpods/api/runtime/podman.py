@@ -122,6 +122,7 @@ class PodmanRuntime:
         self._lock = threading.Lock()
         self._jobs: dict[str, JobSupervisor] = {}
         self._user: cli.ContainerUser | None = None
+        self._closed = threading.Event()  # shutdown(): waiters stop retrying
 
     # ---- podman plumbing -------------------------------------------------------------
 
@@ -194,8 +195,9 @@ class PodmanRuntime:
 
     def _wait(self, name: str) -> None:
         """Block until the container is not running; survives podman hiccups and
-        restarts of the podman service (it keeps asking until podman answers)."""
-        while True:
+        restarts of the podman service (it keeps asking until podman answers, or until
+        shutdown: an abandoned job is resumed by the next start, not by this process)."""
+        while not self._closed.is_set():
             try:
                 result = self._podman(
                     ["wait", "--condition", "stopped", "--condition", "exited", name],
@@ -206,12 +208,12 @@ class PodmanRuntime:
                 info = self.inspect(name)
             except ContainerError as exc:
                 log.warning("podman unreachable while waiting for %s, retrying: %s", name, exc)
-                threading.Event().wait(2)
+                self._closed.wait(2)
                 continue
             if info is None or info.state not in ("running", "created", "paused", "stopping"):
                 return
             log.warning("podman wait %s ended early, retrying: %s", name, result.stderr.strip())
-            threading.Event().wait(2)
+            self._closed.wait(2)
 
     def _stop(self, name: str) -> None:
         result = self._podman(cli.stop_args(name))
@@ -378,3 +380,4 @@ class PodmanRuntime:
             jobs = list(self._jobs.values())
         for sup in jobs:
             sup.abandon()
+        self._closed.set()
