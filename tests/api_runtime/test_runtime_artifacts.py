@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import pwd
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -14,6 +17,8 @@ from flashpods.api.runtime.artifacts_copy import (
     relative_name_problem,
     resolve_in_tree,
 )
+
+NOBODY = pwd.getpwnam("nobody")
 
 
 @pytest.mark.parametrize(
@@ -119,3 +124,38 @@ def test_collector_maps_a_vanished_directory(tmp_path: Path) -> None:
     with pytest.raises(ArtifactCopyError) as raised:
         collect_artifacts(tmp_path / "gone", ArtifactLimits(), lambda _: None)
     assert raised.value.code == "artifact_copy_container_gone"
+
+
+def test_collector_maps_an_unreadable_directory_to_permission() -> None:
+    # The API runs as `flashpods`, not root: a directory a job made unreadable to it must
+    # end the copy with artifact_copy_permission. Run the collector as `nobody` (a fork).
+    base = Path(tempfile.mkdtemp(prefix="fp-artifacts-"))
+    try:
+        base.chmod(0o755)
+        root = base / "artifacts"
+        (root / "private").mkdir(parents=True)
+        (root / "private" / "secret.txt").write_text("x")
+        (root / "public.txt").write_text("y")
+        root.chmod(0o755)
+        (root / "private").chmod(0o700)  # owned by root
+        read_end, write_end = os.pipe()
+        child = os.fork()
+        if child == 0:  # pragma: no cover - runs in the child
+            os.close(read_end)
+            code = "no error"
+            try:
+                os.setgid(NOBODY.pw_gid)
+                os.setuid(NOBODY.pw_uid)
+                collect_artifacts(root, ArtifactLimits(), lambda _: None)
+            except ArtifactCopyError as exc:
+                code = exc.code
+            finally:
+                os.write(write_end, code.encode())
+                os._exit(0)
+        os.close(write_end)
+        os.waitpid(child, 0)
+        with os.fdopen(read_end) as result:
+            assert result.read() == "artifact_copy_permission"
+        assert (root / "private" / "secret.txt").exists()  # nothing removed on the way out
+    finally:
+        shutil.rmtree(base)
