@@ -3,7 +3,7 @@
 # container config, the Python venv with this package, SPIRE v1.13.3 and the job image.
 source "$(dirname "$0")/lib.sh"
 
-DEB_PACKAGES=(podman runc uidmap slirp4netns wireguard-go wireguard-tools nftables rsync
+DEB_PACKAGES=(podman catatonit runc uidmap slirp4netns wireguard-go wireguard-tools nftables rsync
   iproute2 curl jq nix-bin busybox-static debootstrap procps psmisc openssl)
 
 missing=()
