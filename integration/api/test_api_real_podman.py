@@ -16,7 +16,14 @@ from typing import Any
 
 import pytest
 import requests
-from flashpods.localhost import JOB_IMAGE, ApiProcess, api_environment, wait_until, write_token
+from flashpods.localhost import (
+    JOB_IMAGE,
+    ApiProcess,
+    api_environment,
+    api_process,
+    wait_until,
+    write_token,
+)
 from podman_support import INSTANCE, container_exists
 
 TOKEN = "b" * 64
@@ -26,7 +33,7 @@ class Api(ApiProcess):
     """The API process plus authenticated calls and job polling."""
 
     def call(self, method: str, path: str, **kwargs: Any) -> requests.Response:
-        headers = {"Authorization": f"Bearer {TOKEN}"}
+        headers = {"Authorization": f"Bearer {TOKEN}", **kwargs.pop("headers", {})}
         return requests.request(method, self.url + path, headers=headers, timeout=30, **kwargs)
 
     def job(self, job_id: str) -> dict[str, Any]:
@@ -180,3 +187,31 @@ def test_orphan_container_of_this_instance_is_removed(api: Api, podman_socket: P
     finally:
         subprocess.run(["podman", "rm", "--force", "--ignore", "--time", "0", orphan, foreign],
                        capture_output=True, check=False)  # fmt: skip
+
+
+def test_podman_failure_body_is_scrubbed_and_the_log_line_keeps_the_path(tmp_path: Path) -> None:
+    """Real podman fails with a host path in its words (no service at the socket): the
+    client's error has no host path; the API's log line has podman's full message and
+    the request id the client got, so one finds the other."""
+    socket = tmp_path / "no-podman" / "podman.sock"
+    write_token(tmp_path / "api-token", TOKEN)
+    env = api_environment(tmp_path, socket, INSTANCE, FLASHPODS_RATE_LIMIT_PER_SECOND="0")
+    request_id = str(uuid.uuid4())
+    with api_process(tmp_path, env) as process:
+        api = Api(process.root, process.env)
+        response = api.call(
+            "POST",
+            "/jobs",
+            json={"type": "worker", "command": "true"},
+            headers={"X-Request-Id": request_id},
+        )
+        assert response.status_code == 500, response.text
+        assert response.headers["X-Request-Id"] == request_id
+        assert response.json()["error"] == "container_error"
+        job_id = response.json()["details"]["job_id"]
+        assert str(tmp_path) not in response.text
+        assert str(tmp_path) not in api.call("GET", f"/jobs/{job_id}").text
+        log_text = process.log_path.read_text()
+    [line] = [line for line in log_text.splitlines() if f"request {request_id}: " in line]
+    assert "container_error: job " + job_id in line
+    assert str(socket) in line  # podman's own words: "dial unix <the socket>: connect: ..."

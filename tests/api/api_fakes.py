@@ -31,6 +31,7 @@ class FakeContainer:
 class FakeRuntime:
     containers: dict[str, FakeContainer] = field(default_factory=dict)
     fail_start: str | None = None  # message of the ContainerError start() raises
+    fail_cause: str | None = None  # and its cause (podman's full words)
     fail_list: bool = False
     started: list[str] = field(default_factory=list)
     cancelled: list[str] = field(default_factory=list)
@@ -42,7 +43,7 @@ class FakeRuntime:
 
     def start(self, spec: JobSpec, hooks: JobHooks) -> None:
         if self.fail_start is not None:
-            raise ContainerError(self.fail_start)
+            raise ContainerError(self.fail_start, self.fail_cause)
         with self.lock:
             self.containers[spec.job_id] = FakeContainer(spec, hooks)
             self.started.append(spec.job_id)

@@ -3,11 +3,13 @@ admission under concurrency, container errors."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import pytest
 from api_harness import Api
 
 
@@ -177,6 +179,35 @@ def test_container_error_fails_the_job_and_expires_the_upload(api: Api) -> None:
     # Its resources are free again.
     api.runtime.fail_start = None
     create(api, cpus=8, memory_gb=16)
+
+
+def test_container_error_body_is_scrubbed_and_the_log_keeps_the_cause(
+    api: Api, caplog: pytest.LogCaptureFixture
+) -> None:
+    api.runtime.fail_start = "podman start failed: open(<path>): Permission denied"
+    path = "/var/tmp/fprootless-1/.local/share/containers/storage/overlay/l/ABC"
+    api.runtime.fail_cause = f'podman start exited 126: open("{path}"): Permission denied'
+    request_id = str(uuid.uuid4())
+    with caplog.at_level(logging.INFO, logger="flashpods"):
+        response = api.post(
+            "/jobs", json={"type": "worker", "command": "x"}, headers={"X-Request-Id": request_id}
+        )
+    assert response.status_code == 500 and response.headers["X-Request-Id"] == request_id
+    body = response.json()
+    assert body["error"] == "container_error" and "/var/tmp" not in response.text
+    assert body["message"] == f"The job's container could not start: {api.runtime.fail_start}"
+    job_id = body["details"]["job_id"]
+    assert "/var/tmp" not in api.get(f"/jobs/{job_id}").text
+    # One line for the operator: the request id (to find it from the client's error), the
+    # job and podman's full message with the path.
+    causes = [r for r in caplog.records if "container could not start" in r.getMessage()]
+    assert [(r.levelno, r.getMessage()) for r in causes] == [
+        (
+            logging.ERROR,
+            f"request {request_id}: container_error: job {job_id}: container could not "
+            f'start: podman start exited 126: open("{path}"): Permission denied',
+        )
+    ]
 
 
 def test_cancel_running_job(api: Api) -> None:

@@ -300,6 +300,8 @@ class RequestHandler(BaseHTTPRequestHandler):
                     )
             response = self._route(app, request_id, body)
         except ServiceError as error:
+            if error.cause is not None:  # the operator's half of what the body scrubbed
+                log.error("request %s: %s: %s", request_id, error.code, error.cause)
             response = Response(error.status, error.body(), dict(error.headers))
         except sqlite3.Error:
             log.exception("request %s: database error", request_id)

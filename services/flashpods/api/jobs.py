@@ -294,18 +294,18 @@ class Jobs:
         try:
             self.runtime.start(spec, self)
         except Exception as exc:
-            message = (
-                str(exc) if isinstance(exc, ContainerError) else "the runtime failed unexpectedly"
-            )
-            if not isinstance(exc, ContainerError):
+            if isinstance(exc, ContainerError):
+                message, cause = str(exc), exc.cause
+            else:
                 log.exception("job %s: runtime.start failed", job_id)
-            log.warning("job %s: container could not start: %s", job_id, message)
+                message = cause = "the runtime failed unexpectedly"
             self._fail_start(job_id, f"container_error: {message}")
             raise ServiceError(
                 500,
                 "container_error",
                 f"The job's container could not start: {message}",
                 {"job_id": job_id},
+                cause=f"job {job_id}: container could not start: {cause}",
             ) from None
         row = self.require(job_id)
         if row["cancel_requested"]:

@@ -78,7 +78,9 @@ class _Loop(threading.Thread):
             try:
                 self.work()
             except ContainerError as exc:  # podman down or slow: expected, keep it short
-                log.warning("%s: podman: %s; retrying in %.0f s", self.name, exc, self.interval)
+                log.warning(
+                    "%s: podman: %s; retrying in %.0f s", self.name, exc.cause, self.interval
+                )
             except Exception:
                 log.exception("%s failed; retrying in %.0f s", self.name, self.interval)
             if self.stop_event.wait(self.interval):

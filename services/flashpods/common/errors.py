@@ -16,6 +16,8 @@ class ServiceError(Exception):
     message: str
     details: dict[str, Any] = field(default_factory=dict)
     headers: dict[str, str] = field(default_factory=dict)
+    # The full cause (host paths included) for the service's own log, never the body.
+    cause: str | None = None
 
     def __str__(self) -> str:
         return f"{self.status} {self.code}: {self.message}"

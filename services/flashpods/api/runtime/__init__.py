@@ -105,4 +105,9 @@ class Runtime(Protocol):
 
 
 class ContainerError(RuntimeError):
-    """podman failed; the message is safe to show (no host paths)."""
+    """podman failed. str() is safe to show (no host paths); `cause` keeps podman's
+    full words, paths included, for the service's own log."""
+
+    def __init__(self, message: str, cause: str | None = None) -> None:
+        super().__init__(message)
+        self.cause = cause or message

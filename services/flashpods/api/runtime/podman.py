@@ -146,7 +146,9 @@ class PodmanRuntime:
                 check=False,
             )
         except (OSError, subprocess.TimeoutExpired) as exc:
-            raise ContainerError(f"podman {args[0]} failed: {type(exc).__name__}") from exc
+            raise ContainerError(
+                f"podman {args[0]} failed: {type(exc).__name__}", f"podman {args[0]}: {exc}"
+            ) from exc
 
     def _checked(
         self,
@@ -157,9 +159,11 @@ class PodmanRuntime:
     ) -> str:
         result = self._podman(args, env=env, timeout=timeout)
         if result.returncode != 0:
-            text = cli.scrub_paths(result.stderr.strip().splitlines()[-1] if result.stderr else "")
+            said = result.stderr.strip()
+            text = cli.scrub_paths(said.splitlines()[-1] if said else "")
             raise ContainerError(
-                f"podman {args[0]} failed: {text or 'exit ' + str(result.returncode)}"
+                f"podman {args[0]} failed: {text or 'exit ' + str(result.returncode)}",
+                f"podman {args[0]} exited {result.returncode}: {cli.one_line(said)}",
             )
         return result.stdout
 
@@ -179,7 +183,10 @@ class PodmanRuntime:
         except json.JSONDecodeError as exc:
             raise ContainerError("podman inspect returned no JSON") from exc
         if result.returncode != 0 and not found and not _is_missing(result.stderr):
-            raise ContainerError(f"podman inspect failed: {cli.scrub_paths(result.stderr)}")
+            raise ContainerError(
+                f"podman inspect failed: {cli.scrub_paths(result.stderr)}",
+                f"podman inspect exited {result.returncode}: {cli.one_line(result.stderr)}",
+            )
         return found
 
     def inspect(self, name: str) -> ContainerInfo | None:
@@ -296,7 +303,10 @@ class PodmanRuntime:
                 raise ContainerError("the job's upload snapshot is gone")
         except OSError as exc:
             raise self._fail_start(
-                spec, ContainerError(f"cannot prepare the job: {exc.strerror}")
+                spec,
+                ContainerError(
+                    f"cannot prepare the job: {exc.strerror}", f"cannot prepare the job: {exc}"
+                ),
             ) from exc
         except ContainerError as exc:
             raise self._fail_start(spec, exc) from exc
@@ -367,7 +377,10 @@ class PodmanRuntime:
         found = self._inspect_raw([container_id])
         result = self._podman(["rm", "--force", "--time", "0", container_id])
         if result.returncode != 0 and not _is_missing(result.stderr):
-            raise ContainerError(f"podman rm failed: {cli.scrub_paths(result.stderr)}")
+            raise ContainerError(
+                f"podman rm failed: {cli.scrub_paths(result.stderr)}",
+                f"podman rm exited {result.returncode}: {cli.one_line(result.stderr)}",
+            )
         # The raw log lives outside podman's storage (see raw_log_path); rm leaves it behind.
         for raw in found:
             path = Path(((raw.get("HostConfig") or {}).get("LogConfig") or {}).get("Path") or "")

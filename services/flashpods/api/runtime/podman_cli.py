@@ -163,3 +163,8 @@ _HOST_PATH = re.compile(r"(?<![\w.-])/[^\s:'\"]*")
 def scrub_paths(message: str) -> str:
     """podman's error text with host paths replaced, so it is safe to show to clients."""
     return _HOST_PATH.sub("<path>", message).strip()
+
+
+def one_line(stderr: str) -> str:
+    """podman's whole error text, every path kept, as one log line (its lines joined)."""
+    return " | ".join(line.strip() for line in stderr.splitlines() if line.strip())
