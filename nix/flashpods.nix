@@ -12,6 +12,16 @@
   sqlite-utils ? python3Packages.callPackage ./sqlite-utils.nix { },
 }:
 
+let
+  # pyproject's `host` extra (the API, token service and SPIRE bootstrap need it; this
+  # package is what the host runs). cryptography and PyJWT are imported directly.
+  hostDependencies = [
+    sqlite-utils
+    spiffe
+    python3Packages.cryptography
+    python3Packages.pyjwt
+  ];
+in
 python3Packages.buildPythonApplication {
   pname = "flashpods";
   version = (builtins.fromTOML (builtins.readFile ../pyproject.toml)).project.version;
@@ -33,21 +43,13 @@ python3Packages.buildPythonApplication {
   ];
 
   pythonRemoveDeps = [ "mcp" ];
-  # nixos-24.05's requests may be older than the minimum pyproject names; spiffe is 0.2.2
-  # (nix/py-spiffe.nix explains why).
-  pythonRelaxDeps = [
-    "requests"
-    "spiffe"
-  ];
+  # nixos-24.05's requests may be older than the minimum pyproject names. The `host`
+  # extra's requirements carry an `extra == "host"` marker, which the runtime-deps check
+  # skips (python-runtime-deps-check-hook.py evaluates markers without an extra), so
+  # spiffe 0.2.2 (nix/py-spiffe.nix explains why) needs no relaxing.
+  pythonRelaxDeps = [ "requests" ];
 
-  propagatedBuildInputs = [
-    python3Packages.requests
-    sqlite-utils
-    spiffe
-    # Imported directly (token validation, SPIRE bootstrap), not only through spiffe.
-    python3Packages.cryptography
-    python3Packages.pyjwt
-  ];
+  propagatedBuildInputs = [ python3Packages.requests ] ++ hostDependencies;
 
   postInstall = ''
     rm -f "$out/bin/flashpods-mcp"
@@ -66,6 +68,7 @@ python3Packages.buildPythonApplication {
 
   passthru = {
     inherit spiffe sqlite-utils;
+    optional-dependencies.host = hostDependencies;
   };
 
   meta = {

@@ -35,8 +35,8 @@ if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q --upgrade pip
 fi
-log "installing flashpods (editable) into the venv"
-"$VENV/bin/pip" install -q -e "$REPO[test]"
+log "installing flashpods (editable, host side and tests) into the venv"
+"$VENV/bin/pip" install -q -e "$REPO[host,test]"
 
 bash "$REPO/scripts/build-spire.sh"
 bash "$REPO/scripts/build-image.sh"

@@ -2,10 +2,11 @@
 
 The development venv may sit on an interpreter under /root (pyenv), which the
 `flashpods` user cannot execute. The services therefore run from their own venv on
-Debian's /usr/bin/python3, with this package installed editable (its sources stay in
-the repository, readable by everyone). Cached outside the repository and rebuilt only
-when pyproject.toml or the checkout changes: an editable install points at one checkout,
-and a fresh clone elsewhere (CI) must run its own code, not the previous clone's.
+Debian's /usr/bin/python3, with this package and its `host` extra installed editable
+(its sources stay in the repository, readable by everyone). Cached outside the
+repository and rebuilt only when pyproject.toml or the checkout changes: an editable
+install points at one checkout, and a fresh clone elsewhere (CI) must run its own code,
+not the previous clone's.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ def ensure_service_venv() -> Path:
     if not SYSTEM_PYTHON.exists():
         raise LabError(f"missing: {SYSTEM_PYTHON} (Debian's python3, for the service users)")
     run([str(SYSTEM_PYTHON), "-m", "venv", str(venv)], timeout=300)
-    run([str(venv / "bin/pip"), "install", "-q", "-e", str(deployment.repo_root())], timeout=900)
+    editable = f"{deployment.repo_root()}[host]"
+    run([str(venv / "bin/pip"), "install", "-q", "-e", editable], timeout=900)
     stamp.write_text(want + "\n")
     return venv / "bin"
