@@ -20,13 +20,17 @@ import argparse
 import http.client
 import os
 import statistics
+import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
+# Test and benchmark scaffolding lives with the tests, outside the installed package.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "testing"))
+
 from flashpods.api.db import Store
-from flashpods.localhost import api_environment, api_process, write_token
+from flashpods_testing.localhost import api_environment, api_process, write_token
 
 TOKEN = "b" * 64
 JOB_ID = "job_0123456789abcdef"

@@ -32,11 +32,12 @@ import requests
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "integration" / "client"))
+sys.path.insert(0, str(REPO / "testing"))  # the scaffolding client_stack builds on
 
 from client_stack import BIN, flashpods_api, rsync_daemon  # noqa: E402
 from flashpods.client.config import load_config  # noqa: E402
 from flashpods.client.upload import DEFAULT_EXCLUDES, new_upload_id, rsync_command  # noqa: E402
-from flashpods.localhost import podman_service  # noqa: E402
+from flashpods_testing.localhost import podman_service  # noqa: E402
 
 ENDED = {"completed", "failed", "timed_out", "cancelled", "cleaning", "cleaned"}
 

@@ -19,12 +19,22 @@ import argparse
 import os
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
+# Test and benchmark scaffolding lives with the tests, outside the installed package.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "testing"))
+
 import requests
-from flashpods.localhost import JOB_IMAGE, api_environment, api_process, podman_service, write_token
+from flashpods_testing.localhost import (
+    JOB_IMAGE,
+    api_environment,
+    api_process,
+    podman_service,
+    write_token,
+)
 
 TOKEN = "c" * 64
 

@@ -22,6 +22,7 @@ import json
 import secrets
 import statistics
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -29,8 +30,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from flashpods.spire.stack import IdentityStack
+# Test and benchmark scaffolding lives with the tests, outside the installed package.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "testing"))
+
 from flashpods.tokens.client import exchange
+from flashpods_testing.identity_stack import IdentityStack
 from spiffe.workloadapi.workload_api_client import WorkloadApiClient
 
 IMAGE = "localhost/flashpods-job:latest"

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from flashpods.api.runtime import JobSpec
 from flashpods.api.runtime.podman import PodmanRuntime
-from flashpods.localhost import JOB_IMAGE, HostError, podman_service
+from flashpods_testing.localhost import JOB_IMAGE, HostError, podman_service
 from podman_support import INSTANCE, RecordingHooks, make_config, new_job_id
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from flashpods.api.runtime import JobOutcome, JobSpec
 from flashpods.api.runtime.podman import PodmanConfig
-from flashpods.localhost import podman
+from flashpods_testing.localhost import podman
 
 INSTANCE = f"test-{uuid.uuid4().hex[:10]}"
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import requests
-from flashpods.localhost import (
+from flashpods_testing.localhost import (
     JOB_IMAGE,
     ApiProcess,
     api_environment,

@@ -28,7 +28,13 @@ from pathlib import Path
 from typing import IO
 
 import pytest
-from flashpods.localhost import JOB_IMAGE, HostError, require_podman, stop_process, wait_until
+from flashpods_testing.localhost import (
+    JOB_IMAGE,
+    HostError,
+    require_podman,
+    stop_process,
+    wait_until,
+)
 from podman_support import INSTANCE, strip_prefix
 
 pytestmark = [pytest.mark.podman, pytest.mark.slow]

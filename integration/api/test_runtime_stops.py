@@ -16,7 +16,7 @@ import pytest
 from flashpods.api.runtime import JobSpec
 from flashpods.api.runtime.logcapture import format_size
 from flashpods.api.runtime.podman import PodmanRuntime
-from flashpods.localhost import JOB_IMAGE, PodmanService, wait_until
+from flashpods_testing.localhost import JOB_IMAGE, PodmanService, wait_until
 from podman_support import (
     RecordingHooks,
     container_exists,

@@ -1,9 +1,9 @@
-"""The client's local Flashpods host (no pytest in here), on top of flashpods.localhost:
-the real `flashpods-api` console script on 127.0.0.1:<free port> with its own instance
-label, and a real `rsync --daemon` whose `uploads` module is the API's uploads directory,
-rendered from the deployment data like the lab's and the host's. Each is a context
-manager that leaves nothing behind (process, container); the podman service they drive
-is flashpods.localhost.podman_service."""
+"""The client's local Flashpods host (no pytest in here), on top of
+flashpods_testing.localhost: the real `flashpods-api` console script on
+127.0.0.1:<free port> with its own instance label, and a real `rsync --daemon` whose
+`uploads` module is the API's uploads directory, rendered from the deployment data like
+the lab's and the host's. Each is a context manager that leaves nothing behind (process,
+container); the podman service they drive is flashpods_testing.localhost.podman_service."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from flashpods.client.retry import RetryPolicy
 from flashpods.client.sdk import Flashpods, PollSchedule, RetryEvent
 from flashpods.deployment import values
 from flashpods.lab import rsyncd
-from flashpods.localhost import (
+from flashpods_testing.localhost import (
     API_CONSOLE_SCRIPT,
     ApiProcess,
     HostError,

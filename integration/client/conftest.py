@@ -16,7 +16,7 @@ from typing import TypeVar
 
 import pytest
 from client_stack import Api, flashpods_api, rsync_daemon
-from flashpods.localhost import HostError, podman_service
+from flashpods_testing.localhost import HostError, podman_service
 
 T = TypeVar("T")
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from client_stack import Api, flashpods_api, rsync_daemon
 from flashpods.client.errors import FlashpodsError
-from flashpods.localhost import HostError
+from flashpods_testing.localhost import HostError
 
 
 @pytest.fixture

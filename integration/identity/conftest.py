@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from flashpods.spire.stack import IdentityStack
+from flashpods_testing.identity_stack import IdentityStack
 from identity_support import JOB_IMAGE, TEST_UID, Containers, wait_until_issued
 
 

@@ -10,7 +10,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 
-from flashpods.spire.stack import IdentityStack
+from flashpods_testing.identity_stack import IdentityStack
 
 JOB_IMAGE = "localhost/flashpods-job:latest"
 AUDIENCE = "flashpods-token-service"

@@ -1,5 +1,5 @@
-"""The identity stack in one directory: podman API service (flashpods.localhost), SPIRE
-server and agent, token service. Used by the real-component tests and the benchmark (the
+"""The identity stack in one directory: podman API service (flashpods_testing.localhost),
+SPIRE server and agent, token service. Used by the real-component tests and the benchmark (the
 lab runs the same pieces at the real paths). Everything lives under `base`; the server
 binds 127.0.0.1 on a free port; `close()` stops what it started, in reverse order.
 """
@@ -18,12 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from flashpods.localhost import PodmanService, free_port
 from flashpods.spire.binaries import spire_bin_dir
 from flashpods.spire.bootstrap import BootstrapResult, bootstrap, wait_for_agent
 from flashpods.spire.config import SpireSettings, write_configs
 from flashpods.spire.tools_dir import assemble_tools_dir
 from flashpods.tokens.activation import listen_unix, spawn_with_socket
+
+from flashpods_testing.localhost import PodmanService, free_port
 
 
 @dataclass

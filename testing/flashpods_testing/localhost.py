@@ -252,10 +252,6 @@ class ApiProcess:
             stop_process(self.proc, timeout)
             self.proc = None
 
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
 
 @contextmanager
 def api_process(
