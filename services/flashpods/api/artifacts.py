@@ -16,10 +16,9 @@ from typing import Any
 from flashpods.api.config import Config
 from flashpods.api.db import Store
 from flashpods.api.jobs import ACTIVE
-from flashpods.api.timeutil import from_epoch
 from flashpods.api.validation import artifact_name_problem
 from flashpods.common.errors import ServiceError
-from flashpods.common.timefmt import iso_z
+from flashpods.common.timefmt import from_epoch, iso_z
 
 _RANGE_RE = re.compile(r"bytes=(\d*)-(\d*)")
 

@@ -17,12 +17,11 @@ from flashpods.api.db import Store
 from flashpods.api.ids import is_upload_id, new_job_id
 from flashpods.api.logs import log_path
 from flashpods.api.runtime import ContainerError, JobOutcome, JobSpec, Runtime
-from flashpods.api.timeutil import from_epoch
 from flashpods.api.uploads import Uploads
 from flashpods.api.uploads import not_found as upload_not_found
 from flashpods.api.validation import JobRequest, parse_job_request
 from flashpods.common.errors import ServiceError
-from flashpods.common.timefmt import iso_z
+from flashpods.common.timefmt import from_epoch, iso_z
 
 log = logging.getLogger("flashpods.api.jobs")
 

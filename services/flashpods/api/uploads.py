@@ -28,9 +28,8 @@ from typing import Any
 from flashpods.api.config import Config
 from flashpods.api.db import Store
 from flashpods.api.ids import is_upload_id
-from flashpods.api.timeutil import from_epoch
 from flashpods.common.errors import ServiceError
-from flashpods.common.timefmt import iso_z
+from flashpods.common.timefmt import from_epoch, iso_z
 
 log = logging.getLogger("flashpods.api.uploads")
 

@@ -1,4 +1,5 @@
-"""Timestamps as api.md wants them: ISO 8601 UTC with a trailing Z."""
+"""Timestamps: ISO 8601 UTC with a trailing Z as api.md wants them, the log prefix, and
+the API database's epoch seconds."""
 
 from __future__ import annotations
 
@@ -15,10 +16,9 @@ def iso_z(moment: datetime | None) -> str | None:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def parse_iso_z(text: str | None) -> datetime | None:
-    if text is None:
-        return None
-    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+def from_epoch(value: float | None) -> datetime | None:
+    """The API's database stores instants as epoch seconds (REAL)."""
+    return None if value is None else datetime.fromtimestamp(value, UTC)
 
 
 def log_prefix(moment: datetime) -> str:
