@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import os
-import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
+from flashpods.api.runtime import joblog
+from flashpods.api.runtime.joblog import format_size
 from flashpods.api.runtime.logcapture import (
     MAX_LINE_BYTES,
+    CaptureState,
     LineAssembler,
     LogCapture,
-    format_size,
     inspect_log,
-    iter_records,
     parse_conmon_time,
 )
+from flashpods.localhost import wait_until
 
 T = "2026-11-25T21:34:32.579366452+00:00"
 
@@ -30,20 +31,40 @@ def test_partial_records_join_per_stream() -> None:
     asm = LineAssembler()
     assert asm.feed(f"{T} stdout P hel".encode()) == []
     stderr = asm.feed(f"{T} stderr F oops".encode())
-    assert [line for _, line in stderr] == [b"oops"]
+    assert [line for _, _, line in stderr] == [b"oops"]
     done = asm.feed(b"2026-11-25T21:34:33.000000000+00:00 stdout F lo")
-    assert done == [(parse_conmon_time(T.encode()), b"hello")]
-    assert asm.feed(f"{T} stdout F ".encode())[0][1] == b""  # an empty line stays a line
+    assert done == [(T.encode(), b"[21:34:32.579] ", b"hello")]  # the time the line began
+    assert asm.feed(f"{T} stdout F ".encode())[0][2] == b""  # an empty line stays a line
 
 
 def test_unterminated_lines_flush_at_the_end_and_long_lines_are_cut() -> None:
     asm = LineAssembler()
     asm.feed(f"{T} stdout P no newline".encode())
-    assert [line for _, line in asm.flush()] == [b"no newline"]
+    assert [line for _, _, line in asm.flush()] == [b"no newline"]
     big = b"x" * (MAX_LINE_BYTES + 10)
     out = asm.feed(f"{T} stdout P ".encode() + big)
-    assert [len(line) for _, line in out] == [MAX_LINE_BYTES]
-    assert [len(line) for _, line in asm.flush()] == [10]
+    assert [len(line) for _, _, line in out] == [MAX_LINE_BYTES]
+    assert [len(line) for _, _, line in asm.flush()] == [10]
+    out = asm.feed(f"{T} stdout F ".encode() + big)  # a whole line that is too long
+    assert [len(line) for _, _, line in out] == [MAX_LINE_BYTES, 10]
+
+
+def test_prefixes_follow_the_stamp_to_the_millisecond_whatever_its_length() -> None:
+    asm = LineAssembler()
+    stamps = [
+        b"2026-11-25T21:34:32.579366452+00:00",
+        b"2026-11-25T21:34:32.5+00:00",  # conmon trims trailing zeros
+        b"2026-11-25T21:34:32Z",
+        b"2026-11-25T23:34:32.579+02:00",
+        b"2026-11-25T21:34:32.5799Z",
+    ]
+    assert [asm.prefix(s) for s in stamps] == [
+        b"[21:34:32.579] ",
+        b"[21:34:32.500] ",
+        b"[21:34:32.000] ",
+        b"[21:34:32.579] ",
+        b"[21:34:32.579] ",
+    ]
 
 
 def test_garbage_records_are_ignored() -> None:
@@ -53,10 +74,33 @@ def test_garbage_records_are_ignored() -> None:
 
 
 def test_records_split_across_reads() -> None:
-    carry = bytearray()
-    assert list(iter_records(b"a\nb", carry)) == [b"a"]
-    assert list(iter_records(b"c\n", carry)) == [b"bc"]
-    assert carry == bytearray()
+    state = CaptureState(1 << 20)
+    assert state.feed(f"{T} stdout F o".encode()) == b""
+    assert state.feed(b"ne\n" + f"{T} stdout F tw".encode()) == b"[21:34:32.579] one\n"
+    assert state.feed(b"o\n") == b"[21:34:32.579] two\n"
+
+
+def test_the_log_never_exceeds_its_limit_marker_included() -> None:
+    for limit in (1024, 1500, 4096):
+        state = CaptureState(limit)
+        out = state.feed(_raw([f"stdout F {'x' * (i % 37)}" for i in range(400)]))
+        assert state.full
+        assert len(out) <= limit
+        assert out.endswith(joblog.marker_text(limit) + b"\n")
+
+
+def test_runtime_lines_obey_the_same_limit(tmp_path: Path) -> None:
+    log = tmp_path / "job.log"
+    limit = 1024
+    assert joblog.append_runtime_lines(log, limit, ["first"]) == 1
+    stored = joblog.append_runtime_lines(log, limit, (f"warning: file {i}" for i in range(100)))
+    data = log.read_bytes()
+    assert 0 < stored < 100
+    assert len(data) <= limit
+    assert joblog.ends_with_marker(log, limit)
+    assert data.count(joblog.marker_text(limit)) == 1
+    assert joblog.append_runtime_lines(log, limit, ["after the marker"]) == 0
+    assert log.read_bytes() == data
 
 
 def test_size_text() -> None:
@@ -104,11 +148,10 @@ def test_capture_writes_prefixed_lines_and_resumes_without_duplicates(tmp_path: 
 def test_capture_stops_at_the_limit_with_one_marker(tmp_path: Path) -> None:
     raw, log = tmp_path / "raw", tmp_path / "job.log"
     raw.write_bytes(_raw([f"stdout F line {i:04d}" for i in range(500)]))
-    capture = run_capture(raw, log, 1024)
-    assert capture.truncated
+    run_capture(raw, log, 1024)
     text = log.read_text().splitlines()
     assert text[-1].endswith("[TRUNCATED - log exceeded 1 KB limit]")
-    assert sum(len(line) + 1 for line in text[:-1]) <= 1024
+    assert log.stat().st_size <= 1024
     run_capture(raw, log, 1024)  # a resume after truncation adds nothing
     assert log.read_text().splitlines() == text
 
@@ -118,11 +161,10 @@ def test_capture_follows_a_rotated_file(tmp_path: Path) -> None:
     raw.write_bytes(_raw(["stdout F before"]))
     capture = LogCapture(raw, log, 1 << 20)
     capture.start()
-    threading.Event().wait(0.3)
+    wait_until(lambda: log.exists() and b"before" in log.read_bytes(), 20, "first line captured")
     rotated = tmp_path / "raw.tmp"
     rotated.write_bytes(_raw(["stdout F after"]))
     rotated.replace(raw)  # what conmon does past max-size
-    threading.Event().wait(0.3)
     capture.finish(10)
     assert [line[15:] for line in log.read_text().splitlines()] == ["before", "after"]
 
@@ -132,7 +174,7 @@ def test_an_unreadable_rotated_file_ends_capture_with_the_marker(tmp_path: Path)
     raw.write_bytes(_raw(["stdout F before"]))
     capture = LogCapture(raw, log, 1 << 20)
     capture.start()
-    threading.Event().wait(0.3)
+    wait_until(lambda: log.exists() and b"before" in log.read_bytes(), 20, "first line captured")
     rotated = tmp_path / "raw.tmp"
     rotated.write_bytes(_raw(["stdout F secret"]))
     rotated.chmod(0)
@@ -144,4 +186,17 @@ def test_an_unreadable_rotated_file_ends_capture_with_the_marker(tmp_path: Path)
     lines = log.read_text().splitlines()
     assert lines[0][15:] == "before"
     assert lines[-1].endswith("[TRUNCATED - log exceeded 1 MB limit]")
-    assert capture.truncated
+
+
+def test_an_abandoned_capture_stops_and_a_resume_continues_exactly(tmp_path: Path) -> None:
+    raw, log = tmp_path / "raw", tmp_path / "job.log"
+    raw.write_bytes(_raw(["stdout F one", "stdout P tw"]))
+    capture = LogCapture(raw, log, 1 << 20)
+    capture.start()
+    wait_until(lambda: log.exists() and b"one" in log.read_bytes(), 20, "first line captured")
+    capture.abandon()  # the API stops (or dies: its end of the pipe closes just the same)
+    assert capture._process is not None and capture._process.returncode == 0
+    with raw.open("ab") as fh:
+        fh.write(_raw(["stdout F o", "stderr F three"]))
+    run_capture(raw, log, 1 << 20)
+    assert [line[15:] for line in log.read_text().splitlines()] == ["one", "two", "three"]

@@ -10,20 +10,28 @@ then the bytes. Capture is deterministic in the raw file's content, which makes 
 after an API restart exact: replay the raw file and skip as many lines as the job log
 already holds. Past the size limit one marker line is appended and capture stops; the
 job keeps running (conmon's own file is bounded by its max-size and rotates).
+
+Capture runs in a process of its own (`python -m flashpods.api.runtime.logcapture`), one
+per job: a job printing hundreds of MB keeps that process busy, never the API's GIL (in
+a thread, /health's p99 went to 240-450 ms during a 300 MB flood). The API tells it that
+the container has ended by writing one byte to its stdin; end of file without that byte
+(the API stopped or died) ends it at once, and the next API resumes from the files.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import select
+import subprocess
+import sys
 import threading
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
-from flashpods.api.runtime import LOG_TRUNCATED_MARKER
+from flashpods.api.runtime import joblog
 from flashpods.common.timefmt import log_prefix, utc_now
 
 log = logging.getLogger(__name__)
@@ -31,19 +39,9 @@ log = logging.getLogger(__name__)
 # A job that never prints a newline (progress bars with \r) still produces bounded lines.
 MAX_LINE_BYTES = 256 * 1024
 POLL_SECONDS = 0.1
-
-
-def format_size(limit_bytes: int) -> str:
-    """`50 MB` for the marker line (binary units, as the limit is configured in bytes)."""
-    for unit, size in (("GB", 1 << 30), ("MB", 1 << 20), ("KB", 1 << 10)):
-        if limit_bytes >= size and limit_bytes % size == 0:
-            return f"{limit_bytes // size} {unit}"
-    return f"{limit_bytes} bytes"
-
-
-def truncation_line(limit_bytes: int, moment: datetime) -> bytes:
-    marker = LOG_TRUNCATED_MARKER.format(limit=format_size(limit_bytes))
-    return f"{log_prefix(moment)}{marker}\n".encode()
+READ_BYTES = 1 << 20
+ENDED = b"E"  # parent → capture process: the container has exited, drain and stop
+PREFIX_CACHE_SIZE = 4096
 
 
 def parse_conmon_time(text: bytes) -> datetime:
@@ -61,40 +59,112 @@ def parse_conmon_time(text: bytes) -> datetime:
     return datetime.fromisoformat(f"{date_part}.{digits[:6].ljust(6, '0')}{zone}").astimezone(UTC)
 
 
+def _millisecond_key(stamp: bytes) -> bytes:
+    """The stamp cut to milliseconds plus its zone: all stamps with one key share a prefix
+    (conmon trims trailing zeros of the fraction, so the length varies)."""
+    if stamp.endswith(b"Z"):
+        zone_at = len(stamp) - 1
+    elif len(stamp) > 6 and stamp[-6:-5] in (b"+", b"-"):
+        zone_at = len(stamp) - 6
+    else:
+        zone_at = len(stamp)
+    return stamp[: min(23, zone_at)] + stamp[zone_at:]
+
+
 @dataclass
 class LineAssembler:
-    """Turns conmon records into whole lines, per stream (pure, deterministic)."""
+    """Turns conmon records into whole prefixed lines, per stream (pure, deterministic).
 
-    pending: dict[bytes, tuple[datetime, bytearray]] = field(default_factory=dict)
+    `feed` returns `(stamp, prefix, content)` per completed line; the stamp orders the
+    unterminated lines that `flush` returns at the end.
+    """
 
-    def feed(self, record: bytes) -> list[tuple[datetime, bytes]]:
+    pending: dict[bytes, tuple[bytes, bytes, bytearray]] = field(default_factory=dict)
+    _prefixes: dict[bytes, bytes] = field(default_factory=dict)
+
+    def prefix(self, stamp: bytes) -> bytes | None:
+        key = _millisecond_key(stamp)
+        found = self._prefixes.get(key)
+        if found is None:
+            try:
+                found = log_prefix(parse_conmon_time(stamp)).encode()
+            except ValueError:
+                return None
+            if len(self._prefixes) >= PREFIX_CACHE_SIZE:
+                self._prefixes.clear()
+            self._prefixes[key] = found
+        return found
+
+    def feed(self, record: bytes) -> list[tuple[bytes, bytes, bytes]]:
         """One record without its trailing newline; returns the lines it completes."""
         parts = record.split(b" ", 3)
         if len(parts) < 3:
             return []  # not a conmon record (a torn write cannot happen, but be safe)
         stamp, stream, flag = parts[0], parts[1], parts[2]
         content = parts[3] if len(parts) == 4 else b""
-        try:
-            moment = parse_conmon_time(stamp)
-        except ValueError:
+        prefix = self.prefix(stamp)
+        if prefix is None:
             return []
-        started, buf = self.pending.pop(stream, (moment, bytearray()))
+        if flag == b"F" and stream not in self.pending and len(content) <= MAX_LINE_BYTES:
+            return [(stamp, prefix, content)]  # the common case: one whole line
+        started, first_prefix, buf = self.pending.pop(stream, (stamp, prefix, bytearray()))
         buf += content
-        out: list[tuple[datetime, bytes]] = []
+        out: list[tuple[bytes, bytes, bytes]] = []
         while len(buf) > MAX_LINE_BYTES:
-            out.append((started, bytes(buf[:MAX_LINE_BYTES])))
+            out.append((started, first_prefix, bytes(buf[:MAX_LINE_BYTES])))
             del buf[:MAX_LINE_BYTES]
         if flag == b"F":
-            out.append((started, bytes(buf)))
+            out.append((started, first_prefix, bytes(buf)))
         elif buf:
-            self.pending[stream] = (started, buf)
+            self.pending[stream] = (started, first_prefix, buf)
         return out
 
-    def flush(self) -> list[tuple[datetime, bytes]]:
+    def flush(self) -> list[tuple[bytes, bytes, bytes]]:
         """The container ended: its unterminated last lines become lines too."""
-        out = sorted(((t, bytes(b)) for t, b in self.pending.values()), key=lambda x: x[0])
+        out = sorted((s, p, bytes(b)) for s, p, b in self.pending.values())
         self.pending.clear()
         return out
+
+
+@dataclass
+class CaptureState:
+    """Raw bytes in, job log bytes out, under the size rule (pure; joblog.fits)."""
+
+    limit_bytes: int
+    skip: int = 0  # lines the job log already holds (resume)
+    size: int = 0
+    full: bool = False
+    assembler: LineAssembler = field(default_factory=LineAssembler)
+    _carry: bytes = b""
+
+    def feed(self, chunk: bytes) -> bytes:
+        """Bytes to append for this chunk of the raw file; `full` once the marker is out."""
+        records = (self._carry + chunk).split(b"\n")
+        self._carry = records.pop()  # an incomplete tail waits for the next chunk
+        out: list[bytes] = []
+        for record in records:
+            if not self._emit(self.assembler.feed(record), out):
+                break
+        return b"".join(out)
+
+    def finish(self) -> bytes:
+        out: list[bytes] = []
+        self._emit(self.assembler.flush(), out)
+        return b"".join(out)
+
+    def _emit(self, lines: list[tuple[bytes, bytes, bytes]], out: list[bytes]) -> bool:
+        for _, prefix, content in lines:
+            if self.skip:
+                self.skip -= 1
+                continue
+            entry = len(prefix) + len(content) + 1
+            if not joblog.fits(self.size, entry, self.limit_bytes):
+                out.append(joblog.truncation_line(self.limit_bytes, utc_now()))
+                self.full = True
+                return False
+            out += (prefix, content, b"\n")
+            self.size += entry
+        return True
 
 
 @dataclass(frozen=True)
@@ -110,138 +180,164 @@ def inspect_log(path: Path, limit_bytes: int) -> LogState:
     """Count the lines of an existing job log; cut a torn last line (a crash mid-write)."""
     if not path.exists():
         return LogState(0, 0, False)
+    lines = size = 0
+    last = b""
     with path.open("r+b") as fh:
-        data = fh.read()
-        if data and not data.endswith(b"\n"):
-            data = data[: data.rfind(b"\n") + 1]
-            fh.truncate(len(data))
-    marker = LOG_TRUNCATED_MARKER.format(limit=format_size(limit_bytes)).encode()
-    last = data.rstrip(b"\n").rsplit(b"\n", 1)[-1]
-    return LogState(data.count(b"\n"), len(data), bool(data) and last.endswith(marker))
+        while block := fh.read(READ_BYTES):
+            lines += block.count(b"\n")
+            size += len(block)
+            last = block
+        if size and not last.endswith(b"\n"):
+            fh.seek(max(0, size - MAX_LINE_BYTES - 4096))
+            tail = fh.read()
+            size -= len(tail) - (tail.rfind(b"\n") + 1)
+            fh.truncate(size)
+    return LogState(lines, size, joblog.ends_with_marker(path, limit_bytes))
 
 
-def iter_records(chunk: bytes, carry: bytearray) -> Iterator[bytes]:
-    """Split raw bytes into records; an incomplete tail stays in `carry`."""
-    carry += chunk
-    start = 0
-    while True:
-        end = carry.find(b"\n", start)
-        if end < 0:
-            break
-        yield bytes(carry[start:end])
-        start = end + 1
-    del carry[:start]
+def _control(fd: int, timeout: float) -> bytes | None:
+    """None: nothing yet; ENDED: the container has exited; b"": the API is gone."""
+    ready, _, _ = select.select([fd], [], [], timeout)
+    if not ready:
+        return None
+    return os.read(fd, 1)
+
+
+def follow(raw_path: Path, log_path: Path, limit_bytes: int, control_fd: int) -> None:
+    """The capture process: follow `raw_path` into `log_path` until told to stop."""
+    previous = inspect_log(log_path, limit_bytes)
+    if previous.truncated:
+        return
+    state = CaptureState(limit_bytes, skip=previous.lines, size=previous.size)
+    ended = False
+    with log_path.open("ab", buffering=0) as out:
+        raw = _open_raw(raw_path)
+        try:
+            while True:
+                chunk = raw.read(READ_BYTES) if raw else b""
+                if chunk:
+                    out.write(state.feed(chunk))
+                    if state.full:
+                        return
+                    continue
+                try:
+                    rotated = _reopen_if_rotated(raw_path, raw)
+                except PermissionError:
+                    # e.g. a rootful conmon recreated it as root: what follows cannot be read.
+                    log.warning("raw log of %s no longer readable", log_path.name)
+                    out.write(joblog.truncation_line(limit_bytes, utc_now()))
+                    return
+                if rotated is not None:
+                    if raw:
+                        raw.close()
+                    raw = rotated
+                    continue
+                if ended:
+                    out.write(state.finish())
+                    return
+                message = _control(control_fd, POLL_SECONDS)
+                if message == b"":
+                    return  # abandoned: the next API resumes from the files
+                ended = message == ENDED  # read before the last drain
+        finally:
+            if raw:
+                raw.close()
+
+
+def _open_raw(raw_path: Path) -> BinaryIO | None:
+    try:
+        return open(raw_path, "rb", buffering=0)
+    except FileNotFoundError:
+        return None
+
+
+def _reopen_if_rotated(raw_path: Path, raw: BinaryIO | None) -> BinaryIO | None:
+    """conmon replaces its file past max-size; continue in the new one."""
+    try:
+        current = os.stat(raw_path)
+    except FileNotFoundError:
+        return None
+    if raw is not None and os.fstat(raw.fileno()).st_ino == current.st_ino:
+        return None
+    try:
+        return open(raw_path, "rb", buffering=0)
+    except FileNotFoundError:
+        return None
+    except IsADirectoryError as exc:
+        raise PermissionError(str(exc)) from exc
+
+
+def _child_environment() -> dict[str, str]:
+    # The API's own import path, explicitly: a NixOS wrapper sets sys.path inside its
+    # script, not in the environment, so a bare `python -m` would not find the package.
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
 
 
 class LogCapture:
-    """Follows one container's raw log into its job log, in a thread of its own."""
+    """Follows one container's raw log into its job log, in a process of its own."""
 
     def __init__(self, raw_path: Path, log_path: Path, limit_bytes: int) -> None:
         self.raw_path = raw_path
         self.log_path = log_path
         self.limit_bytes = limit_bytes
-        self._container_ended = threading.Event()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"log-{log_path.stem}", daemon=True)
-        self.truncated = False
-        self._unreadable = False
+        self._process: subprocess.Popen[bytes] | None = None
+        self._lock = threading.Lock()
 
     def start(self) -> None:
-        self._thread.start()
+        self._process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                __name__,
+                str(self.raw_path),
+                str(self.log_path),
+                str(self.limit_bytes),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            env=_child_environment(),
+        )
 
-    def finish(self, timeout: float = 30.0) -> None:
+    def finish(self, timeout: float = 60.0) -> None:
         """The container has exited: read what conmon wrote, flush partial lines, stop."""
-        self._container_ended.set()
-        self._thread.join(timeout)
+        self._stop(ENDED, timeout)
 
     def abandon(self) -> None:
         """Stop without waiting for the container (runtime shutdown)."""
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(5)
+        self._stop(b"", 5.0)
 
-    def _run(self) -> None:
-        try:
-            self._follow()
-        except Exception:
-            log.exception("log capture of %s failed", self.log_path.name)
-
-    def _follow(self) -> None:
-        state = inspect_log(self.log_path, self.limit_bytes)
-        if state.truncated:
-            self.truncated = True
+    def _stop(self, message: bytes, timeout: float) -> None:
+        process = self._process
+        if process is None or process.stdin is None:
             return
-        skip, size = state.lines, state.size
-        assembler = LineAssembler()
-        carry = bytearray()
-        with self.log_path.open("ab") as out:
-
-            def emit(lines: list[tuple[datetime, bytes]]) -> bool:
-                """Write lines; False once the limit is reached (capture is over)."""
-                nonlocal skip, size
-                for moment, content in lines:
-                    if skip:
-                        skip -= 1
-                        continue
-                    entry = log_prefix(moment).encode() + content + b"\n"
-                    if size + len(entry) > self.limit_bytes:
-                        out.write(truncation_line(self.limit_bytes, utc_now()))
-                        out.flush()
-                        self.truncated = True
-                        return False
-                    out.write(entry)
-                    size += len(entry)
-                return True
-
-            raw = self._open_raw()
-            try:
-                while not self._stop.is_set():
-                    ended = self._container_ended.is_set()  # read before the last drain
-                    chunk = raw.read(1 << 16) if raw else b""
-                    if chunk:
-                        for record in iter_records(chunk, carry):
-                            if not emit(assembler.feed(record)):
-                                return
-                        continue
-                    out.flush()
-                    rotated = self._reopen_if_rotated(raw)
-                    if self._unreadable:
-                        # What follows cannot be captured: say so, as for the size limit.
-                        out.write(truncation_line(self.limit_bytes, utc_now()))
-                        self.truncated = True
-                        return
-                    if rotated is not None:
-                        if raw:
-                            raw.close()
-                        raw = rotated
-                        continue
-                    if ended:
-                        emit(assembler.flush())
-                        return
-                    self._container_ended.wait(POLL_SECONDS)
-            finally:
-                out.flush()
-                if raw:
-                    raw.close()
-
-    def _open_raw(self) -> BinaryIO | None:
+        with self._lock:  # finish and abandon may race (shutdown during a job's end)
+            if not process.stdin.closed:
+                try:
+                    process.stdin.write(message)
+                    process.stdin.close()
+                except BrokenPipeError:
+                    pass  # it has already ended
         try:
-            return self.raw_path.open("rb")
-        except FileNotFoundError:
-            return None
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            log.warning("log capture of %s did not stop; killed", self.log_path.name)
+            process.kill()
+            process.wait()
+            inspect_log(self.log_path, self.limit_bytes)  # cut a torn last line
+        if process.returncode not in (0, -9):
+            log.warning("log capture of %s exited %s", self.log_path.name, process.returncode)
 
-    def _reopen_if_rotated(self, raw: BinaryIO | None) -> BinaryIO | None:
-        """conmon replaces its file past max-size; continue in the new one."""
-        try:
-            current = os.stat(self.raw_path)
-        except FileNotFoundError:
-            return None
-        if raw is not None and os.fstat(raw.fileno()).st_ino == current.st_ino:
-            return None
-        try:
-            return self.raw_path.open("rb")
-        except OSError:
-            # e.g. a rootful conmon recreated it as root: what follows cannot be read.
-            log.warning("raw log of %s no longer readable", self.log_path.name)
-            self._unreadable = True
-            return None
+
+def main(argv: list[str]) -> int:
+    logging.basicConfig(level=logging.INFO, format="logcapture: %(levelname)s %(message)s")
+    raw_path, log_path, limit = Path(argv[0]), Path(argv[1]), int(argv[2])
+    try:
+        follow(raw_path, log_path, limit, sys.stdin.fileno())
+    except Exception:
+        log.exception("log capture of %s failed", log_path.name)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -18,12 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from flashpods.api.config import Config
-from flashpods.api.runtime import ContainerError, ContainerInfo, JobHooks, JobSpec
+from flashpods.api.runtime import ContainerError, ContainerInfo, JobHooks, JobSpec, joblog
 from flashpods.api.runtime import podman_cli as cli
 from flashpods.api.runtime.artifacts_copy import ArtifactLimits
 from flashpods.api.runtime.logcapture import LogCapture, parse_conmon_time
 from flashpods.api.runtime.supervisor import ContainerOps, JobSupervisor
-from flashpods.common.timefmt import log_prefix, utc_now
+from flashpods.common.timefmt import utc_now
 
 log = logging.getLogger(__name__)
 
@@ -266,8 +266,7 @@ class PodmanRuntime:
     def _fail_start(self, spec: JobSpec, error: ContainerError) -> ContainerError:
         self._podman(["rm", "--force", "--time", "0", f"job_{spec.job_id}"])
         raw_log_path(spec).unlink(missing_ok=True)
-        with spec.log_path.open("ab") as fh:
-            fh.write(f"{log_prefix(utc_now())}[flashpods] {error}\n".encode())
+        joblog.append_runtime_lines(spec.log_path, self.config.log_max_bytes, [str(error)])
         return error
 
     # ---- Runtime -----------------------------------------------------------------------

@@ -15,7 +15,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal, TypeVar
 
-from flashpods.api.runtime import ArtifactRecord, ContainerInfo, JobHooks, JobOutcome, JobSpec
+from flashpods.api.runtime import (
+    ArtifactRecord,
+    ContainerInfo,
+    JobHooks,
+    JobOutcome,
+    JobSpec,
+    joblog,
+)
 from flashpods.api.runtime.artifacts_copy import (
     ArtifactCopyError,
     ArtifactLimits,
@@ -23,7 +30,7 @@ from flashpods.api.runtime.artifacts_copy import (
 )
 from flashpods.api.runtime.logcapture import LogCapture
 from flashpods.api.runtime.oomwatch import OomWatch
-from flashpods.common.timefmt import log_prefix, utc_now
+from flashpods.common.timefmt import utc_now
 
 log = logging.getLogger(__name__)
 
@@ -190,8 +197,9 @@ class JobSupervisor:
         except ArtifactCopyError as exc:
             copy_error = exc.code
             warnings.append(f"collecting artifacts failed: {exc}")
-        for warning in warnings:
-            self._note(f"warning: {warning}")
+        joblog.append_runtime_lines(
+            self.spec.log_path, self.capture.limit_bytes, (f"warning: {w}" for w in warnings)
+        )
         outcome = decide_outcome(
             info=info,
             oom_killed=oom_seen or bool(info and info.oom_killed),
@@ -202,11 +210,3 @@ class JobSupervisor:
         )
         self._retry("on_finished", lambda: self.hooks.on_finished(self.spec.job_id, outcome))
         self.ops.finalize(self.spec)
-
-    def _note(self, text: str) -> None:
-        """A line of the runtime's own in the job log (not after a truncation marker)."""
-        if self.capture.truncated:
-            log.info("%s: %s", self.spec.job_id, text)
-            return
-        with self.spec.log_path.open("ab") as fh:
-            fh.write(f"{log_prefix(utc_now())}[flashpods] {text}\n".encode())
