@@ -17,6 +17,16 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 command -v go >/dev/null || die "Go (>= 1.25.3) is needed to build SPIRE; install it first"
 
+# Rootless podman's network helper (slirp4netns) opens /dev/net/tun as the job's user.
+# udev makes it 0666 (systemd's 50-udev-default.rules; the kernel's tuntap.rst: no harm,
+# creating or attaching an interface still needs CAP_NET_ADMIN). Machines without udev
+# (CI sandboxes, containers) get a 0600 node, and every rootless job then fails to start:
+# `slirp4netns failed: "open(\"/dev/net/tun\"): Permission denied"`.
+if [ -c /dev/net/tun ] && [ "$(stat -c %a /dev/net/tun)" != 666 ]; then
+  log "making /dev/net/tun 0666 (as udev would) for rootless podman's slirp4netns"
+  chmod 0666 /dev/net/tun
+fi
+
 # Rootful podman with runc: crun fails on this cgroup-v1 hybrid host, and podman 4.3's
 # default ulimits are refused in this sandbox (lab.md).
 mkdir -p /etc/containers

@@ -20,7 +20,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from flashpods.api.runtime import JobOutcome, JobSpec
+from flashpods.api.runtime import ContainerError, JobOutcome, JobSpec
 from flashpods.api.runtime.podman import PodmanConfig, PodmanRuntime
 
 IMAGE = "localhost/flashpods-job:latest"
@@ -170,4 +170,7 @@ def main(socket: str, root: Path, instance: str) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    print(json.dumps(main(sys.argv[1], Path(sys.argv[2]), sys.argv[3])))
+    try:
+        print(json.dumps(main(sys.argv[1], Path(sys.argv[2]), sys.argv[3])))
+    except ContainerError as exc:  # the test's failure then shows podman's full words
+        raise SystemExit(f"{exc}\npodman said: {exc.cause}") from exc
