@@ -24,8 +24,15 @@
       inherit (recent) spire;
 
       # Modules get SPIRE from the nixpkgs-recent input unless the user sets another.
+      # Every nixosModules.* imports this one module; its `key` makes the module system
+      # load it once however many of them a configuration imports (lib/modules.nix,
+      # collectModules: modules are deduplicated by key). Without it each import adds a
+      # definition of the option, and a types.package option takes one definition only
+      # (lib/types.nix, `package`: mergeOneOption), so importing two concerns failed.
       spireFromFlake = {
-        services.flashpods.spire.package = lib.mkDefault spire;
+        key = "flashpods#spireFromFlake";
+        _file = "flake.nix#spireFromFlake";
+        config.services.flashpods.spire.package = lib.mkDefault spire;
       };
       concern = file: {
         imports = [

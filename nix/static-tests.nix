@@ -1,6 +1,8 @@
 # checks.<system>.nix-static: tests/nix (what .ci/run runs on Debian's nix 2.8) once more
-# with nixpkgs' nix: every .nix parses, the data and the modules evaluate without nixpkgs
-# and equal the lab's values, the VM test scripts lint and type-check. The sandbox has no
+# with nixpkgs' nix: every .nix parses, the data and the modules evaluate against the
+# stand-in of nixpkgs (tests/nix/standin) and equal the lab's values, the package
+# expressions evaluate against the nixos-24.05 stub, the VM test scripts lint and
+# type-check. The sandbox has no
 # store daemon; evaluation needs none (NIX_REMOTE=dummy://).
 {
   lib,
@@ -20,17 +22,19 @@ stdenvNoCC.mkDerivation {
   name = "flashpods-nix-static";
   src = lib.fileset.toSource {
     root = ../.;
+    # tests/nix evaluates every package expression of nix/, so it needs their sources too.
     fileset = lib.fileset.unions [
       ../pyproject.toml
+      ../README.md
       ../flake.nix
       ../configuration.nix
       ../modules
       ../nix
       ../vm-tests
-      ../tests/nix
-      ../services/flashpods/__init__.py
-      ../services/flashpods/deployment.py
-      ../services/flashpods/spire
+      ../tests
+      ../services
+      ../docs
+      ../container
     ];
   };
   nativeBuildInputs = [

@@ -11,7 +11,7 @@ spire = data["spire"]
 tunnel_ip = data["wireguard"]["hostAddress"]
 api_url = f"http://{tunnel_ip}:{data['api']['port']}"
 module = data["rsync"]["module"]
-podman = f"podman --url unix://{data['apiEnvironment']['FLASHPODS_PODMAN_SOCKET']}"
+uid = int(host.succeed(f"id -u {data['user']}"))
 spire_dir = data["apiEnvironment"]["FLASHPODS_SPIRE_SOCKET_DIR"]
 token_sock = data["apiEnvironment"]["FLASHPODS_TOKEN_SOCKET"]
 image = "localhost/flashpods-job:latest"
@@ -41,22 +41,47 @@ def wait_for_job(job_id: str, states: set[str], timeout: int = 300) -> dict:
     return job
 
 
-def tools_dir() -> str:
+def api_setting(name: str) -> str:
+    """A variable of flashpods-api.service's environment, as systemd runs the unit."""
     env = host.succeed("systemctl show -p Environment --value flashpods-api.service").split()
-    return next(v.split("=", 1)[1] for v in env if v.startswith("FLASHPODS_TOOLS_DIR="))
+    return next(v.split("=", 1)[1] for v in env if v.startswith(f"{name}="))
 
 
-def container_command(role: str, script: str) -> str:
-    """`script` in a container labelled like a job of `role`, mounted as the API mounts."""
-    mounts = (
+def tools_dir() -> str:
+    return api_setting("FLASHPODS_TOOLS_DIR")
+
+
+def job_like(role: str) -> str:
+    """`podman run` options of a container labelled like a job of `role`, mounted as the
+    API mounts (the image and command follow)."""
+    return (
+        f"--userns=keep-id --label {spire['roleLabel']}={role} "
         f"-v {spire_dir}:/run/spire/sockets:ro "
         f"-v {token_sock}:/run/flashpods/token.sock:ro "
         f"-v {tools_dir()}:/opt/flashpods:ro"
     )
-    return (
-        f"{podman} run --rm --userns=keep-id --label {spire['roleLabel']}={role} "
-        f"{mounts} {image} sh -c {shlex.quote(script)}"
-    )
+
+
+def container_command(role: str, script: str) -> str:
+    """`script` in a fresh container labelled like a job of `role`."""
+    return f"{podman} run --rm {job_like(role)} {image} sh -c {shlex.quote(script)}"
+
+
+def host_cgroup(container: str) -> tuple[str, str]:
+    """(full ID, cgroup of its first process) of a running container as the host sees
+    them: inside, podman's private cgroup namespace (cgroup v2) shows only `0::/`."""
+    fmt = "'{{.Id}} {{.State.Pid}}'"
+    container_id, pid = host.succeed(f"{podman} inspect --format {fmt} {container}").split()
+    line = host.succeed(f"cat /proc/{pid}/cgroup").strip()
+    assert line.startswith("0::/"), f"not cgroup v2: {line}"
+    return container_id, line.removeprefix("0::")
+
+
+def scope_of(container_id: str, cgroup: str) -> str:
+    """The container's libpod-<id>.scope (its processes may sit in a subgroup of it)."""
+    scope = f"/libpod-{container_id}.scope"
+    assert scope in cgroup, f"{cgroup} is not in {scope}"
+    return cgroup[: cgroup.index(scope) + len(scope)]
 
 
 def in_container(role: str, script: str) -> str:
@@ -79,6 +104,8 @@ host.wait_for_unit("flashpods-image-load.service")
 host.wait_for_unit("flashpods-api.service")
 laptop.wait_for_unit("wireguard-wg0.service")
 laptop.wait_until_succeeds(f"curl -sf --max-time 5 {api_url}/health", timeout=180)
+# The podman the API drives (the flashpods user's own API socket).
+podman = f"podman --url unix://{api_setting('FLASHPODS_PODMAN_SOCKET')}"
 
 
 def bootstrap_runs() -> list[str]:
@@ -107,14 +134,18 @@ with subtest("Worker and agent containers get their SVIDs, in their own cgroup")
         ("worker", spire["workerSpiffeId"]),
         ("agent", spire["agentSpiffeId"]),
     ):
+        name = f"svid-{role}"
+        host.succeed(f"{podman} run -d --name {name} {job_like(role)} {image} sleep 600")
+        # SPIRE's docker attestor finds the caller's container by the libpod-<id>.scope in
+        # its cgroup; rootless, that scope lives under the flashpods user's manager.
+        container_id, cgroup = host_cgroup(name)
+        assert cgroup.startswith(f"/user.slice/user-{uid}.slice/user@{uid}.service/"), cgroup
+        scope_of(container_id, cgroup)
         # New entries take a few seconds to reach the agent: retry until attested.
-        text = host.wait_until_succeeds(
-            container_command(role, f"cat /proc/self/cgroup; {fetch_x509}"), timeout=120
-        )
-        cgroup, _, svid_json = text.partition("{")
-        assert "libpod-" in cgroup and ".scope" in cgroup, cgroup
-        svids = json.loads("{" + svid_json)["svids"]
+        svid_json = host.wait_until_succeeds(f"{podman} exec {name} {fetch_x509}", timeout=120)
+        svids = json.loads(svid_json)["svids"]
         assert [s["spiffe_id"] for s in svids] == [spiffe_id], svids
+        host.succeed(f"{podman} rm -f -t 0 {name}")
 
     # A container without the role label gets no identity.
     host.fail(
@@ -227,6 +258,13 @@ with subtest("Restarting the API in the middle of a job loses nothing"):
         },
     )
     wait_for_job(created["job_id"], {"running"})
+    # The limits the API asked for hold on the host: the container's own cgroup (cgroup v2,
+    # cpu and memory delegated to the flashpods user's manager) has them.
+    label = f"label=flashpods-job-id={created['job_id']}"
+    (container,) = host.succeed(f"{podman} ps -q --filter {label}").split()
+    scope = scope_of(*host_cgroup(container))
+    limits = host.succeed(f"cat /sys/fs/cgroup{scope}/memory.max /sys/fs/cgroup{scope}/cpu.max")
+    assert limits.split("\n")[:2] == [str(SMALL["memory_gb"] * 2**30), "100000 100000"], limits
     host.succeed("systemctl restart flashpods-api.service")
     laptop.wait_until_succeeds(f"curl -sf --max-time 5 {api_url}/health", timeout=60)
     job = wait_for_job(created["job_id"], {"completed", "failed", "timed_out", "cancelled"})

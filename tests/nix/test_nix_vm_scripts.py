@@ -114,3 +114,14 @@ def test_ruff_flags_an_unknown_global(tmp_path: Path) -> None:
         check=False,
     )
     assert proc.returncode == 1 and "F821" in proc.stdout, proc.stdout
+
+
+def test_scripts_read_container_cgroups_on_the_host() -> None:
+    """Under cgroup v2 podman gives each container a private cgroup namespace, so inside
+    one /proc/self/cgroup reads `0::/`: cgroups are read on the host, at the container's
+    PID (podman inspect .State.Pid)."""
+    for script in scripts():
+        text = script.read_text()
+        assert "/proc/self/cgroup" not in text, script.name
+        if "libpod-" in text:
+            assert "/proc/{pid}/cgroup" in text and ".State.Pid" in text, script.name
