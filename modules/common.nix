@@ -37,7 +37,7 @@ in
       default = 2000;
       description = ''
         UID of the `${data.user}` account. Rootless podman needs a fixed one: its API
-        service is ordered after `user@<uid>.service` and uses `/run/user/<uid>`.
+        socket is `/run/user/<uid>/podman/podman.sock`, served by `user@<uid>.service`.
       '';
     };
 

@@ -20,6 +20,8 @@ let
     inherit (api) listenAddress tokenFile;
     inherit (cfg) logLevel;
     extra = {
+      # The flashpods user's own podman socket (podman.nix).
+      FLASHPODS_PODMAN_SOCKET = cfg.podman.socket;
       FLASHPODS_DEFAULT_IMAGE = api.defaultImage;
       FLASHPODS_PULL_POLICY = api.pullPolicy;
       FLASHPODS_AGENT_COMMAND = api.agentCommand;
@@ -128,12 +130,12 @@ in
         "network-online.target"
         "wireguard-${cfg.wireguard.interface}.service"
         "flashpods-paths.service"
-        "podman-socket-flashpods.service"
+        cfg.podman.userManager
         "spire-agent.service"
       ];
       requires = [
         "flashpods-paths.service"
-        "podman-socket-flashpods.service"
+        cfg.podman.userManager
       ];
       wantedBy = [ "multi-user.target" ];
       inherit environment;
@@ -154,7 +156,8 @@ in
 
         # Hardening beyond lib/hardening.nix. /etc/flashpods stays unreadable: the token
         # comes as a credential.
-        # read-only, not hidden: the podman client it runs looks up its user config.
+        # read-only, not hidden: the podman client it runs looks up its user config, and
+        # the podman socket is in /run/user (which ProtectHome= covers too).
         ProtectHome = "read-only";
         PrivateTmp = false; # the uploads live in /tmp/flashpods
         ReadWritePaths = writablePaths;

@@ -1,5 +1,20 @@
 # Rootless podman for the flashpods user, its docker-compatible API socket (used by the
 # API and by the SPIRE agent's docker workload attestor) and the job images.
+#
+# The API socket is the flashpods user's OWN podman.socket, a unit of its systemd user
+# manager (started at boot: the user lingers), at /run/user/<uid>/podman/podman.sock. That
+# is podman's supported rootless set-up (containers/podman contrib/systemd/README.md,
+# "user (podman service run as given user aka rootless)"); rootless podman in a SYSTEM
+# unit with User= is not (podman issues 14106: "the User= and Group= directives are not
+# supported", 12778: fails on cgroup v2), and only under the user manager does each
+# container get its own libpod-<id>.scope with cpu/memory delegated (the limits and SPIRE
+# attestation depend on it). nixpkgs enables podman.socket for every user manager
+# (nixos/modules/virtualisation/podman/default.nix: `systemd.user.sockets.podman.wantedBy
+# = [ "sockets.target" ]`), so nothing here defines a podman unit.
+#
+# The seed's path /run/flashpods/podman.sock stays as a symlink to that socket (for
+# operators and scripts); the units themselves use the real path (the SPIRE agent's
+# docker_socket_path, the API's FLASHPODS_PODMAN_SOCKET).
 {
   config,
   lib,
@@ -12,17 +27,33 @@ let
   inherit (import ./lib/render.nix) data;
   cfg = config.services.flashpods;
   podman = config.virtualisation.podman.package; # wrapped: finds newuidmap in /run/wrappers
-  socketPath = data.apiEnvironment.FLASHPODS_PODMAN_SOCKET;
-  runtimeDir = "/run/user/${toString cfg.uid}";
+  socket = "/run/user/${toString cfg.uid}/podman/podman.sock";
   # Run podman as the flashpods user against its own API service, so pulls and loads land
   # in the same (rootless) storage the jobs use.
-  remote = "${podman}/bin/podman --url unix://${socketPath}";
-  userUnit = "user@${toString cfg.uid}.service";
+  remote = "${podman}/bin/podman --url unix://${cfg.podman.socket}";
+  inherit (cfg.podman) userManager;
 in
 {
   imports = [ ./common.nix ];
 
   options.services.flashpods.podman = {
+    socket = mkOption {
+      type = types.str;
+      default = socket;
+      readOnly = true;
+      description = "The flashpods user's podman API socket (its own podman.socket).";
+    };
+
+    userManager = mkOption {
+      type = types.str;
+      default = "user@${toString cfg.uid}.service";
+      readOnly = true;
+      description = ''
+        The flashpods user's systemd manager. It reports ready once its sockets.target is
+        reached, so units ordered after it find the podman socket listening.
+      '';
+    };
+
     prePullImages = mkOption {
       type = types.listOf types.str;
       default = [
@@ -59,62 +90,15 @@ in
       dockerCompat = true;
     };
 
-    # The API socket is owned by a socket unit: it exists with mode 0660 flashpods:flashpods
-    # before anyone connects, and its inode survives restarts of the service.
-    systemd.sockets.podman-socket-flashpods = {
-      description = "Podman API socket for Flashpods";
-      wantedBy = [ "sockets.target" ];
-      requires = [ "flashpods-paths.service" ];
-      after = [ "flashpods-paths.service" ];
-      listenStreams = [ socketPath ];
-      socketConfig = {
-        SocketUser = data.user;
-        SocketGroup = data.group;
-        SocketMode = "0660";
-        DirectoryMode = "0750";
-      };
-    };
-
-    systemd.services.podman-socket-flashpods = {
-      description = "Podman API service for Flashpods (rootless, user ${data.user})";
-      after = [
-        "network.target"
-        "flashpods-paths.service"
-        "podman-socket-flashpods.socket"
-        userUnit
-      ];
-      requires = [
-        "flashpods-paths.service"
-        "podman-socket-flashpods.socket"
-        userUnit
-      ];
-      wantedBy = [ "multi-user.target" ];
-      environment = {
-        # Rootless podman keeps its runtime state here and reaches the user's systemd
-        # (cgroup manager: each container gets its own libpod-<id>.scope, which the
-        # SPIRE agent needs to attest it) through $XDG_RUNTIME_DIR/bus.
-        XDG_RUNTIME_DIR = runtimeDir;
-        DBUS_SESSION_BUS_ADDRESS = "unix:path=${runtimeDir}/bus";
-        HOME = config.users.users.${data.user}.home;
-      };
-      serviceConfig = {
-        Type = "exec";
-        User = data.user;
-        Group = data.group;
-        # No URI: podman serves the listening socket systemd passes in.
-        ExecStart = "${podman}/bin/podman system service --time=0";
-        # Jobs must outlive a restart of the API service (as upstream's podman.service).
-        KillMode = "process";
-        Delegate = true;
-        Restart = "always";
-        RestartSec = "5s";
-      };
-    };
+    # The seed's path, for operators: a symlink to the user's socket.
+    systemd.tmpfiles.rules = [
+      "L+ ${data.apiEnvironment.FLASHPODS_PODMAN_SOCKET} - - - - ${cfg.podman.socket}"
+    ];
 
     systemd.services.flashpods-image-load = lib.mkIf (cfg.podman.preloadImages != [ ]) {
       description = "Load Flashpods job images into rootless podman";
-      after = [ "podman-socket-flashpods.service" ];
-      requires = [ "podman-socket-flashpods.service" ];
+      after = [ userManager ];
+      requires = [ userManager ];
       wantedBy = [ "multi-user.target" ];
       serviceConfig = {
         Type = "oneshot";
@@ -134,9 +118,9 @@ in
       wants = [ "network-online.target" ];
       after = [
         "network-online.target"
-        "podman-socket-flashpods.service"
+        userManager
       ];
-      requires = [ "podman-socket-flashpods.service" ];
+      requires = [ userManager ];
       wantedBy = [ "multi-user.target" ];
       serviceConfig = {
         Type = "oneshot";

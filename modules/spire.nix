@@ -41,7 +41,10 @@ in
 
     # Rendered exactly as the lab renders them (flashpods.spire.config).
     environment.etc.${serverConf}.text = render.spireConfig "server";
-    environment.etc.${agentConf}.text = render.spireConfig "agent";
+    # The agent asks the flashpods user's own podman socket about containers (podman.nix).
+    environment.etc.${agentConf}.text = render.spireConfigWith {
+      "@PODMAN_SOCKET_URL@" = "unix://${cfg.podman.socket}";
+    } "agent";
     environment.systemPackages = [ spire ];
 
     systemd.services.spire-server = {
@@ -106,12 +109,12 @@ in
         "flashpods-paths.service"
         "spire-server.service"
         "spire-bootstrap.service"
-        "podman-socket-flashpods.service"
+        cfg.podman.userManager
       ];
       requires = [
         "flashpods-paths.service"
         "spire-bootstrap.service"
-        "podman-socket-flashpods.service"
+        cfg.podman.userManager
       ];
       wantedBy = [ "multi-user.target" ];
       restartTriggers = [ config.environment.etc.${agentConf}.source ];
@@ -121,6 +124,8 @@ in
         Restart = "always";
         RestartSec = "5s";
         SupplementaryGroups = [ data.group ];
+        # The podman socket is in /run/user, which ProtectHome=true would hide.
+        ProtectHome = "read-only";
         ReadWritePaths = [
           s.agentDataDir
           (dirOf s.agentSocketPath)

@@ -10,7 +10,6 @@ tunnel_ip = wg["hostAddress"]
 api_port = data["api"]["port"]
 rsync_port = data["rsync"]["port"]
 module = data["rsync"]["module"]
-podman = f"podman --url unix://{data['apiEnvironment']['FLASHPODS_PODMAN_SOCKET']}"
 image = "localhost/flashpods-job:latest"
 
 
@@ -34,6 +33,12 @@ internet.wait_for_unit("nginx.service")
 host.wait_for_unit("rsync.service")
 host.wait_for_unit("flashpods-image-load.service")
 host.wait_for_unit("flashpods-api.service")
+# The podman the API drives: the flashpods user's own podman.socket (modules/podman.nix).
+api_env = host.succeed("systemctl show -p Environment --value flashpods-api.service").split()
+podman_socket = next(
+    v.split("=", 1)[1] for v in api_env if v.startswith("FLASHPODS_PODMAN_SOCKET=")
+)
+podman = f"podman --url unix://{podman_socket}"
 
 with subtest("WireGuard handshake between laptop and host"):
     laptop.wait_until_succeeds(f"ping -c1 -W2 {tunnel_ip}", timeout=60)
@@ -94,12 +99,15 @@ with subtest("Paths, sockets and secrets have the seed's modes and owners"):
     host.wait_for_unit("flashpods-token-service.service")
     host.wait_for_unit("spire-agent.service")
     host.wait_until_succeeds(f"test -S {data['spire']['agentSocketPath']}", timeout=120)
+    # The seed's podman path is a link to the user's socket (stat -L follows it).
+    seed_podman = data["apiEnvironment"]["FLASHPODS_PODMAN_SOCKET"]
+    assert host.succeed(f"readlink {seed_podman}").strip() == podman_socket
     for entry in data["paths"]:
         path = entry["path"]
-        kind = host.succeed(f"stat -c %F {path}").strip()
+        kind = host.succeed(f"stat -L -c %F {path}").strip()
         expected_kind = {"d": "directory", "f": "regular", "socket": "socket"}[entry["kind"]]
         assert kind.startswith(expected_kind), f"{path}: {kind}, want {expected_kind}"
-        got = host.succeed(f"stat -c '%a %U %G' {path}").strip()
+        got = host.succeed(f"stat -L -c '%a %U %G' {path}").strip()
         want = f"{int(entry['mode'], 8):o} {entry['user']} {entry['group']}"
         assert got == want, f"{path}: {got}, want {want}"
     # The token file stays root-only; the API gets it as a credential.

@@ -53,13 +53,14 @@ rec {
   };
 
   # spire-server.conf / spire-agent.conf filled; a placeholder left outside a comment
-  # fails the evaluation (as render_template fails in the lab).
-  spireConfig =
-    name:
+  # fails the evaluation (as render_template fails in the lab). `overrides` replaces
+  # placeholder values (the NixOS host's podman socket differs from the lab's).
+  spireConfigWith =
+    overrides: name:
     let
+      values = spirePlaceholders // overrides;
       text =
-        builtins.replaceStrings (builtins.attrNames spirePlaceholders)
-          (builtins.attrValues spirePlaceholders)
+        builtins.replaceStrings (builtins.attrNames values) (builtins.attrValues values)
           (builtins.readFile (../data + "/spire-${name}.conf"));
       leftover = builtins.filter (line: builtins.match ".*@.*" (codeOf line) != null) (lines text);
     in
@@ -67,6 +68,8 @@ rec {
       text
     else
       throw "spire-${name}.conf: unfilled placeholder in: ${builtins.concatStringsSep "; " leftover}";
+
+  spireConfig = spireConfigWith { };
 
   # systemd-tmpfiles lines for the directories and operator-provided files of data.paths
   # ("socket" entries are created by their services; the tests check their modes).

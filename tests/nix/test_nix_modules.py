@@ -9,6 +9,7 @@ firewall, nftables table, SPIRE configs, rsyncd settings, tmpfiles, WireGuard.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -18,6 +19,10 @@ from flashpods import deployment
 from flashpods.spire import config as spire_config
 
 FAKE_STORE = "/nix/store/00000000000000000000000000000000-"
+# The flashpods user's own podman.socket (modules/podman.nix); the lab's rootful podman
+# listens at the data's FLASHPODS_PODMAN_SOCKET instead.
+USER_PODMAN_SOCKET = "/run/user/2000/podman/podman.sock"
+USER_MANAGER = "user@2000.service"
 FLASHPODS = f"{FAKE_STORE}flashpods-0.1.0"
 # A stand-in derivation (lib.isDerivation) for settings of package options.
 FAKE_DRV = '{{ type = "derivation"; name = "{0}"; outPath = "{1}{0}"; version = "{2}"; }}'
@@ -73,7 +78,10 @@ def test_nixos_firewall_opens_api_and_rsync_on_wg0_only(
 
 def test_spire_configs_are_the_labs(deployed: dict[str, Any]) -> None:
     etc = deployed["config"]["environment"]["etc"]
-    settings = spire_config.SpireSettings.from_deployment()
+    settings = dataclasses.replace(
+        spire_config.SpireSettings.from_deployment(),
+        podman_socket_url=f"unix://{USER_PODMAN_SOCKET}",
+    )
     assert etc["spire/server.conf"]["text"] == spire_config.render_server_conf(settings)
     assert etc["spire/agent.conf"]["text"] == spire_config.render_agent_conf(settings)
     units = deployed["config"]["systemd"]["services"]
@@ -87,7 +95,9 @@ def test_spire_configs_are_the_labs(deployed: dict[str, Any]) -> None:
 
 def test_service_environments_are_the_datas(units: dict[str, Any], data: dict[str, Any]) -> None:
     api_env = units["flashpods-api"]["environment"]
-    assert {k: api_env[k] for k in data["apiEnvironment"]} == data["apiEnvironment"]
+    assert {k: api_env[k] for k in data["apiEnvironment"]} == data["apiEnvironment"] | {
+        "FLASHPODS_PODMAN_SOCKET": USER_PODMAN_SOCKET
+    }
     # The rest are the API's own defaults (api.md) and the tools directory.
     assert set(api_env) - set(data["apiEnvironment"]) == {
         "FLASHPODS_DEFAULT_IMAGE",
@@ -114,11 +124,14 @@ def test_rsyncd_is_the_datas(deployed: dict[str, Any], data: dict[str, Any]) -> 
 
 def test_tmpfiles_create_the_datas_paths(deployed: dict[str, Any], data: dict[str, Any]) -> None:
     rules = deployed["config"]["systemd"]["tmpfiles"]["rules"]
-    assert rules == [
+    expected = [
         f"{e['kind']} {e['path']} {e['mode']} {e['user']} {e['group']} -"
         for e in data["paths"]
         if e["kind"] in ("d", "f")
     ]
+    # ... and the seed's podman socket path, as a link to the user's socket.
+    link = f"L+ {data['apiEnvironment']['FLASHPODS_PODMAN_SOCKET']} - - - - {USER_PODMAN_SOCKET}"
+    assert sorted(rules) == sorted([*expected, link])
 
 
 def test_sockets_have_the_datas_paths_and_modes(
@@ -126,27 +139,43 @@ def test_sockets_have_the_datas_paths_and_modes(
 ) -> None:
     sockets = deployed["config"]["systemd"]["sockets"]
     wanted = {e["path"]: e for e in data["paths"] if e["kind"] == "socket"}
-    for name in ("podman-socket-flashpods", "flashpods-token-service"):
-        (path,) = sockets[name]["listenStreams"]
-        config = sockets[name]["socketConfig"]
-        entry = wanted[path]
-        assert (config["SocketMode"], config["SocketUser"], config["SocketGroup"]) == (
-            entry["mode"],
-            entry["user"],
-            entry["group"],
-        )
-    assert sockets["podman-socket-flashpods"]["listenStreams"] == [
-        data["apiEnvironment"]["FLASHPODS_PODMAN_SOCKET"]
-    ]
-    assert sockets["flashpods-token-service"]["listenStreams"] == [
-        data["tokenServiceEnvironment"]["FLASHPODS_SOCKET_PATH"]
-    ]
+    assert set(sockets) == {"flashpods-token-service"}
+    (path,) = sockets["flashpods-token-service"]["listenStreams"]
+    assert path == data["tokenServiceEnvironment"]["FLASHPODS_SOCKET_PATH"]
+    config = sockets["flashpods-token-service"]["socketConfig"]
+    entry = wanted[path]
+    assert (config["SocketMode"], config["SocketUser"], config["SocketGroup"]) == (
+        entry["mode"],
+        entry["user"],
+        entry["group"],
+    )
+
+
+def test_podman_is_the_flashpods_users_own_socket(
+    deployed: dict[str, Any], units: dict[str, Any]
+) -> None:
+    """No podman unit of ours: nixpkgs enables the podman.socket user unit (podman.nix)."""
+    assert "podman-socket-flashpods" not in units
+    user_sockets = deployed["config"]["systemd"]["user"]["sockets"]
+    assert user_sockets["podman"]["wantedBy"] == ["sockets.target"]
+    for name in ("flashpods-api", "spire-agent", "flashpods-image-prepull"):
+        assert USER_MANAGER in units[name]["after"], name
+        assert USER_MANAGER in units[name]["requires"], name
+    api = units["flashpods-api"]
+    assert api["environment"]["FLASHPODS_PODMAN_SOCKET"] == USER_PODMAN_SOCKET
+    prepull = units["flashpods-image-prepull"]["script"]
+    assert f"/bin/podman --url unix://{USER_PODMAN_SOCKET} pull" in prepull
 
 
 def test_units_start_in_the_datas_order(units: dict[str, Any], data: dict[str, Any]) -> None:
+    # On NixOS the podman API is the user manager's (the lab runs a unit of that name).
+    nixos_unit = {"podman-socket-flashpods": USER_MANAGER}
     for unit, deps in data["serviceOrder"].items():
+        if unit in nixos_unit:
+            continue
         after = units[unit]["after"]
         for dep in deps:
+            dep = nixos_unit.get(dep, dep)
             assert (dep if "." in dep else f"{dep}.service") in after, (unit, dep)
 
 
@@ -181,7 +210,7 @@ def test_units_run_packaged_programs(units: dict[str, Any]) -> None:
 
 def test_service_users(units: dict[str, Any], data: dict[str, Any]) -> None:
     assert units["flashpods-api"]["serviceConfig"]["User"] == data["user"]
-    assert units["podman-socket-flashpods"]["serviceConfig"]["User"] == data["user"]
+    assert units["flashpods-image-prepull"]["serviceConfig"]["User"] == data["user"]
     for root_unit in ("flashpods-token-service", "spire-server", "spire-agent", "spire-bootstrap"):
         assert "User" not in units[root_unit]["serviceConfig"], root_unit
 
@@ -207,9 +236,6 @@ def test_bootstrap_gets_the_data_and_the_spire_binaries(units: dict[str, Any]) -
 def test_rootless_podman_user(deployed: dict[str, Any], data: dict[str, Any]) -> None:
     user = deployed["config"]["users"]["users"][data["user"]]
     assert user["isNormalUser"] is True and user["linger"] is True and user["uid"] == 2000
-    podman = deployed["config"]["systemd"]["services"]["podman-socket-flashpods"]
-    assert "user@2000.service" in podman["requires"]
-    assert podman["environment"]["XDG_RUNTIME_DIR"] == "/run/user/2000"
 
 
 def test_wireguard_interface(deployed: dict[str, Any], data: dict[str, Any]) -> None:
@@ -307,8 +333,9 @@ HARDENING_EXCEPTIONS: dict[str, dict[str, Any]] = {
     "flashpods-token-service": {},
     "spire-server": {},
     "spire-bootstrap": {},
-    # the Workload API socket is 0777 by design (system.md)
-    "spire-agent": {"UMask": "0022"},
+    # the Workload API socket is 0777 by design (system.md); the podman socket is in
+    # /run/user, which ProtectHome=true hides
+    "spire-agent": {"UMask": "0022", "ProtectHome": "read-only"},
 }
 
 

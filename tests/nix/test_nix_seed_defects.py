@@ -59,12 +59,12 @@ def test_token_socket_comes_from_a_socket_unit_without_a_chown_race() -> None:
     assert '"flashpods-token-service.socket"' in block(service, "requires")
 
 
-def test_podman_socket_also_comes_from_a_socket_unit() -> None:
+def test_podman_socket_is_the_users_own_socket_unit() -> None:
+    """No system unit runs rootless podman with User= (podman does not support it)."""
     podman = code("podman.nix")
-    socket = block(podman, "systemd.sockets.podman-socket-flashpods")
-    assert "listenStreams = [ socketPath ]" in socket and 'SocketMode = "0660"' in socket
-    service = block(podman, "systemd.services.podman-socket-flashpods")
-    assert 'ExecStart = "${podman}/bin/podman system service --time=0";' in service
+    assert "podman system service" not in all_module_code()
+    assert 'socket = "/run/user/${toString cfg.uid}/podman/podman.sock";' in podman
+    assert 'default = "user@${toString cfg.uid}.service";' in podman
 
 
 def test_api_and_rsync_are_opened_in_the_nixos_firewall_for_wg0_only() -> None:
@@ -121,7 +121,7 @@ def test_a_bootstrap_unit_creates_join_token_and_entries() -> None:
     assert '"spire-agent.service"' in block(bootstrap, "before")
     agent = block(spire, "systemd.services.spire-agent")
     assert '"spire-bootstrap.service"' in block(agent, "requires")
-    assert '"podman-socket-flashpods.service"' in block(agent, "requires")
+    assert "cfg.podman.userManager" in block(agent, "requires")
 
 
 def test_units_run_the_packaged_entry_points() -> None:
@@ -145,7 +145,6 @@ def test_hardened_units_start_after_their_paths_exist() -> None:
         ("spire.nix", "systemd.services.spire-server"),
         ("spire.nix", "systemd.services.spire-agent"),
         ("spire.nix", "systemd.services.spire-bootstrap"),
-        ("podman.nix", "systemd.services.podman-socket-flashpods"),
         ("rsyncd.nix", "systemd.services.rsync"),
     ):
         service = block(code(name), unit)
@@ -157,11 +156,9 @@ def test_hardened_units_start_after_their_paths_exist() -> None:
 def test_rootless_podman_has_linger_and_subuids() -> None:
     common = code("common.nix")
     user = block(common, "users.users.${data.user}")
-    # isNormalUser gets subuid/subgid ranges automatically in nixos-24.05.
+    # isNormalUser gets subuid/subgid ranges automatically in nixos-24.05; linger starts
+    # the user's manager (and with it podman.socket) at boot.
     assert "isNormalUser = true" in user and "linger = true" in user
-    podman = block(code("podman.nix"), "systemd.services.podman-socket-flashpods")
-    assert "userUnit" in block(podman, "requires")
-    assert "XDG_RUNTIME_DIR = runtimeDir" in podman
 
 
 def test_secrets_never_enter_the_store() -> None:

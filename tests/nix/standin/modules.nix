@@ -204,7 +204,11 @@ let
             [ ]
         )
         ++ defs;
-      result = lib.mergeDefinitions loc type withDefault;
+      result =
+        if (opt.readOnly or false) && length withDefault > 1 then
+          fail "The option `${showOption loc}' is read-only, but it's set multiple times."
+        else
+          lib.mergeDefinitions loc type withDefault;
     in
     {
       inherit (result) isDefined;
