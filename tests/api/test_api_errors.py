@@ -295,6 +295,29 @@ def test_job_read_errors(api: Api) -> None:
         expect(api.get("/jobs", params={"limit": 0}), 400, "invalid_parameter")
         expect(api.get("/jobs", params={"limit": 101}), 400, "invalid_parameter")
         expect(api.get("/jobs", params={"status": "bogus"}), 400, "invalid_parameter")
+        expect(api.get("/jobs?status="), 400, "invalid_parameter")
+        for bad in ("%C2%B2", "", "9" * 5000, "%EF%BC%91", "1.0"):
+            body = expect(api.get(f"/jobs?limit={bad}"), 400, "invalid_parameter")
+            assert body["details"] == {"parameter": "limit"}
+
+
+def test_malformed_content_length_is_a_bad_request(api: Api) -> None:
+    host, port = api.server.server_address[:2]
+    for bad in (b"9" * 5000, b"\xc2\xb2", b"-1", b"1e3"):
+        with unchanged(api), socket.create_connection((str(host), int(port))) as sock:
+            sock.sendall(
+                b"POST /jobs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+                + TOKEN.encode()
+                + b"\r\nContent-Length: "
+                + bad
+                + b"\r\n\r\n{}"
+            )
+            chunks = []
+            while chunk := sock.recv(65536):  # the server closes after this error
+                chunks.append(chunk)
+            reply = b"".join(chunks).decode()
+        assert reply.startswith("HTTP/1.1 400"), reply
+        assert '"error": "bad_request"' in reply and "Traceback" not in reply
 
 
 def test_logs_errors(api: Api) -> None:
@@ -308,6 +331,11 @@ def test_logs_errors(api: Api) -> None:
         expect(api.get(f"/jobs/{job_id}/output", params={"tail": 0}), 400, "invalid_parameter")
         expect(api.get(f"/jobs/{job_id}/output", params={"tail": 10001}), 400, "invalid_parameter")
         expect(api.get(f"/jobs/{job_id}/output", params={"tail": "x"}), 400, "invalid_parameter")
+        for bad in ("\u00b2", "", "9" * 5000, "-1", " 5"):
+            body = expect(
+                api.get(f"/jobs/{job_id}/output", params={"tail": bad}), 400, "invalid_parameter"
+            )
+            assert body["details"] == {"parameter": "tail"}
     store.execute("UPDATE jobs SET status = 'cleaned', logs_deleted_at = 1 WHERE id = ?", (job_id,))
     with unchanged(api):
         expect(api.get(f"/jobs/{job_id}/output"), 410, "logs_deleted")
@@ -332,6 +360,13 @@ def test_artifact_errors(api: Api) -> None:
         for bad in ("%2E%2E", "a/%2E%2E/b", "%00x", " lead", "trail ", "a\\b", "a//b", "x" * 256):
             expect(api.get(f"/jobs/{done}/artifacts/{bad}"), 400, "invalid_artifact_name")
         expect(api.get(f"/jobs/{done}/artifacts/missing.txt"), 404, "artifact_not_found")
+        for bad in ("bytes=" + "9" * 5000 + "-", "bytes=-" + "9" * 5000, "bytes=0-" + "9" * 19):
+            body = expect(
+                api.get(f"/jobs/{done}/artifacts/a.txt", headers={"Range": bad}),
+                400,
+                "invalid_parameter",
+            )
+            assert body["details"] == {"parameter": "Range"}
     store.execute("UPDATE jobs SET artifacts_deleted_at = 1 WHERE id = ?", (done,))
     with unchanged(api):
         expect(api.get(f"/jobs/{done}/artifacts"), 410, "artifacts_deleted")

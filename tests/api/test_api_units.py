@@ -29,6 +29,7 @@ from flashpods.api.validation import (
     parse_job_request,
 )
 from flashpods.common.errors import ServiceError
+from flashpods.common.numbers import parse_decimal
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
@@ -326,9 +327,60 @@ def test_unsatisfiable_ranges(header: str) -> None:
     assert caught.value.status == 416 and caught.value.headers["Content-Range"] == "bytes */100"
 
 
-@pytest.mark.parametrize("header", [None, "", "items=1-2", "bytes=1-2,4-5", "bytes=-"])
+@pytest.mark.parametrize(
+    "header", [None, "", "items=1-2", "bytes=1-2,4-5", "bytes=-", "bytes=\u00b2-", "bytes=-\u0663"]
+)
 def test_ignored_ranges_mean_whole_file(header: str | None) -> None:
     assert parse_range(header, 100) is None
+
+
+@pytest.mark.parametrize(
+    "header", ["bytes=" + "9" * 5000 + "-", "bytes=0-" + "1" * 19, "bytes=-" + "7" * 5000]
+)
+def test_overlong_range_offsets_are_bad_requests(header: str) -> None:
+    with pytest.raises(ServiceError) as caught:
+        parse_range(header, 100)
+    assert (caught.value.status, caught.value.code) == (400, "invalid_parameter")
+    assert caught.value.details == {"parameter": "Range"}
+
+
+# --- numbers -----------------------------------------------------------------------------
+
+
+@given(st.integers(0, 10**18 - 1))
+def test_parse_decimal_reads_every_ascii_number(value: int) -> None:
+    assert parse_decimal(str(value)) == value
+    assert parse_decimal(str(value).zfill(18)) == value
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        None,
+        "",
+        " 1",
+        "1 ",
+        "+1",
+        "-1",
+        "1.0",
+        "1e3",
+        "0x10",
+        "1_000",
+        "\u00b2",
+        "\u0663",
+        "\uff11",
+        "1" * 19,
+        "9" * 5000,
+    ],
+)
+def test_parse_decimal_refuses_everything_else(raw: str | None) -> None:
+    assert parse_decimal(raw) is None
+
+
+@given(st.text(max_size=40))
+def test_parse_decimal_never_raises(raw: str) -> None:
+    value = parse_decimal(raw)
+    assert value is None or (raw.isascii() and str(value) == raw.lstrip("0").rjust(1, "0"))
 
 
 # --- log tails ---------------------------------------------------------------------------

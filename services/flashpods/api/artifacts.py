@@ -18,9 +18,11 @@ from flashpods.api.db import Store
 from flashpods.api.jobs import ACTIVE
 from flashpods.api.validation import artifact_name_problem
 from flashpods.common.errors import ServiceError
+from flashpods.common.numbers import MAX_DIGITS, parse_decimal
 from flashpods.common.timefmt import from_epoch, iso_z
 
-_RANGE_RE = re.compile(r"bytes=(\d*)-(\d*)")
+# ASCII digits only (`\d` would take `²`); the numbers themselves go through parse_decimal.
+_RANGE_RE = re.compile(r"bytes=([0-9]*)-([0-9]*)", re.ASCII)
 
 
 @dataclass(frozen=True)
@@ -41,7 +43,7 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     """(start, end inclusive) for a single `bytes=` range; None means the whole file.
 
     Multiple ranges or other units are ignored (the whole file is a valid answer);
-    an unsatisfiable range raises 416.
+    an unsatisfiable range raises 416; a number too long to be a file offset, 400.
     """
     if not header:
         return None
@@ -52,15 +54,27 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     if first == "" and last == "":
         return None
     if first == "":
-        suffix = int(last)
+        suffix = _offset(last)
         if suffix == 0 or size == 0:
             raise range_not_satisfiable(size)
         return max(0, size - suffix), size - 1
-    start = int(first)
-    end = size - 1 if last == "" else min(int(last), size - 1)
-    if start >= size or (last != "" and int(last) < start):
+    start = _offset(first)
+    end = None if last == "" else _offset(last)
+    if start >= size or (end is not None and end < start):
         raise range_not_satisfiable(size)
-    return start, end
+    return start, size - 1 if end is None else min(end, size - 1)
+
+
+def _offset(raw: str) -> int:
+    value = parse_decimal(raw)
+    if value is None:
+        raise ServiceError(
+            400,
+            "invalid_parameter",
+            f"Range offsets are decimal numbers of at most {MAX_DIGITS} digits",
+            {"parameter": "Range"},
+        )
+    return value
 
 
 def range_not_satisfiable(size: int) -> ServiceError:

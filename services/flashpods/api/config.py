@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from flashpods.common.numbers import parse_decimal
+
 MIB = 1024 * 1024
 GIB = 1024 * MIB
 
@@ -115,10 +117,11 @@ def machine_memory_gb() -> int:
 
 
 def parse_listen_addr(text: str) -> tuple[str, int]:
-    host, sep, port = text.strip().rpartition(":")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
+    host, sep, raw_port = text.strip().rpartition(":")
+    port = parse_decimal(raw_port)
+    if not sep or not host or port is None or port > 65535:
         raise ConfigError(f"FLASHPODS_LISTEN_ADDR must be HOST:PORT, got {text!r}")
-    return host.strip("[]"), int(port)
+    return host.strip("[]"), port
 
 
 def read_token(env: Mapping[str, str]) -> str:

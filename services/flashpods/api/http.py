@@ -27,6 +27,7 @@ from flashpods.api.ids import is_request_id
 from flashpods.api.jobs import STATUS_FILTERS
 from flashpods.api.logs import job_output, log_path, parse_tail
 from flashpods.common.errors import ServiceError
+from flashpods.common.numbers import parse_decimal
 
 if TYPE_CHECKING:
     from flashpods.api.server import App
@@ -124,7 +125,8 @@ def create_job(app: App, request: Request) -> Response:
 
 
 def list_jobs(app: App, request: Request) -> Response:
-    status = request.arg("status") or "all"
+    status = request.arg("status")
+    status = "all" if status is None else status
     if status not in STATUS_FILTERS:
         raise ServiceError(
             400,
@@ -132,15 +134,16 @@ def list_jobs(app: App, request: Request) -> Response:
             f"status must be one of {', '.join(STATUS_FILTERS)}",
             {"parameter": "status"},
         )
-    raw_limit = request.arg("limit") or "20"
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 100:
+    raw_limit = request.arg("limit")
+    limit = 20 if raw_limit is None else parse_decimal(raw_limit)
+    if limit is None or not 1 <= limit <= 100:
         raise ServiceError(
             400,
             "invalid_parameter",
             "limit must be an integer from 1 to 100",
             {"parameter": "limit"},
         )
-    return Response(200, app.jobs.list(status, int(raw_limit)))
+    return Response(200, app.jobs.list(status, limit))
 
 
 def get_job(app: App, request: Request) -> Response:
@@ -348,7 +351,13 @@ class RequestHandler(BaseHTTPRequestHandler):
                 )
             raise ServiceError(404, "not_found", "No such route")
         request = Request(
-            self.command, url.path, params, parse_qs(url.query), self.headers, body, request_id
+            self.command,
+            url.path,
+            params,
+            parse_qs(url.query, keep_blank_values=True),
+            self.headers,
+            body,
+            request_id,
         )
         return route.handler(app, request)
 
@@ -356,11 +365,11 @@ class RequestHandler(BaseHTTPRequestHandler):
         if self.headers.get("Transfer-Encoding"):
             self.close_connection = True
             raise ServiceError(411, "length_required", "Send the body with a Content-Length")
-        raw = self.headers.get("Content-Length") or "0"
-        if not raw.isdigit():
+        raw = self.headers.get("Content-Length")
+        length = 0 if raw is None else parse_decimal(raw.strip())
+        if length is None:
             self.close_connection = True
-            raise ServiceError(400, "invalid_json", "Content-Length is not a number")
-        length = int(raw)
+            raise ServiceError(400, "bad_request", "Content-Length is not a decimal number")
         if length > limit:
             # The body stays unread, so this connection cannot carry another request.
             self.close_connection = True

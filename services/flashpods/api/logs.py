@@ -15,6 +15,7 @@ from typing import Any
 from flashpods.api.config import Config
 from flashpods.api.runtime import LOG_TRUNCATED_MARKER
 from flashpods.common.errors import ServiceError
+from flashpods.common.numbers import parse_decimal
 
 BLOCK = 64 * 1024
 MAX_TAIL = 10_000
@@ -67,16 +68,17 @@ def log_path(config: Config, job_id: str) -> Path:
 
 
 def parse_tail(raw: str | None) -> int:
-    if raw is None or raw == "":
+    if raw is None:
         return DEFAULT_TAIL
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_TAIL:
+    count = parse_decimal(raw)
+    if count is None or not 1 <= count <= MAX_TAIL:
         raise ServiceError(
             400,
             "invalid_parameter",
             f"tail must be an integer from 1 to {MAX_TAIL}",
             {"parameter": "tail"},
         )
-    return int(raw)
+    return count
 
 
 def job_output(row: dict[str, Any], log_path: Path, count: int) -> dict[str, Any]:
