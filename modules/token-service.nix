@@ -77,7 +77,11 @@ in
         ];
         CapabilityBoundingSet = "";
         AmbientCapabilities = "";
-        ProtectProc = "invisible";
+        # Not "invisible": the service counts connections per job container and reads
+        # the peer's /proc/<pid>/cgroup for it (tokens/callers.py); a root process without
+        # CAP_SYS_PTRACE would not see other users' /proc entries under hidepid
+        # (systemd.exec(5) ProtectProc=). /proc/<pid>/cgroup is 0444 and holds no secret.
+        ProtectProc = "default";
         ProcSubset = "pid";
         RemoveIPC = true;
         RestrictAddressFamilies = [ "AF_UNIX" ];

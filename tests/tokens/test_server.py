@@ -179,6 +179,17 @@ def test_spire_unreachable_is_503(tmp_path: Path, ec_signer: Signer) -> None:
         assert health.status == 503 and health.body["status"] == "unhealthy"
 
 
+def test_token_invalid_on_its_face_is_401_even_while_spire_is_down(
+    tmp_path: Path, ec_signer: Signer
+) -> None:
+    missing = BundleSource(tmp_path / "no-agent.sock", "flashpods.local", retry_interval=0)
+    none_alg = ec_signer.token().split(".")
+    with serve(tmp_path, missing) as running:
+        for token in ("garbage", f"{none_alg[0][:0]}eyJhbGciOiJub25lIn0.{none_alg[1]}.", "a.b.c"):
+            answer = exchange(running.socket_path, token)
+            assert (answer.status, answer.body["error"]) == (401, "invalid_jwt"), token
+
+
 def test_one_audit_line_per_exchange_without_secrets_or_jwt(
     running: Running, ec_signer: Signer, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -203,6 +214,73 @@ def test_one_audit_line_per_exchange_without_secrets_or_jwt(
     for token in tokens:
         for part in token.split("."):
             assert part not in text
+
+
+def _read_until_closed(conn: socket.socket) -> bytes:
+    chunks = []
+    while chunk := conn.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_one_caller_gets_a_bounded_share_of_connections(
+    tmp_path: Path, bundle: JwtBundle, ec_signer: Signer, caplog: pytest.LogCaptureFixture
+) -> None:
+    from flashpods.tokens.server import MAX_CONNECTIONS_PER_CALLER
+
+    caplog.set_level(logging.INFO, logger="flashpods.tokens.audit")
+    with serve(tmp_path, Fixed(bundle)) as running:
+        held = [socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(8)]
+        for conn in held:
+            conn.connect(str(running.socket_path))
+            conn.sendall(b"GET /tokens HTTP/1.1\r\n")  # and never finish the request
+        assert len(held) == MAX_CONNECTIONS_PER_CALLER
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as extra:
+            extra.connect(str(running.socket_path))
+            reply = _read_until_closed(extra).decode()
+        assert reply.startswith("HTTP/1.1 429")
+        assert json.loads(reply.split("\r\n\r\n", 1)[1])["error"] == "too_many_connections"
+        assert any(
+            "reason=too_many_connections caller=uid:" in r.getMessage() for r in caplog.records
+        )
+        held.pop().close()
+        # The freed share is usable again (the server noticed the close once it reads EOF).
+        answer = None
+        for _ in range(200):
+            answer = exchange(running.socket_path, ec_signer.token())
+            if answer.status != 429:
+                break
+            time.sleep(0.05)
+        assert answer is not None and answer.status == 200
+        for conn in held:
+            conn.close()
+
+
+def test_a_trickled_request_is_cut_at_the_request_deadline(
+    tmp_path: Path, bundle: JwtBundle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One header line at a time resets no timer: the whole request has one deadline."""
+    monkeypatch.setattr("flashpods.tokens.server.REQUEST_DEADLINE_SECONDS", 0.5)
+    with serve(tmp_path, Fixed(bundle)) as running, socket.socket(socket.AF_UNIX) as conn:
+        conn.connect(str(running.socket_path))
+        conn.sendall(b"GET /tokens HTTP/1.1\r\n")
+        sent = 0
+        closed = False
+        # Each line arrives well within any per-read timeout; 100 of them take 10 s.
+        for sent in range(100):
+            try:
+                conn.sendall(f"X-Pad-{sent}: x\r\n".encode())
+            except (BrokenPipeError, ConnectionResetError):
+                closed = True
+                break
+            conn.settimeout(0.1)
+            try:
+                if conn.recv(1) == b"":
+                    closed = True
+                    break
+            except TimeoutError:
+                pass
+        assert closed and sent < 100
 
 
 def test_connections_beyond_the_limit_wait_for_a_free_slot(

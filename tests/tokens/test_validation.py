@@ -13,7 +13,13 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from flashpods.common.errors import ServiceError
-from flashpods.tokens.validation import MAX_TOKEN_LENGTH, bearer_token, validate_svid
+from flashpods.tokens.validation import (
+    MAX_TOKEN_LENGTH,
+    SVID_ALGORITHMS,
+    bearer_token,
+    check_face,
+    validate_svid,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from spiffe.bundle.jwt_bundle.jwt_bundle import JwtBundle
@@ -196,6 +202,48 @@ def test_missing_subject(ec_signer: Signer, bundle: JwtBundle) -> None:
     token = jwt.encode(claims, ec_signer.key, algorithm="ES256", headers={"kid": ec_signer.kid})
     err = rejected(token, bundle)
     assert (err.status, err.code) == (401, "invalid_jwt")
+
+
+# -- invalid on its face (no bundle needed) ---------------------------------------------
+
+
+def face_rejected(token: str) -> ServiceError:
+    with pytest.raises(ServiceError) as info:
+        check_face(token)
+    assert (info.value.status, info.value.code) == (401, "invalid_jwt")
+    return info.value
+
+
+def test_face_refuses_what_no_svid_can_be(ec_signer: Signer) -> None:
+    kid = ec_signer.kid
+    for token in (
+        "garbage",
+        "a.b",
+        "a.b.c.d",
+        "ünïcode.x.y",
+        handmade({"alg": "none", "kid": kid}, claims_now()),  # empty signature segment
+        handmade({"alg": "none", "kid": kid}, claims_now(), b"x"),
+        handmade({"alg": "HS256", "kid": kid}, claims_now(), b"mac"),
+        handmade({"alg": "ES256"}, claims_now(), b"sig"),
+        handmade({"alg": "ES256", "kid": ""}, claims_now(), b"sig"),
+        handmade({"alg": "ES256", "kid": kid, "typ": "xyz"}, claims_now(), b"sig"),
+        handmade({"alg": "ES256", "kid": kid}, {"aud": [AUDIENCE], "exp": 1}, b"sig"),
+        b64url(b"[1]") + "." + b64url(json.dumps(claims_now()).encode()) + ".c2ln",
+        b64url(b'{"alg": "ES256", "kid": "k"}') + "." + b64url(b"not json") + ".c2ln",
+    ):
+        face_rejected(token)
+
+
+def test_face_passes_real_svids(ec_signer: Signer) -> None:
+    check_face(ec_signer.token(sub=WORKER))
+    check_face(ec_signer.token(exp_in=-1))  # expiry is judged after the signature
+    check_face(handmade({"alg": "ES256", "kid": "k"}, {"sub": WORKER, "exp": 1}, b"sig"))
+
+
+def test_face_algorithms_are_py_spiffes() -> None:
+    from spiffe.svid.jwt_svid_validator import JwtSvidValidator
+
+    assert set(JwtSvidValidator._SUPPORTED_ALGORITHMS) == SVID_ALGORITHMS
 
 
 # -- fuzzing -----------------------------------------------------------------------------

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 import socket
 import socketserver
 import threading
+import time
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 from flashpods.common.errors import ServiceError
+from flashpods.tokens.callers import ConnectionBudget, peer_caller
 from flashpods.tokens.service import Exchange, Outcome
 
 audit = logging.getLogger("flashpods.tokens.audit")
@@ -19,8 +23,11 @@ log = logging.getLogger("flashpods.tokens.http")
 
 LINGER_MAX_BYTES = 1 << 20
 MAX_CONNECTIONS = 128
-# A client that connects and sends nothing must not hold a thread forever.
-REQUEST_TIMEOUT_SECONDS = 10.0
+# Per caller (a job container; see callers.py): one job cannot take the slots of others.
+MAX_CONNECTIONS_PER_CALLER = 8
+# From the start of a request to its last header line: a client that trickles one byte
+# or one header line at a time is cut off here, not after one idle read.
+REQUEST_DEADLINE_SECONDS = 10.0
 
 _HTTP_ERROR_CODES = {
     HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE: "header_too_large",
@@ -41,15 +48,24 @@ class TokenServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         self.socket = sock
         self.exchange = exchange
         # One thread per connection, but not unbounded: a job opening thousands of
-        # connections makes the accept loop wait instead of exhausting the host.
+        # connections is refused beyond its own share, and all callers together make the
+        # accept loop wait instead of exhausting the host.
         self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self._budget = ConnectionBudget(MAX_CONNECTIONS_PER_CALLER)
 
     def process_request(self, request: Any, client_address: Any) -> None:
+        caller = peer_caller(request)
+        if not self._budget.take(caller):
+            _refuse(request, caller)
+            self.shutdown_request(request)
+            return
         self._slots.acquire()
         try:
-            super().process_request(request, client_address)
+            # The caller travels as the handler's client_address (a unix peer has none).
+            super().process_request(request, caller)
         except BaseException:
             self._slots.release()
+            self._budget.give_back(caller)
             raise
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
@@ -57,6 +73,43 @@ class TokenServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
             super().process_request_thread(request, client_address)
         finally:
             self._slots.release()
+            self._budget.give_back(client_address)
+
+
+def _refuse(conn: socket.socket, caller: str) -> None:
+    """429 without blocking the accept loop: one non-blocking write, then close."""
+    audit.info("connection refused reason=too_many_connections caller=%s", caller)
+    error = ServiceError(
+        429,
+        "too_many_connections",
+        f"more than {MAX_CONNECTIONS_PER_CALLER} open connections from this caller",
+    )
+    payload = json.dumps(error.body()).encode()
+    head = (
+        "HTTP/1.1 429 Too Many Requests\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(payload)}\r\nConnection: close\r\nRetry-After: 1\r\n\r\n"
+    )
+    conn.setblocking(False)
+    with contextlib.suppress(OSError):
+        conn.send(head.encode() + payload)
+
+
+class _DeadlineReader(io.RawIOBase):
+    """Socket reads that all share one deadline (set per request by the handler)."""
+
+    def __init__(self, conn: socket.socket) -> None:
+        self._conn = conn
+        self.deadline = time.monotonic() + REQUEST_DEADLINE_SECONDS
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("request deadline passed")
+        self._conn.settimeout(remaining)
+        return self._conn.recv_into(buffer)
 
 
 class TokenHandler(BaseHTTPRequestHandler):
@@ -64,7 +117,16 @@ class TokenHandler(BaseHTTPRequestHandler):
     server_version = "flashpods-token-service"
     sys_version = ""
     protocol_version = "HTTP/1.1"
-    timeout = REQUEST_TIMEOUT_SECONDS
+    timeout = REQUEST_DEADLINE_SECONDS
+
+    def setup(self) -> None:
+        super().setup()
+        self._reader = _DeadlineReader(self.connection)
+        self.rfile = io.BufferedReader(self._reader)
+
+    def handle_one_request(self) -> None:
+        self._reader.deadline = time.monotonic() + REQUEST_DEADLINE_SECONDS
+        super().handle_one_request()
 
     def version_string(self) -> str:
         return self.server_version
@@ -79,6 +141,7 @@ class TokenHandler(BaseHTTPRequestHandler):
         self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None
     ) -> None:
         payload = json.dumps(body).encode()
+        self.connection.settimeout(self.timeout)  # the reads' deadline is not the writes'
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(payload)))

@@ -11,7 +11,7 @@ from spiffe.bundle.jwt_bundle.jwt_bundle import JwtBundle
 
 from flashpods.common.errors import ServiceError
 from flashpods.tokens.policy import Policy, Secrets, SecretsError
-from flashpods.tokens.validation import bearer_token, validate_svid
+from flashpods.tokens.validation import bearer_token, check_face, validate_svid
 
 
 class BundleProvider(Protocol):
@@ -66,6 +66,7 @@ class Exchange:
         try:
             token = bearer_token(authorization)
             outcome.token_fingerprint = fingerprint(token)
+            check_face(token)
             bundle = self.bundles.bundle()
             validate_start = time.perf_counter()
             try:

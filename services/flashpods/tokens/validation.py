@@ -9,6 +9,11 @@ only ever reported for tokens our trust domain really signed.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
+import re
+
 import jwt
 from spiffe.bundle.jwt_bundle.errors import AuthorityNotFoundError
 from spiffe.bundle.jwt_bundle.jwt_bundle import JwtBundle
@@ -20,6 +25,11 @@ from flashpods.common.errors import ServiceError
 
 # SPIRE's JWT-SVIDs are a few hundred bytes; anything this large is not one of them.
 MAX_TOKEN_LENGTH = 16 * 1024
+# The JWT-SVID standard's algorithms (py-spiffe refuses every other `alg`).
+SVID_ALGORITHMS = frozenset(
+    {"RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256", "PS384", "PS512"}
+)
+_SEGMENT = re.compile(r"[A-Za-z0-9_-]+", re.ASCII)
 
 
 def invalid_jwt(reason: str) -> ServiceError:
@@ -39,6 +49,37 @@ def bearer_token(header: str | None) -> str:
     if len(token) > MAX_TOKEN_LENGTH:
         raise invalid_jwt(f"token longer than {MAX_TOKEN_LENGTH} bytes")
     return token
+
+
+def _json_segment(segment: str) -> dict[str, object] | None:
+    try:
+        value = json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
+    except (binascii.Error, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def check_face(token: str) -> None:
+    """Refuse what no JWT-SVID can be, before asking SPIRE for anything: not three
+    base64url segments of a JSON header and JSON claims, an `alg` outside the standard's
+    (none, HS*), no `kid`, or no `sub`/`exp`. A caller then gets 401 at once rather
+    than 503 while SPIRE is down (a hopeless token is not worth retrying)."""
+    segments = token.split(".")
+    if len(segments) != 3 or not all(_SEGMENT.fullmatch(s) for s in segments):
+        raise invalid_jwt("malformed token")
+    header, claims = _json_segment(segments[0]), _json_segment(segments[1])
+    if header is None or claims is None:
+        raise invalid_jwt("malformed token")
+    if header.get("alg") not in SVID_ALGORITHMS:
+        raise invalid_jwt(f"unsupported header: alg {str(header.get('alg'))[:20]!r}")
+    if header.get("typ") not in (None, "JWT", "JOSE"):
+        raise invalid_jwt("unsupported header: typ")
+    kid = header.get("kid")
+    if not isinstance(kid, str) or not kid:
+        raise invalid_jwt("no kid in the header")
+    # `aud` is left to validate_svid: a signed token without it is `invalid_audience`.
+    if "sub" not in claims or "exp" not in claims:
+        raise invalid_jwt("missing sub or exp")
 
 
 def _claims_error(err: InvalidTokenError) -> ServiceError:
