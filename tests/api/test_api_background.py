@@ -11,7 +11,7 @@ import pytest
 from api_fakes import FakeRuntime
 from api_harness import Api, start_api, with_config
 from flashpods.api.config import Config
-from flashpods.api.recovery import Action, decide
+from flashpods.api.recovery import END_GRACE_SECONDS, Action, decide
 from flashpods.api.runtime import ContainerInfo
 
 HOUR = 3600.0
@@ -170,6 +170,10 @@ def test_orphan_job_files_are_removed(api: Api) -> None:
         ("cancelled", True, "running", False, Action.NOTHING),
         ("cancelled", True, None, False, Action.CANCEL_DONE),
         ("running", False, "running", False, Action.NOTHING),
+        # Periodic passes finish active jobs whose container has ended.
+        ("running", False, "exited", False, Action.RESUME),
+        ("starting", False, "stopped", False, Action.RESUME),
+        ("cancelled", True, "exited", False, Action.RESUME_AND_CANCEL),
         ("completed", False, None, False, Action.NOTHING),
     ],
 )
@@ -286,3 +290,75 @@ def test_snapshot_of_an_ended_job_is_removed_if_release_was_missed(api: Api) -> 
     assert (api.config.snapshots_path / "upload_left").exists()
     api.server.app.cleaner.run_once()
     assert not (api.config.snapshots_path / "upload_left").exists()
+
+
+def aged(api: Api, job_id: str, seconds: float) -> None:
+    """As if the job had started `seconds` ago and nobody had touched its row since."""
+    api.server.app.store.execute(
+        "UPDATE jobs SET started_at = started_at - ?, created_at = created_at - ?, "
+        "updated_at = updated_at - ? WHERE id = ?",
+        (seconds, seconds, seconds, job_id),
+    )
+
+
+def all_cpus(api: Api) -> int:
+    body = {"type": "worker", "command": "x", "cpus": api.config.host_cpus, "memory_gb": 1}
+    return api.post("/jobs", json=body).status_code
+
+
+def test_periodic_pass_finishes_an_active_job_whose_container_exited(api: Api) -> None:
+    reconciler = api.server.app.reconciler
+    reconciler.run_once()  # start-up pass
+    job_id = api.post("/jobs", json={"type": "worker", "command": "x"}).json()["job_id"]
+    api.runtime.run(job_id)
+    aged(api, job_id, 100)
+    # The container exited and nobody reported it (its supervisor died).
+    api.runtime.containers[job_id].state = "exited"
+    api.runtime.containers[job_id].exit_code = 4
+    reconciler.run_once()
+    assert api.runtime.resumed == [job_id]
+    job = api.get(f"/jobs/{job_id}").json()
+    assert (job["status"], job["exit_code"]) == ("failed", 4)
+    assert all_cpus(api) == 201
+
+
+@pytest.mark.parametrize("cancelled", [False, True])
+def test_a_job_past_the_end_bound_is_ended_and_its_container_removed(
+    api: Api, cancelled: bool
+) -> None:
+    reconciler = api.server.app.reconciler
+    reconciler.run_once()  # start-up pass
+    body = {"type": "worker", "command": "x", "cpus": 2, "timeout_minutes": 1}
+    job_id = api.post("/jobs", json=body).json()["job_id"]
+    api.runtime.run(job_id)
+    if cancelled:  # a cancel whose container never stopped
+        api.runtime.cancel = lambda _job_id: None  # type: ignore[method-assign]
+        assert api.delete(f"/jobs/{job_id}").status_code == 200
+    within = 60 + END_GRACE_SECONDS - 30
+    aged(api, job_id, within)
+    reconciler.boot -= within
+    reconciler.run_once()
+    assert status(api, job_id) == ("cancelled" if cancelled else "running")
+    assert all_cpus(api) == 429
+    aged(api, job_id, 60)
+    reconciler.boot -= 60
+    reconciler.run_once()
+    job = api.get(f"/jobs/{job_id}").json()
+    if cancelled:
+        assert (job["status"], job["error"]) == ("cancelled", None)
+    else:
+        assert (job["status"], job["error"]) == ("failed", "end_bound_exceeded")
+    assert api.runtime.removed == [f"c{job_id}"]
+    assert all_cpus(api) == 201
+
+
+def test_the_end_bound_counts_from_the_api_start_after_downtime(api: Api) -> None:
+    reconciler = api.server.app.reconciler
+    reconciler.run_once()
+    job_id = api.post(
+        "/jobs", json={"type": "worker", "command": "x", "timeout_minutes": 1}
+    ).json()["job_id"]
+    api.runtime.run(job_id)
+    aged(api, job_id, 10 * HOUR)  # long past, but this process only just started
+    reconciler.run_once()
+    assert status(api, job_id) == "running" and api.runtime.removed == []

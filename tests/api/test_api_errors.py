@@ -321,12 +321,11 @@ def test_malformed_content_length_is_a_bad_request(api: Api) -> None:
 
 
 def test_logs_errors(api: Api) -> None:
-    store = api.server.app.store
     job_id = api.post("/jobs", json=worker()).json()["job_id"]
-    store.execute("UPDATE jobs SET status = 'pending' WHERE id = ?", (job_id,))
+    api.force_status(job_id, "pending")
     with unchanged(api):
         expect(api.get(f"/jobs/{job_id}/output"), 404, "logs_not_available")
-    store.execute("UPDATE jobs SET status = 'starting' WHERE id = ?", (job_id,))
+    api.force_status(job_id, "starting")
     with unchanged(api):
         expect(api.get(f"/jobs/{job_id}/output", params={"tail": 0}), 400, "invalid_parameter")
         expect(api.get(f"/jobs/{job_id}/output", params={"tail": 10001}), 400, "invalid_parameter")
@@ -336,7 +335,7 @@ def test_logs_errors(api: Api) -> None:
                 api.get(f"/jobs/{job_id}/output", params={"tail": bad}), 400, "invalid_parameter"
             )
             assert body["details"] == {"parameter": "tail"}
-    store.execute("UPDATE jobs SET status = 'cleaned', logs_deleted_at = 1 WHERE id = ?", (job_id,))
+    api.force_status(job_id, "cleaned", logs_deleted_at=1)
     with unchanged(api):
         expect(api.get(f"/jobs/{job_id}/output"), 410, "logs_deleted")
 

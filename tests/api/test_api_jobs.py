@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from api_harness import Api
+from flashpods.api import jobstate
 
 
 def create(api: Api, **body: Any) -> dict[str, Any]:
@@ -230,9 +231,7 @@ def test_cancelled_job_never_becomes_completed(api: Api) -> None:
     job_id = create(api)["job_id"]
     api.runtime.run(job_id)
     # The container exits 0 right as the cancel lands: the runtime reports `completed`.
-    api.server.app.store.execute(
-        "UPDATE jobs SET status = 'cancelled', cancel_requested = 1 WHERE id = ?", (job_id,)
-    )
+    assert jobstate.transition(api.server.app.store, job_id, "cancelled", cancel_requested=1)
     api.runtime.finish(job_id, 0)
     job = api.get(f"/jobs/{job_id}").json()
     assert job["status"] == "cancelled" and job["exit_code"] == 0

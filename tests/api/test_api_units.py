@@ -18,7 +18,7 @@ from flashpods.api.ids import (
     new_job_id,
     normalize_client_job_id,
 )
-from flashpods.api.jobs import ACTIVE, ENDED, STATES, TRANSITIONS, can_transition
+from flashpods.api.jobstate import ACTIVE, ENDED, STATES, TRANSITIONS, can_transition
 from flashpods.api.logs import tail_file
 from flashpods.api.ratelimit import RateLimiter
 from flashpods.api.runtime import LOG_TRUNCATED_MARKER

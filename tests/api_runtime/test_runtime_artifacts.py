@@ -5,11 +5,16 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
+import socket
 import tempfile
+import tracemalloc
 from pathlib import Path
 
 import pytest
+from flashpods.api.runtime import artifacts_copy
 from flashpods.api.runtime.artifacts_copy import (
+    MAX_DEPTH,
+    MAX_WARNINGS,
     ArtifactCopyError,
     ArtifactLimits,
     collect_artifacts,
@@ -17,6 +22,9 @@ from flashpods.api.runtime.artifacts_copy import (
     relative_name_problem,
     resolve_in_tree,
 )
+from flashpods.api.validation import artifact_name_problem
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 NOBODY = pwd.getpwnam("nobody")
 
@@ -41,6 +49,22 @@ def test_relative_names() -> None:
     assert relative_name_problem("") is not None
 
 
+def resolved(root: Path, *parts: str) -> Path | None:
+    """resolve_in_tree's answer as a path (for asserting), its descriptor closed."""
+    root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        answer = resolve_in_tree(root_fd, parts)
+        if answer is None:
+            return None
+        directory, name = answer
+        try:
+            return Path(os.readlink(f"/proc/self/fd/{directory}")) / name
+        finally:
+            os.close(directory)
+    finally:
+        os.close(root_fd)
+
+
 def test_resolve_in_tree(tmp_path: Path) -> None:
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "f").write_text("x")
@@ -48,18 +72,28 @@ def test_resolve_in_tree(tmp_path: Path) -> None:
     os.symlink("/artifacts/d/f", tmp_path / "abs")
     os.symlink("../../etc/passwd", tmp_path / "d" / "up")
     os.symlink("/etc/passwd", tmp_path / "host")
+    os.symlink("/", tmp_path / "slash")
+    os.symlink("slash/etc/passwd", tmp_path / "via_slash")
     os.symlink("loop2", tmp_path / "loop1")
     os.symlink("loop1", tmp_path / "loop2")
     os.symlink("d", tmp_path / "dirlink")
     os.symlink("dirlink/f", tmp_path / "via")
-    assert resolve_in_tree(tmp_path, ("rel",)) == ("d", "f")
-    assert resolve_in_tree(tmp_path, ("abs",)) == ("d", "f")
-    assert resolve_in_tree(tmp_path, ("via",)) == ("d", "f")
-    assert resolve_in_tree(tmp_path, ("d", "up")) is None
-    assert resolve_in_tree(tmp_path, ("host",)) is None
-    assert resolve_in_tree(tmp_path, ("loop1",)) is None
-    os.symlink("nope", tmp_path / "dangling")
-    assert resolve_in_tree(tmp_path, ("dangling",)) is None
+    (tmp_path / "f").write_text("top")
+    os.symlink("../f", tmp_path / "d" / "sibling")
+    os.symlink(".", tmp_path / "self")
+    os.symlink("self/" * 50 + "d/f", tmp_path / "many_hops")
+    assert resolved(tmp_path, "rel") == tmp_path / "d" / "f"
+    assert resolved(tmp_path, "abs") == tmp_path / "d" / "f"
+    assert resolved(tmp_path, "via") == tmp_path / "d" / "f"
+    assert resolved(tmp_path, "d", "sibling") == tmp_path / "f"
+    assert resolved(tmp_path, "d", "up") is None
+    assert resolved(tmp_path, "host") is None
+    assert resolved(tmp_path, "slash") is None
+    assert resolved(tmp_path, "via_slash") is None
+    assert resolved(tmp_path, "loop1") is None
+    assert resolved(tmp_path, "many_hops") is None  # more than 40 links on the way
+    os.symlink("nope/x", tmp_path / "dangling")
+    assert resolved(tmp_path, "dangling") is None
 
 
 def test_collector_applies_every_rule(tmp_path: Path) -> None:
@@ -94,7 +128,7 @@ def test_collector_applies_every_rule(tmp_path: Path) -> None:
     assert (root / "sub" / "inside").read_text() == "ok"
     assert (root / "locked").stat().st_mode & 0o777 == 0o755
     text = "\n".join(warnings)
-    assert "'escape' skipped: symlink dangles or resolves outside /artifacts" in text
+    assert "'escape' skipped: symlink dangles, loops or resolves outside /artifacts" in text
     assert "'.hidden' has a leading '.'" in text
     assert "'trailing ' skipped" in text
     assert "'fifo' skipped" in text
@@ -157,5 +191,224 @@ def test_collector_maps_an_unreadable_directory_to_permission() -> None:
         with os.fdopen(read_end) as result:
             assert result.read() == "artifact_copy_permission"
         assert (root / "private" / "secret.txt").exists()  # nothing removed on the way out
+    finally:
+        shutil.rmtree(base)
+
+
+# --- hostile trees ----------------------------------------------------------------------
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def leftovers(root: Path) -> set[str]:
+    """Every non-directory left under root, relative, '/'-separated."""
+    found = set()
+    for base, dirs, files in os.walk(root):
+        for name in files + [d for d in dirs if os.path.islink(os.path.join(base, d))]:
+            found.add(os.path.relpath(os.path.join(base, name), root))
+    return found
+
+
+def test_a_700_deep_tree_ends_and_keeps_only_max_depth(tmp_path: Path) -> None:
+    root = tmp_path / "job"
+    root.mkdir()
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    for _ in range(700):  # by descriptor: the path would be too long for mkdir -p
+        os.mkdir("x", dir_fd=fd)
+        child = os.open("x", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+        os.close(fd)
+        fd = child
+    with open(os.open("f", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd), "w") as fh:
+        fh.write("hi")
+    os.close(fd)
+    (root / "top.txt").write_text("kept")
+    before = open_fds()
+    warnings: list[str] = []
+    records = collect_artifacts(root, ArtifactLimits(), warnings.append)
+    assert [r.name for r in records] == ["top.txt"]
+    assert open_fds() == before
+    assert any(f"deeper than {MAX_DEPTH} directory levels" in w for w in warnings)
+    depth = 0
+    here = root
+    while (here / "x").is_dir():
+        here, depth = here / "x", depth + 1
+    assert depth == MAX_DEPTH
+
+
+def test_names_that_are_not_utf8_are_removed_and_never_reported(tmp_path: Path) -> None:
+    root = tmp_path / "job"
+    root.mkdir()
+    (root / "ok.txt").write_text("x")
+    with open(bytes(root) + b"/bad\xff", "w") as fh:
+        fh.write("x")
+    os.mkdir(bytes(root) + b"/dir\xfe")
+    with open(bytes(root) + b"/dir\xfe/inner", "w") as fh:
+        fh.write("x")
+    warnings: list[str] = []
+    records = collect_artifacts(root, ArtifactLimits(), warnings.append)
+    assert [r.name for r in records] == ["ok.txt"]
+    assert os.listdir(bytes(root)) == [b"ok.txt"]
+    assert sum("name is not valid UTF-8" in w for w in warnings) == 2
+    for warning in warnings:
+        warning.encode("utf-8")  # what reaches the job log (or SQLite) is valid UTF-8
+
+
+def test_fifo_socket_and_links_out_are_removed_without_touching_the_host(tmp_path: Path) -> None:
+    root = tmp_path / "job"
+    root.mkdir()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "precious").write_text("host data")
+    os.mkfifo(root / "fifo")  # opening it would block: the walk never opens files
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(root / "sock"))
+    server.close()
+    os.symlink("/", root / "slash")
+    os.symlink(outside, root / "out_dir")
+    os.symlink(outside / "precious", root / "out_file")
+    os.symlink("loop_b", root / "loop_a")
+    os.symlink("loop_a", root / "loop_b")
+    os.symlink(".", root / "self")
+    os.symlink("../outside/precious", root / "up")
+    (root / "keep.txt").write_text("k")
+    warnings: list[str] = []
+    records = collect_artifacts(root, ArtifactLimits(), warnings.append)
+    assert [r.name for r in records] == ["keep.txt"]
+    assert os.listdir(root) == ["keep.txt"]
+    assert (outside / "precious").read_text() == "host data"
+    assert len(warnings) == 9
+
+
+def test_a_directory_made_unreadable_by_the_job_at_the_root_is_opened_up(tmp_path: Path) -> None:
+    root = tmp_path / "job"
+    root.mkdir()
+    (root / "r.txt").write_text("x")
+    (root / "r.txt").chmod(0)
+    root.chmod(0)  # `chmod 000 /artifacts` inside the job: same uid as the API
+    records = collect_artifacts(root, ArtifactLimits(), lambda _: None)
+    assert [r.name for r in records] == ["r.txt"]
+    assert root.stat().st_mode & 0o777 == 0o755
+    assert (root / "r.txt").stat().st_mode & 0o777 == 0o644
+
+
+def test_wide_directories_are_read_in_sorted_chunks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(artifacts_copy, "CHUNK", 7)
+    root = tmp_path / "job"
+    names = [f"d{i:03}" for i in range(40)]
+    for name in names:
+        (root / name).mkdir(parents=True)
+        (root / name / "f").write_text(name)
+    (root / "empty_dirs").mkdir()
+    for i in range(30):
+        (root / "empty_dirs" / f"e{i}").mkdir()
+    records = collect_artifacts(root, ArtifactLimits(max_files=25), lambda _: None)
+    assert [r.name for r in records] == [f"{name}/f" for name in names[:25]]
+    assert leftovers(root) == {f"{name}/f" for name in names[:25]}
+
+
+def test_the_file_limit_then_drains_the_rest(tmp_path: Path) -> None:
+    root = tmp_path / "job"
+    root.mkdir()
+    for i in range(3000):
+        (root / f"f{i:05}").write_bytes(b"")
+    (root / "zz").mkdir()
+    (root / "zz" / "late").write_text("x")
+    warnings: list[str] = []
+    records = collect_artifacts(root, ArtifactLimits(), warnings.append)
+    assert [r.name for r in records] == [f"f{i:05}" for i in range(200)]
+    assert len(os.listdir(root)) == 200
+    # Bounded: the first MAX_WARNINGS, then one line counting the rest.
+    assert len(warnings) == MAX_WARNINGS + 1
+    assert warnings[-1] == f"{2801 - MAX_WARNINGS} more artifact warnings not shown"
+
+
+def peak_memory(root: Path, files: int) -> int:
+    root.mkdir()
+    for i in range(files):
+        (root / f"f{i:06}").write_bytes(b"")
+    tracemalloc.start()
+    try:
+        collect_artifacts(root, ArtifactLimits(), lambda _: None)
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_memory_does_not_grow_with_the_number_of_files(tmp_path: Path) -> None:
+    # Both above one CHUNK of names: what is held per directory is bounded by it.
+    small = peak_memory(tmp_path / "small", 2_000)
+    large = peak_memory(tmp_path / "large", 8_000)
+    assert large < small + 64 * 1024, (small, large)
+
+
+def test_the_walk_gives_up_at_its_deadline(tmp_path: Path) -> None:
+    root = tmp_path / "job"
+    root.mkdir()
+    (root / "f").write_text("x")
+    with pytest.raises(ArtifactCopyError) as raised:
+        collect_artifacts(root, ArtifactLimits(), lambda _: None, seconds=-1)
+    assert raised.value.code == "artifact_copy_timeout"
+
+
+ENTRY_NAMES = st.binary(min_size=1, max_size=6).filter(lambda b: b"/" not in b and b"\0" not in b)
+
+
+@st.composite
+def trees(draw: st.DrawFn, depth: int = 0) -> dict[bytes, object]:
+    """name -> bytes (file), dict (directory), str (symlink target) or None (FIFO)."""
+    kinds = [
+        st.binary(max_size=20),
+        st.none(),
+        st.sampled_from(["/", "..", ".", "a", "/artifacts/a", "../../x", "b/a"]),
+    ]
+    if depth < 3:
+        kinds.append(trees(depth + 1))  # type: ignore[arg-type]
+    return draw(st.dictionaries(ENTRY_NAMES, st.one_of(*kinds), max_size=5))
+
+
+def build(root: bytes, tree: dict[bytes, object]) -> None:
+    for name, value in tree.items():
+        path = root + b"/" + name
+        if name in (b".", b".."):
+            continue
+        if isinstance(value, bytes):
+            with open(path, "wb") as fh:
+                fh.write(value)
+        elif isinstance(value, dict):
+            os.mkdir(path)
+            build(path, value)
+        elif isinstance(value, str):
+            os.symlink(value, path)
+        else:
+            os.mkfifo(path)
+
+
+@given(tree=trees())
+@settings(max_examples=150, deadline=None)
+def test_any_tree_ends_with_only_valid_reported_files(tree: dict[bytes, object]) -> None:
+    base = Path(tempfile.mkdtemp(prefix="fp-walk-"))
+    try:
+        root = base / "job"
+        root.mkdir()
+        outside = base / "outside"
+        outside.write_text("host")
+        build(bytes(root), tree)
+        limits = ArtifactLimits(max_file_bytes=15, max_total_bytes=40, max_files=6)
+        warnings: list[str] = []
+        records = collect_artifacts(root, limits, warnings.append)
+        names = [r.name for r in records]
+        assert len(names) <= 6 and sum(r.size_bytes for r in records) <= 40
+        assert set(names) == leftovers(root)  # nothing unreported stays, nothing else
+        for name in names:
+            name.encode("utf-8")
+            assert artifact_name_problem(name) is None
+            assert (root / name).is_file() and not (root / name).is_symlink()
+        assert outside.read_text() == "host"
+        for warning in warnings:
+            warning.encode("utf-8")
     finally:
         shutil.rmtree(base)

@@ -136,7 +136,8 @@ def test_a_hook_that_keeps_failing_leaves_the_container_for_recovery(
     sup.supervise(datetime.now(UTC), None)
     podman.exited.set()
     sup.join(10)
-    assert hooks.calls.count("finished") == sup_module.RETRIES
+    # The outcome RETRIES times, then once more as job_finish_failed.
+    assert hooks.calls.count("finished") == sup_module.RETRIES + 1
     assert podman.finalized == []
 
 
@@ -148,3 +149,45 @@ def test_abandon_reports_nothing(tmp_path: Path) -> None:
     podman.exited.set()
     sup.join(10)
     assert hooks.calls == [] and podman.finalized == []
+
+
+def test_a_walk_that_breaks_unexpectedly_ends_the_job_failed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*_: object, **__: object) -> list[object]:
+        raise RecursionError("maximum recursion depth exceeded")  # what the old walk hit
+
+    monkeypatch.setattr(sup_module, "collect_artifacts", broken)
+    podman, hooks = FakePodman(exit_code=0), Hooks()
+    sup = make(tmp_path, podman, hooks)
+    sup.supervise(datetime.now(UTC), None)
+    podman.exited.set()
+    assert hooks.done.wait(10)
+    sup.join(10)
+    assert hooks.outcome is not None
+    assert (hooks.outcome.status, hooks.outcome.error) == ("failed", sup_module.FINISH_FAILED)
+    assert hooks.outcome.exit_code == 0  # what the job itself did is kept
+    assert podman.finalized == ["job_1"]
+    assert "collecting artifacts failed: job_finish_failed" in (tmp_path / "job_1.log").read_text()
+
+
+def test_an_unexpected_error_anywhere_in_the_end_still_ends_the_job(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sup_module, "RETRY_SECONDS", 0.01)
+    podman, hooks = FakePodman(exit_code=0), Hooks()
+
+    def inspect_fails(name: str) -> ContainerInfo | None:
+        raise ValueError("podman answered something unexpected")
+
+    ops = podman.ops()
+    ops.inspect = inspect_fails
+    sup = make(tmp_path, podman, hooks)
+    sup.ops = ops
+    sup.supervise(datetime.now(UTC), None)
+    podman.exited.set()
+    assert hooks.done.wait(10)
+    sup.join(10)
+    assert hooks.outcome is not None
+    assert (hooks.outcome.status, hooks.outcome.error) == ("failed", sup_module.FINISH_FAILED)
+    assert podman.finalized == ["job_1"]  # capacity released: the container goes

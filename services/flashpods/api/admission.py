@@ -13,14 +13,6 @@ from typing import Any
 
 from flashpods.common.errors import ServiceError
 
-# Jobs whose container holds (or is about to hold) CPUs and memory: `pending` rows exist
-# only for the moment between admission and the start of their container, and a cancelled
-# job holds its share until its container has stopped.
-HOLDING_SQL = (
-    "status IN ('pending', 'starting', 'running') "
-    "OR (status = 'cancelled' AND cancel_requested = 1)"
-)
-
 
 @dataclass(frozen=True)
 class Usage:

@@ -15,7 +15,7 @@ from typing import Any
 
 from flashpods.api.config import Config
 from flashpods.api.db import Store
-from flashpods.api.jobs import ACTIVE
+from flashpods.api.jobstate import ACTIVE
 from flashpods.api.validation import artifact_name_problem
 from flashpods.common.errors import ServiceError
 from flashpods.common.numbers import MAX_DIGITS, parse_decimal

@@ -14,18 +14,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from flashpods.api import jobstate
 from flashpods.api.config import Config
 from flashpods.api.db import Store
 from flashpods.api.ids import is_job_id, is_upload_id
-from flashpods.api.jobs import ACTIVE, ENDED
+from flashpods.api.jobstate import ACTIVE, ENDED, status_in
 from flashpods.api.logs import log_path
 from flashpods.api.uploads import Uploads, remove_tree
 
 log = logging.getLogger("flashpods.api.cleanup")
 
-_ENDED_SQL = "('completed', 'failed', 'timed_out', 'cancelled', 'cleaning')"
 # An ended job whose container is still stopping (cancel) or copying is not ended yet here.
-_SETTLED = f"status IN {_ENDED_SQL} AND cancel_requested = 0 AND copy_in_progress = 0"
+_SETTLED = f"{status_in((*ENDED, 'cleaning'))} AND cancel_requested = 0 AND copy_in_progress = 0"
 
 
 @dataclass
@@ -134,11 +134,7 @@ class Cleaner:
 
     def _delete_artifacts(self, job_id: str, report: Report) -> None:
         with self.store.transaction() as conn:
-            conn.execute(
-                "UPDATE jobs SET status = 'cleaning', updated_at = ? "
-                f"WHERE id = ? AND status IN {_ENDED_SQL}",
-                (time.time(), job_id),
-            )
+            jobstate.transition(self.store, job_id, "cleaning")
             conn.execute("DELETE FROM artifacts WHERE job_id = ?", (job_id,))
             conn.execute(
                 "UPDATE jobs SET artifacts_deleted_at = ? WHERE id = ?", (time.time(), job_id)
@@ -177,15 +173,8 @@ class Cleaner:
         for row in done:
             with self.store.transaction() as conn:
                 # cleaning is the only way in (ended -> cleaning -> cleaned).
-                conn.execute(
-                    f"UPDATE jobs SET status = 'cleaning' WHERE id = ? AND status IN {_ENDED_SQL}",
-                    (row["id"],),
-                )
-                conn.execute(
-                    "UPDATE jobs SET status = 'cleaned', updated_at = ? "
-                    "WHERE id = ? AND status = 'cleaning'",
-                    (time.time(), row["id"]),
-                )
+                jobstate.transition(self.store, row["id"], "cleaning")
+                jobstate.transition(self.store, row["id"], "cleaned")
                 conn.execute(
                     "UPDATE idempotency_keys SET active = 0, deactivated_at = ? "
                     "WHERE job_id = ? AND active = 1",

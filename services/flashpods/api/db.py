@@ -19,6 +19,8 @@ from typing import Any
 
 import sqlite_utils
 
+from flashpods.api import jobstate
+
 
 def _v1_initial(db: sqlite_utils.Database) -> None:
     db.table("jobs").create(
@@ -104,6 +106,7 @@ class Store:
         self.db.enable_wal()
         self.conn.execute("PRAGMA synchronous = NORMAL")
         self.migrate()
+        jobstate.guard(self.conn)
 
     def migrate(self) -> None:
         with self.lock:

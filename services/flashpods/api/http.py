@@ -24,7 +24,7 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from flashpods.api.artifacts import Download, check_name
 from flashpods.api.ids import is_request_id
-from flashpods.api.jobs import STATUS_FILTERS
+from flashpods.api.jobstate import STATUS_FILTERS
 from flashpods.api.logs import job_output, log_path, parse_tail
 from flashpods.common.errors import ServiceError
 from flashpods.common.numbers import parse_decimal

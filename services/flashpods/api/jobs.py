@@ -11,10 +11,11 @@ import time
 from datetime import datetime
 from typing import Any
 
-from flashpods.api import admission
+from flashpods.api import admission, jobstate
 from flashpods.api.config import Config
 from flashpods.api.db import Store
 from flashpods.api.ids import is_upload_id, new_job_id
+from flashpods.api.jobstate import ENDED, HOLDING_SQL
 from flashpods.api.logs import log_path
 from flashpods.api.runtime import ContainerError, JobOutcome, JobSpec, Runtime
 from flashpods.api.uploads import Uploads
@@ -24,29 +25,6 @@ from flashpods.common.errors import ServiceError
 from flashpods.common.timefmt import from_epoch, iso_z
 
 log = logging.getLogger("flashpods.api.jobs")
-
-ACTIVE = ("pending", "starting", "running")
-ENDED = ("completed", "failed", "timed_out", "cancelled")
-STATES = (*ACTIVE, *ENDED, "cleaning", "cleaned")
-TRANSITIONS: dict[str, frozenset[str]] = {
-    "pending": frozenset({"starting", "failed", "cancelled"}),
-    # A container can end before its `running` was observed.
-    "starting": frozenset({"running", "completed", "failed", "timed_out", "cancelled"}),
-    "running": frozenset({"completed", "failed", "timed_out", "cancelled"}),
-    **{ended: frozenset({"cleaning"}) for ended in ENDED},
-    "cleaning": frozenset({"cleaned"}),
-    "cleaned": frozenset(),
-}
-# GET /jobs?status= accepts every state name plus `all`.
-STATUS_FILTERS = ("all", *STATES)
-
-
-def can_transition(source: str, target: str) -> bool:
-    return target in TRANSITIONS.get(source, frozenset())
-
-
-def sources_of(target: str) -> tuple[str, ...]:
-    return tuple(state for state in STATES if can_transition(state, target))
 
 
 def job_not_found(job_id: str) -> ServiceError:
@@ -158,9 +136,7 @@ class Jobs:
             self._check_upload(request.files_id)
             used = admission.usage_of(
                 (row["cpus"], row["memory_gb"])
-                for row in self.store.query(
-                    f"SELECT cpus, memory_gb FROM jobs WHERE {admission.HOLDING_SQL}"
-                )
+                for row in self.store.query(f"SELECT cpus, memory_gb FROM jobs WHERE {HOLDING_SQL}")
             )
             admission.check(
                 used,
@@ -238,26 +214,22 @@ class Jobs:
         job_id = new_job_id()
         now = time.time()
         with self.store.transaction() as conn:
-            conn.execute(
-                "INSERT INTO jobs (id, type, status, command, task, context, git_branch, files_id, "
-                "image, cpus, memory_gb, timeout_minutes, client_job_id, created_at, updated_at) "
-                "VALUES (?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    job_id,
-                    request.type,
-                    request.command,
-                    request.task,
-                    request.context,
-                    request.git_branch,
-                    request.files_id,
-                    request.image,
-                    request.cpus,
-                    request.memory_gb,
-                    request.timeout_minutes,
-                    request.client_job_id,
-                    now,
-                    now,
-                ),
+            jobstate.insert(
+                self.store,
+                id=job_id,
+                type=request.type,
+                command=request.command,
+                task=request.task,
+                context=request.context,
+                git_branch=request.git_branch,
+                files_id=request.files_id,
+                image=request.image,
+                cpus=request.cpus,
+                memory_gb=request.memory_gb,
+                timeout_minutes=request.timeout_minutes,
+                client_job_id=request.client_job_id,
+                created_at=now,
+                updated_at=now,
             )
             if request.client_job_id is not None:
                 conn.execute(
@@ -315,15 +287,7 @@ class Jobs:
         self, job_id: str, target: str, only_from: tuple[str, ...] | None = None, **fields: Any
     ) -> bool:
         """Move to `target` if the current state allows it; False if it does not."""
-        sources = only_from or sources_of(target)
-        assignments = ", ".join(f"{name} = ?" for name in fields)
-        sql = (
-            f"UPDATE jobs SET status = ?, updated_at = ?{', ' if fields else ''}{assignments} "
-            f"WHERE id = ? AND status IN ({', '.join('?' * len(sources))})"
-        )
-        return (
-            self.store.execute(sql, (target, time.time(), *fields.values(), job_id, *sources)) == 1
-        )
+        return jobstate.transition(self.store, job_id, target, only_from, **fields)
 
     def _fail_start(self, job_id: str, error: str) -> None:
         """No container exists. A DELETE may have made the job `cancelled` meanwhile: it
@@ -346,11 +310,13 @@ class Jobs:
         ):
             self.uploads.release(job_id)  # its container was never started
             message = "Job cancelled before it started"
-        elif self.store.execute(
-            "UPDATE jobs SET status = 'cancelled', final_status = 'cancelled', "
-            "cancel_requested = 1, completed_at = ?, updated_at = ? "
-            "WHERE id = ? AND status IN ('starting', 'running')",
-            (now, now, job_id),
+        elif self.transition(
+            job_id,
+            "cancelled",
+            ("starting", "running"),
+            final_status="cancelled",
+            cancel_requested=1,
+            completed_at=now,
         ):
             message = "Job cancelled; its container is being stopped"
             self.cancel_container(job_id)
@@ -376,16 +342,27 @@ class Jobs:
         threading.Thread(target=stop, name=f"cancel-{job_id}", daemon=True).start()
 
     def fail_on_recovery(self, job_id: str, seen_status: str, error: str) -> None:
-        """The container of a pending/starting/running job is gone (api.md recovery table)."""
-        if self.transition(
+        """The container of a pending/starting/running job is gone (api.md recovery table),
+        or the job is past the end bound. A cancelled job stays cancelled."""
+        if seen_status == "cancelled":
+            self.cancel_done(job_id)
+        elif self.transition(
             job_id,
             "failed",
             (seen_status,),
             error=error,
             final_status="failed",
             completed_at=time.time(),
+            copy_in_progress=0,
         ):
             self.uploads.release(job_id)
+
+    def cancel_done(self, job_id: str) -> None:
+        """A cancelled job's container is gone: it holds nothing any more."""
+        self.store.execute(
+            "UPDATE jobs SET cancel_requested = 0, copy_in_progress = 0 WHERE id = ?", (job_id,)
+        )
+        self.uploads.release(job_id)
 
     # --- JobHooks ------------------------------------------------------------------------
 
@@ -411,12 +388,20 @@ class Jobs:
             if row is None:
                 log.warning("runtime reported an unknown job %s", job_id)
                 return
+            if not jobstate.holds_resources(row):
+                # Someone else ended it meanwhile (the reconciler's bound): keep that end.
+                log.info("job %s had already ended (%s)", job_id, row["status"])
+                return
             if row["status"] in ("starting", "running"):
                 status = "cancelled" if row["cancel_requested"] else outcome.status
-                conn.execute(
-                    "UPDATE jobs SET status = ?, final_status = ?, exit_code = ?, error = ?, "
-                    "completed_at = ? WHERE id = ?",
-                    (status, status, outcome.exit_code, outcome.error, ended, job_id),
+                self.transition(
+                    job_id,
+                    status,
+                    (row["status"],),
+                    final_status=status,
+                    exit_code=outcome.exit_code,
+                    error=outcome.error,
+                    completed_at=ended,
                 )
             elif row["status"] == "cancelled":
                 # Never becomes completed; keep the time of the cancel, learn the exit code.

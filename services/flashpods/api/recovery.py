@@ -3,9 +3,17 @@
 `decide` is the recovery table as a pure function; `Reconciler` lists this instance's
 containers and the jobs that should have one, and applies the decisions. The first
 successful pass (start-up) resumes supervision of every surviving container; later
-passes only repair what nobody supervises: orphans, lost containers, stuck cancels.
-A container that vanished is declared lost only when two passes in a row miss it, so a
-container the runtime is removing at the end of a job is never mistaken for a lost one.
+passes repair what nobody finishes: orphans, lost containers, stuck cancels, active
+jobs whose container has exited (resumed, which collects them; a no-op for a job the
+runtime still supervises), and jobs past the end bound. A container that vanished is
+declared lost only when two passes in a row miss it, so a container the runtime is
+removing at the end of a job is never mistaken for a lost one.
+
+The end bound (docs/runtime.md): every job has a final status by
+started_at + timeout + END_GRACE_SECONDS + one reconcile interval. END_GRACE_SECONDS
+covers the stop (10 s grace), the log's last read (30 s) and the artifact walk (60 s);
+a job still holding its resources after it is ended here `failed`, `end_bound_exceeded`,
+and its container is removed.
 """
 
 from __future__ import annotations
@@ -16,7 +24,8 @@ from enum import Enum
 from typing import Any
 
 from flashpods.api.db import Store
-from flashpods.api.jobs import ACTIVE, Jobs
+from flashpods.api.jobs import Jobs
+from flashpods.api.jobstate import ACTIVE, HOLDING_SQL, holds_resources
 from flashpods.api.runtime import ContainerInfo, Runtime
 from flashpods.common.timefmt import utc_now
 
@@ -24,6 +33,7 @@ log = logging.getLogger("flashpods.api.recovery")
 
 RUNNING_STATES = frozenset({"running", "paused"})
 RECENT = 30.0  # seconds: rows changed this recently are being handled by someone else
+END_GRACE_SECONDS = 120.0
 
 
 class Action(Enum):
@@ -34,6 +44,7 @@ class Action(Enum):
     FAIL_LOST = "container_lost_on_recovery"
     REMOVE = "remove"  # orphan, or leftover of an ended job
     CANCEL_DONE = "cancel_done"  # cancelled job whose container is gone: release its resources
+    FAIL_OVERDUE = "end_bound_exceeded"  # past the end bound: remove the container, fail
 
 
 def decide(
@@ -44,10 +55,13 @@ def decide(
     if container_state is not None:
         if status is None:
             return Action.REMOVE
+        # Periodically only a container that has ended: resuming it collects it unless
+        # the runtime still supervises it (then resume is a no-op).
+        resume = startup or container_state not in RUNNING_STATES
         if status in ACTIVE:
-            return Action.RESUME if startup else Action.NOTHING
+            return Action.RESUME if resume else Action.NOTHING
         if status == "cancelled" and cancel_pending:
-            return Action.RESUME_AND_CANCEL if startup else Action.NOTHING
+            return Action.RESUME_AND_CANCEL if resume else Action.NOTHING
         return Action.REMOVE  # the job ended; its container is a leftover
     if status in ("pending", "starting"):
         return Action.FAIL_NOT_FOUND
@@ -73,11 +87,7 @@ class Reconciler:
         listed_at = time.time()
         by_job = {info.job_id: info for info in containers}
         rows = {
-            row["id"]: row
-            for row in self.store.query(
-                "SELECT * FROM jobs WHERE status IN ('pending', 'starting', 'running') "
-                "OR (status = 'cancelled' AND cancel_requested = 1)"
-            )
+            row["id"]: row for row in self.store.query(f"SELECT * FROM jobs WHERE {HOLDING_SQL}")
         }
         for job_id in by_job.keys() - rows.keys():
             row = self.jobs.row(job_id)
@@ -101,6 +111,8 @@ class Reconciler:
                 info.state if info else None,
                 startup,
             )
+            if row is not None and self.overdue(row, listed_at):
+                action = Action.FAIL_OVERDUE
             if (
                 action in (Action.FAIL_NOT_FOUND, Action.FAIL_LOST, Action.CANCEL_DONE)
                 and not startup
@@ -141,8 +153,18 @@ class Reconciler:
                 self.jobs.cancel_container(job_id)
             return
         if action is Action.CANCEL_DONE:
-            self.store.execute("UPDATE jobs SET cancel_requested = 0 WHERE id = ?", (job_id,))
-            self.jobs.uploads.release(job_id)
+            self.jobs.cancel_done(job_id)
             return
         log.warning("job %s: %s", job_id, action.value)
+        if action is Action.FAIL_OVERDUE and info is not None:
+            self.runtime.remove_container(info.container_id)
         self.jobs.fail_on_recovery(job_id, row["status"], action.value)
+
+    def overdue(self, row: dict[str, Any], now: float) -> bool:
+        """Still holding resources past the end bound (counted from this process's start
+        at the earliest: a job resumed after downtime gets the whole grace)."""
+        if not holds_resources(row):
+            return False
+        begun = row["started_at"] if row["started_at"] is not None else row["created_at"]
+        deadline = max(begun + row["timeout_minutes"] * 60.0, self.boot)
+        return now > deadline + END_GRACE_SECONDS

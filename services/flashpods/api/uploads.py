@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import shutil
 import stat
 import threading
 import time
@@ -28,7 +27,9 @@ from typing import Any
 from flashpods.api.config import Config
 from flashpods.api.db import Store
 from flashpods.api.ids import is_upload_id
+from flashpods.api.jobstate import ACTIVE, status_in
 from flashpods.common.errors import ServiceError
+from flashpods.common.fdtree import remove_path
 from flashpods.common.timefmt import from_epoch, iso_z
 
 log = logging.getLogger("flashpods.api.uploads")
@@ -66,32 +67,13 @@ def tree_stats(root: Path) -> TreeStats:
 
 
 def remove_tree(path: Path) -> None:
-    """Delete a directory (or a stray file/symlink) without following symlinks."""
+    """Delete a directory (or a stray file/symlink) without following symlinks, at any
+    depth; rsync -a keeps modes, so directories we own are made writable on the way.
+    A failure is logged, not fatal (the cleanup loop tries again)."""
     try:
-        info = path.lstat()
-    except FileNotFoundError:
-        return
-    if stat.S_ISDIR(info.st_mode):
-        shutil.rmtree(path, onerror=_make_writable_and_retry)
-    else:
-        path.unlink(missing_ok=True)
-
-
-def _make_writable_and_retry(function: Any, name: str, _exc: Any) -> None:
-    """rsync -a keeps modes, so an upload may hold read-only directories we own; rmtree
-    cannot empty those until they are writable again. Anything else is logged, not fatal."""
-    try:
-        parent = os.path.dirname(name)
-        os.chmod(parent, stat.S_IRWXU, follow_symlinks=False)
-        if function is not os.rmdir and os.path.isdir(name) and not os.path.islink(name):
-            os.chmod(name, stat.S_IRWXU)
-            shutil.rmtree(name, onerror=_make_writable_and_retry)
-        else:
-            function(name)
-    except FileNotFoundError:
-        pass
+        remove_path(path)
     except OSError as exc:
-        log.warning("could not remove %s: %s", os.path.basename(name), exc.strerror)
+        log.warning("could not remove %s: %s", path.name, exc.strerror)
 
 
 def not_found(upload_id: str) -> ServiceError:
@@ -204,7 +186,7 @@ class Uploads:
         row = self.store.one(
             "SELECT coalesce(sum(size_bytes), 0) AS used FROM uploads "
             "WHERE upload_id != ? AND (state = 'finalized' OR (state = 'consumed' AND job_id IN "
-            "(SELECT id FROM jobs WHERE status IN ('pending', 'starting', 'running'))))",
+            f"(SELECT id FROM jobs WHERE {status_in(ACTIVE)})))",
             (upload_id,),
         )
         used = int(row["used"]) if row else 0

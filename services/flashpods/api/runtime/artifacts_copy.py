@@ -1,27 +1,49 @@
 """Artifacts: the rules of api.md as pure functions, and the collector.
 
 The job's host directory `{artifacts}/{job_id}` is bind-mounted at /artifacts, so the
-"copy" out of the container is done in place once the container has exited (nothing
-can write into it any more): every entry is checked, what breaks a rule is removed with
-a warning, symlinks that resolve inside /artifacts become hard links to their target (a
-plain file for downloads, no extra space), and what stays is reported as records. The
-job still completes when entries are skipped.
+"copy" out of the container is done in place once the container has exited: every entry
+is checked, what breaks a rule is removed with a warning, symlinks that resolve inside
+/artifacts become hard links to their target (a plain file for downloads, no extra
+space), and what stays is reported as records. The job still completes when entries
+are skipped.
+
+The job controls the tree, so the walk assumes the worst (docs/runtime.md "Artifacts"):
+it goes by directory descriptor, never follows a symlink and never recurses (a stack of
+at most MAX_DEPTH open directories); each directory is read in sorted chunks of
+CHUNK names, and once MAX_FILES records are kept the rest is removed unsorted, so memory
+does not grow with the number of entries. Names that are not valid UTF-8, FIFOs,
+sockets, devices, directories deeper than MAX_DEPTH and links that dangle, loop or leave
+/artifacts are removed with a warning; only the first MAX_WARNINGS warnings are shown,
+then one line counts the rest. The walk gives up with `artifact_copy_timeout` past its
+deadline (what is left is removed with the job's directory by the cleanup loop).
 """
 
 from __future__ import annotations
 
 import errno
+import heapq
+import itertools
 import os
 import stat
+import time
+from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 from flashpods.api.runtime import ArtifactRecord
+from flashpods.common.fdtree import chmod_entry, open_dir, remove_entry
 
 CONTAINER_ROOT = "/artifacts"
 MAX_SYMLINK_HOPS = 40
+MAX_DEPTH = 32  # directory levels below /artifacts that are kept
+CHUNK = 1024  # names held per directory level
+MAX_WARNINGS = 50
+COLLECT_SECONDS = 60.0  # the walk's share of the end bound (docs/runtime.md)
+COPY_TIMEOUT = "artifact_copy_timeout"
+_PATH = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+_LINK_SCRATCH = " fp-link"  # a leading space: an invalid artifact name, never kept
 
 
 @dataclass(frozen=True)
@@ -69,127 +91,236 @@ def relative_name_problem(relative: str) -> str | None:
     return None
 
 
-def resolve_in_tree(
-    root: Path, link_parts: tuple[str, ...], hops: int = 0
-) -> tuple[str, ...] | None:
-    """Where the symlink at root/link_parts points, as components inside root, resolving
-    like the kernel would inside the container (root is /artifacts there). None if it
-    leaves /artifacts, dangles or loops."""
-    if hops > MAX_SYMLINK_HOPS:
+def shown(name: str) -> str:
+    """A name for a log line: quoted, escapes for what is not printable (also the
+    surrogates that stand for bytes that are not UTF-8), so the line stays one line."""
+    return repr(name)
+
+
+def is_utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # os gave us surrogate escapes: the bytes are not UTF-8
+        return False
+    return True
+
+
+def resolve_in_tree(root_fd: int, link_parts: tuple[str, ...]) -> tuple[int, str] | None:
+    """Where the symlink at link_parts (below the directory root_fd) points, resolved the
+    way the kernel would inside the container (root is /artifacts there), one component
+    at a time by descriptor: (an O_PATH descriptor of the target's directory, the
+    target's name), or None if it leaves /artifacts, dangles, loops or goes too deep.
+    The caller closes the descriptor."""
+    chain: list[int] = []  # O_PATH descriptors of the resolved directories below root
+
+    def here() -> int:
+        return chain[-1] if chain else root_fd
+
+    def reset() -> None:
+        while chain:
+            os.close(chain.pop())
+
+    try:
+        for part in link_parts[:-1]:
+            chain.append(os.open(part, _PATH | os.O_DIRECTORY, dir_fd=here()))
+        pending: deque[str] = deque()
+        hops = 0
+        name = link_parts[-1]
+        while True:
+            info = os.stat(name, dir_fd=here(), follow_symlinks=False)
+            if stat.S_ISLNK(info.st_mode):
+                hops += 1
+                if hops > MAX_SYMLINK_HOPS:
+                    return None
+                target = os.readlink(name, dir_fd=here())
+                comps = target.split("/")
+                if target.startswith("/"):
+                    if len(comps) < 2 or comps[1] != CONTAINER_ROOT.strip("/"):
+                        return None
+                    reset()
+                    comps = comps[2:]
+                pending.extendleft(reversed(comps))
+            elif pending:
+                if not stat.S_ISDIR(info.st_mode) or len(chain) >= MAX_DEPTH:
+                    return None
+                chain.append(os.open(name, _PATH | os.O_DIRECTORY, dir_fd=here()))
+            else:
+                break  # the end of the path: whatever it is, the caller decides
+            while pending and pending[0] in ("", ".", ".."):
+                if pending.popleft() == "..":
+                    if not chain:
+                        return None
+                    os.close(chain.pop())
+            if not pending:
+                return None  # names a directory (".", "..", a trailing "/")
+            name = pending.popleft()
+        result = os.dup(here()) if chain else os.open(".", _PATH | os.O_DIRECTORY, dir_fd=root_fd)
+        return result, name
+    except FileNotFoundError:
         return None
-    target = os.readlink(root.joinpath(*link_parts))
-    if target.startswith("/"):
-        comps = target.split("/")[1:]
-        top = CONTAINER_ROOT.strip("/")
-        if not comps or comps[0] != top:
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.ENAMETOOLONG):
             return None
-        base: list[str] = []
-        comps = comps[1:]
-    else:
-        base = list(link_parts[:-1])
-        comps = target.split("/")
-    for comp in comps:
-        if comp in ("", "."):
-            continue
-        if comp == "..":
-            if not base:
-                return None
-            base.pop()
-            continue
-        base.append(comp)
-        here = root.joinpath(*base)
-        try:
-            mode = here.lstat().st_mode
-        except FileNotFoundError:
-            return None
-        if stat.S_ISLNK(mode):
-            resolved = resolve_in_tree(root, tuple(base), hops + 1)
-            if resolved is None:
-                return None
-            base = list(resolved)
-    return tuple(base)
+        raise
+    finally:
+        reset()
 
 
 Warn = Callable[[str], None]
 
 
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        for child in path.iterdir():
-            _remove(child)
-        path.rmdir()
-    else:
-        path.unlink()
+@dataclass
+class _Frame:
+    """One open directory of the walk and where its sorted reading stands."""
+
+    fd: int
+    parts: tuple[str, ...]
+    after: str | None = None  # the last name handled
+    chunk: list[str] = field(default_factory=list)  # the next names, largest first
+
+
+def _next_chunk(fd: int, after: str | None) -> list[str]:
+    with os.scandir(fd) as entries:  # closing rewinds the offset for the next scan
+        names = (e.name for e in entries if after is None or e.name > after)
+        return heapq.nsmallest(CHUNK, names)[::-1]
 
 
 @dataclass
 class _Collector:
-    root: Path
+    root_fd: int
     limits: ArtifactLimits
     warn: Warn
-    records: list[ArtifactRecord]
+    deadline: float
+    records: list[ArtifactRecord] = field(default_factory=list)
     total: int = 0
+    warnings: int = 0
 
-    def walk(self, parts: tuple[str, ...]) -> None:
-        directory = self.root.joinpath(*parts)
-        # The job may have left a directory unreadable; it is ours (same uid), so open it up.
-        os.chmod(directory, 0o755)
-        for name in sorted(os.listdir(directory)):
-            self.entry((*parts, name))
+    @property
+    def full(self) -> bool:
+        return len(self.records) >= self.limits.max_files
 
-    def entry(self, parts: tuple[str, ...]) -> None:
-        path = self.root.joinpath(*parts)
-        shown = "/".join(parts)
-        problem = name_problem(parts[-1])
+    def note(self, text: str) -> None:
+        self.warnings += 1
+        if self.warnings <= MAX_WARNINGS:
+            self.warn(text)
+
+    def walk(self) -> None:
+        stack = [_Frame(os.dup(self.root_fd), ())]
+        try:
+            while stack:
+                if time.monotonic() > self.deadline:
+                    raise ArtifactCopyError(COPY_TIMEOUT, f"not done after {COLLECT_SECONDS:.0f} s")
+                frame = stack[-1]
+                if self.full:
+                    self.drain(frame)
+                elif not frame.chunk:
+                    frame.chunk = _next_chunk(frame.fd, frame.after)
+                if not frame.chunk:
+                    os.close(stack.pop().fd)
+                    continue
+                name = frame.chunk.pop()
+                frame.after = name
+                child = self.entry(frame, name)
+                if child is not None:
+                    stack.append(child)
+        finally:
+            for frame in stack:
+                os.close(frame.fd)
+        if self.warnings > MAX_WARNINGS:
+            self.warn(f"{self.warnings - MAX_WARNINGS} more artifact warnings not shown")
+
+    def drain(self, frame: _Frame) -> None:
+        """Nothing more can be kept: remove what this directory has left, in any order."""
+        frame.chunk = []
+        while True:
+            with os.scandir(frame.fd) as entries:
+                names = (e.name for e in entries if frame.after is None or e.name > frame.after)
+                rest = list(itertools.islice(names, CHUNK))
+            if not rest:
+                return
+            for name in rest:
+                self.skip(frame, name, f"more than {self.limits.max_files} files")
+
+    def entry(self, frame: _Frame, name: str) -> _Frame | None:
+        path = "/".join((*frame.parts, name))
+        if not is_utf8(name):
+            self.skip(frame, name, "name is not valid UTF-8")
+            return None
+        problem = name_problem(name)
         if problem:
-            self.skip(path, repr(shown), problem)
-            return
-        if parts[-1].startswith("."):
-            self.warn(f"artifact {shown!r} has a leading '.' (kept)")
-        mode = path.lstat().st_mode
-        if stat.S_ISLNK(mode):
-            self.symlink(parts, path, shown)
-        elif stat.S_ISDIR(mode):
-            self.walk(parts)
-        elif stat.S_ISREG(mode):
-            self.regular(path, shown)
+            self.skip(frame, name, problem)
+            return None
+        info = os.stat(name, dir_fd=frame.fd, follow_symlinks=False)
+        if stat.S_ISLNK(info.st_mode):
+            self.symlink(frame, name)
+        elif stat.S_ISDIR(info.st_mode):
+            if len(frame.parts) >= MAX_DEPTH:
+                self.skip(frame, name, f"deeper than {MAX_DEPTH} directory levels")
+                return None
+            if name.startswith("."):
+                self.note(f"artifact {shown(path)} has a leading '.' (kept)")
+            # The job may have left a directory unreadable; it is ours (same uid), so
+            # open it up. One owned by someone else raises PermissionError.
+            return _Frame(open_dir(name, frame.fd, mode=0o755), (*frame.parts, name))
+        elif stat.S_ISREG(info.st_mode):
+            self.regular(frame, name)
         else:
-            self.skip(path, repr(shown), "not a regular file or directory")
+            self.skip(frame, name, "not a regular file or directory")
+        return None
 
-    def symlink(self, parts: tuple[str, ...], path: Path, shown: str) -> None:
-        resolved = resolve_in_tree(self.root, parts)
+    def symlink(self, frame: _Frame, name: str) -> None:
+        resolved = resolve_in_tree(self.root_fd, (*frame.parts, name))
         if resolved is None:
-            self.skip(path, repr(shown), f"symlink dangles or resolves outside {CONTAINER_ROOT}")
+            self.skip(frame, name, f"symlink dangles, loops or resolves outside {CONTAINER_ROOT}")
             return
-        target = self.root.joinpath(*resolved)
-        if not stat.S_ISREG(target.lstat().st_mode):
-            self.skip(path, repr(shown), "symlink to something other than a file")
-            return
-        # Replace the link by a hard link to its target: a plain file, no extra space.
-        temporary = path.with_name(".flashpods-link-tmp")
-        os.link(target, temporary, follow_symlinks=False)
-        os.replace(temporary, path)
-        self.regular(path, shown)
+        target_dir, target = resolved
+        try:
+            info = os.stat(target, dir_fd=target_dir, follow_symlinks=False)
+            if not stat.S_ISREG(info.st_mode):
+                self.skip(frame, name, "symlink to something other than a file")
+                return
+            # Replace the link by a hard link to its target: a plain file, no extra space.
+            remove_entry(_LINK_SCRATCH, frame.fd)
+            try:
+                os.link(
+                    target,
+                    _LINK_SCRATCH,
+                    src_dir_fd=target_dir,
+                    dst_dir_fd=frame.fd,
+                    follow_symlinks=False,
+                )
+            except OSError as exc:
+                # e.g. EPERM: fs.protected_hardlinks and a target owned by another uid.
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+                self.skip(frame, name, f"cannot become a plain file ({exc.strerror})")
+                return
+            os.replace(_LINK_SCRATCH, name, src_dir_fd=frame.fd, dst_dir_fd=frame.fd)
+        finally:
+            os.close(target_dir)
+        self.regular(frame, name)
 
-    def regular(self, path: Path, shown: str) -> None:
-        info = path.lstat()
+    def regular(self, frame: _Frame, name: str) -> None:
+        path = "/".join((*frame.parts, name))
+        info = os.stat(name, dir_fd=frame.fd, follow_symlinks=False)
         size = info.st_size
+        if name.startswith("."):
+            self.note(f"artifact {shown(path)} has a leading '.' (kept)")
         if size > self.limits.max_file_bytes:
-            self.skip(path, repr(shown), f"larger than {self.limits.max_file_bytes} bytes")
-        elif len(self.records) >= self.limits.max_files:
-            self.skip(path, repr(shown), f"more than {self.limits.max_files} files")
+            self.skip(frame, name, f"larger than {self.limits.max_file_bytes} bytes")
+        elif self.full:
+            self.skip(frame, name, f"more than {self.limits.max_files} files")
         elif self.total + size > self.limits.max_total_bytes:
-            self.skip(path, repr(shown), f"job total over {self.limits.max_total_bytes} bytes")
+            self.skip(frame, name, f"job total over {self.limits.max_total_bytes} bytes")
         else:
-            os.chmod(path, 0o644)
+            chmod_entry(name, frame.fd, 0o644)
             self.total += size
             created = datetime.fromtimestamp(info.st_mtime, UTC)
-            name = path.relative_to(self.root).as_posix()
-            self.records.append(ArtifactRecord(name, size, created))
+            self.records.append(ArtifactRecord(path, size, created))
 
-    def skip(self, path: Path, shown: str, why: str) -> None:
-        self.warn(f"artifact {shown} skipped: {why}")
-        _remove(path)
+    def skip(self, frame: _Frame, name: str, why: str) -> None:
+        self.note(f"artifact {shown('/'.join((*frame.parts, name)))} skipped: {why}")
+        remove_entry(name, frame.fd)
 
 
 _ERRNO_CODES = {
@@ -197,15 +328,33 @@ _ERRNO_CODES = {
     errno.EDQUOT: "artifact_copy_disk_full",
     errno.EFBIG: "artifact_copy_disk_full",
     errno.ENOENT: "artifact_copy_container_gone",
+    errno.EACCES: "artifact_copy_permission",
+    errno.EPERM: "artifact_copy_permission",
 }
 
 
-def collect_artifacts(root: Path, limits: ArtifactLimits, warn: Warn) -> list[ArtifactRecord]:
-    """Apply the rules to the job's (ended) artifacts directory; returns what stays."""
-    records: list[ArtifactRecord] = []
+def collect_artifacts(
+    root: Path, limits: ArtifactLimits, warn: Warn, seconds: float = COLLECT_SECONDS
+) -> list[ArtifactRecord]:
+    """Apply the rules to the job's (ended) artifacts directory; returns what stays.
+
+    Raises ArtifactCopyError for the documented failures; any other error (a bug, EIO)
+    propagates and the supervisor ends the job `job_finish_failed`."""
     try:
-        _Collector(root, limits, warn, records).walk(())
+        root_fd = open_dir(str(root), None, mode=0o755)
     except OSError as exc:
-        code = _ERRNO_CODES.get(exc.errno or 0, "artifact_copy_permission")
+        code = _ERRNO_CODES.get(exc.errno or 0)
+        if code is None:
+            raise
         raise ArtifactCopyError(code, os.strerror(exc.errno or 0)) from exc
-    return records
+    collector = _Collector(root_fd, limits, warn, time.monotonic() + seconds)
+    try:
+        collector.walk()
+    except OSError as exc:
+        code = _ERRNO_CODES.get(exc.errno or 0)
+        if code is None:
+            raise
+        raise ArtifactCopyError(code, os.strerror(exc.errno or 0)) from exc
+    finally:
+        os.close(root_fd)
+    return collector.records

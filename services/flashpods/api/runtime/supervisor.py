@@ -3,7 +3,10 @@
 The end of a job is always the same sequence, whether the container exited while we
 watched or while the API was down: finish the log, hooks.on_copying_artifacts, apply the
 artifact rules, hooks.on_finished, and only then remove the container (so a crash before
-the final status leaves everything for recovery to redo).
+the final status leaves everything for recovery to redo). An exception anywhere in that
+(a bug, a tree the walk did not expect) still ends the job: `failed` with
+FINISH_FAILED, and the container is removed; only when the final status itself cannot be
+written is the container left for the reconciler.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ log = logging.getLogger(__name__)
 
 StopReason = Literal["cancelled", "timed_out"]
 TIMEOUT_ERROR = "Job exceeded timeout limit"
+FINISH_FAILED = "job_finish_failed"
 RETRIES = 5
 RETRY_SECONDS = 2.0
 T = TypeVar("T")
@@ -100,6 +104,7 @@ class JobSupervisor:
         self._exited = threading.Event()
         self._abandoned = threading.Event()
         self._thread: threading.Thread | None = None
+        self._reported = False  # on_finished succeeded
 
     def request_cancel(self) -> None:
         self._cancel.set()
@@ -129,9 +134,26 @@ class JobSupervisor:
         try:
             self._watch_and_finish(started_at, pid)
         except Exception:
-            log.exception("supervising %s failed; recovery will pick it up", self.spec.job_id)
+            log.exception("supervising %s failed; it ends %s", self.spec.job_id, FINISH_FAILED)
+            if not self._abandoned.is_set():
+                self._end_failed()
         finally:
             self.on_done(self.spec.job_id)
+
+    def _end_failed(self) -> None:
+        """The job's end could not be worked out: report it failed, remove the container
+        (whether or not it still runs), so its capacity is released either way."""
+        outcome = JobOutcome("failed", None, FINISH_FAILED, (), utc_now())
+        if not self._reported:
+            try:  # one try: the reconciler resumes an exited container whose job is active
+                self.hooks.on_finished(self.spec.job_id, outcome)
+            except Exception:
+                log.exception("job %s: final status not written; the reconciler retries", self.name)
+                return
+        try:
+            self.ops.finalize(self.spec)
+        except Exception:
+            log.exception("job %s: container not removed; the reconciler removes it", self.name)
 
     def _wait_exit(self) -> None:
         self.ops.wait(self.name)
@@ -189,17 +211,17 @@ class JobSupervisor:
         self._retry(
             "on_copying_artifacts", lambda: self.hooks.on_copying_artifacts(self.spec.job_id)
         )
-        warnings: list[str] = []
         copy_error: str | None = None
         records: list[ArtifactRecord] = []
         try:
-            records = collect_artifacts(self.spec.artifacts_dir, self.limits, warnings.append)
+            records = collect_artifacts(self.spec.artifacts_dir, self.limits, self._warn)
         except ArtifactCopyError as exc:
             copy_error = exc.code
-            warnings.append(f"collecting artifacts failed: {exc}")
-        joblog.append_runtime_lines(
-            self.spec.log_path, self.capture.limit_bytes, (f"warning: {w}" for w in warnings)
-        )
+            self._warn(f"collecting artifacts failed: {exc}")
+        except Exception:
+            log.exception("collecting the artifacts of %s failed", self.spec.job_id)
+            copy_error = FINISH_FAILED
+            self._warn(f"collecting artifacts failed: {FINISH_FAILED}")
         outcome = decide_outcome(
             info=info,
             oom_killed=oom_seen or bool(info and info.oom_killed),
@@ -209,4 +231,11 @@ class JobSupervisor:
             ended_at=(info.finished_at if info and info.finished_at else utc_now()),
         )
         self._retry("on_finished", lambda: self.hooks.on_finished(self.spec.job_id, outcome))
+        self._reported = True
         self.ops.finalize(self.spec)
+
+    def _warn(self, text: str) -> None:
+        """A warning of the runtime's own in the job log, under the log's size rule."""
+        joblog.append_runtime_lines(
+            self.spec.log_path, self.capture.limit_bytes, [f"warning: {text}"]
+        )
