@@ -198,7 +198,7 @@ def test_artifacts_subdirectories_and_symlinks(runtime: PodmanRuntime, hooks, ma
     assert (root / "reports" / "alias.txt").read_text() == "main\n"
     text = spec.log_path.read_text()
     assert "done" in text
-    assert "'escape' skipped: symlink dangles or resolves outside /artifacts" in text
+    assert "'escape' skipped: symlink dangles, loops or resolves outside /artifacts" in text
     assert "'reports/up' skipped" in text
     assert "'bad name ' skipped: name has leading or trailing whitespace" in text
     assert "'.hidden' has a leading '.' (kept)" in text
