@@ -3,8 +3,12 @@
 # container config, the Python venv with this package, SPIRE v1.13.3 and the job image.
 source "$(dirname "$0")/lib.sh"
 
+# Exactly what a brand-new machine gets (--no-install-recommends), so every program the
+# project or podman runs (flashpods.host_programs) must come from here: integration/setup
+# checks that on a minimal Debian root.
 DEB_PACKAGES=(podman catatonit runc uidmap slirp4netns wireguard-go wireguard-tools nftables rsync
-  iproute2 curl jq nix-bin busybox-static debootstrap procps psmisc openssl)
+  iproute2 iputils-ping curl jq git nix-bin busybox-static debootstrap procps psmisc openssl
+  python3 python3-venv)
 
 missing=()
 for p in "${DEB_PACKAGES[@]}"; do

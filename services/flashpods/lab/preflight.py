@@ -11,23 +11,12 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from flashpods import host_programs
 from flashpods.lab.proc import LabError
 
-PROGRAMS = (
-    "ip",
-    "nsenter",
-    "setpriv",
-    "wireguard-go",
-    "wg",
-    "nft",
-    "rsync",
-    "podman",
-    "runc",
-    "slirp4netns",
-    "openssl",
-    "nix-instantiate",
-    "useradd",
-)
+# The lab runs our services and rootful podman (and checks podman's own helpers too: a
+# machine without podman's init failed every job, not `up`).
+PROGRAMS = host_programs.RUNTIME + host_programs.PODMAN
 
 
 @dataclass(frozen=True)
