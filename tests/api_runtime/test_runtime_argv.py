@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from flashpods.api.config import ModelService
 from flashpods.api.runtime import JobSpec
 from flashpods.api.runtime import podman_cli as cli
 
@@ -92,11 +93,19 @@ def test_agent_texts_go_by_name_never_by_value() -> None:
         "FLASHPODS_GIT_BRANCH",
         "FLASHPODS_JOB_ID",
         "FLASHPODS_AGENT_COMMAND",
+        "FLASHPODS_MODEL_BASE_URL",
+        "FLASHPODS_MODEL_MAX_RETRIES",
+        "FLASHPODS_MODEL_TIMEOUT_MS",
     ]
     assert not any("secret plan" in a for a in args)
-    env = cli.agent_environment(job, "claude")
+    model = ModelService("http://198.51.100.2:8001", max_retries=1, timeout_ms=5000)
+    env = cli.agent_environment(job, "claude", model)
     assert env["FLASHPODS_TASK"] == "secret plan"
     assert env["FLASHPODS_AGENT_COMMAND"] == "claude"
+    assert env["FLASHPODS_MODEL_BASE_URL"] == "http://198.51.100.2:8001"
+    assert (env["FLASHPODS_MODEL_MAX_RETRIES"], env["FLASHPODS_MODEL_TIMEOUT_MS"]) == ("1", "5000")
+    # Unset: empty values, so the CLI keeps its own defaults.
+    assert cli.agent_environment(job, "claude", ModelService())["FLASHPODS_MODEL_BASE_URL"] == ""
     assert pairs(args, "--label")[2] == "flashpods-job-type=agent"
 
 

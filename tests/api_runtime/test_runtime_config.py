@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from flashpods.api.config import load_config
+from flashpods.api.config import ConfigError, ModelService, load_config, parse_model_service
 from flashpods.api.runtime import JobSpec
 from flashpods.api.runtime.podman import PodmanConfig, PodmanRuntime, raw_log_path
 
@@ -26,6 +26,9 @@ def test_from_api_config_carries_every_runtime_knob(tmp_path: Path) -> None:
         "FLASHPODS_TOOLS_DIR": "/opt/tools",
         "FLASHPODS_AGENT_COMMAND": "fake-agent",
         "FLASHPODS_ARTIFACT_MAX_FILES": "7",
+        "FLASHPODS_MODEL_BASE_URL": "http://198.51.100.2:8001",
+        "FLASHPODS_MODEL_MAX_RETRIES": "0",
+        "FLASHPODS_MODEL_TIMEOUT_MS": "15000",
     }
     runtime = PodmanRuntime(load_config(env))
     config = runtime.config
@@ -34,6 +37,28 @@ def test_from_api_config_carries_every_runtime_knob(tmp_path: Path) -> None:
     assert config.tools_dir == Path("/opt/tools")
     assert config.agent_command == "fake-agent"
     assert config.artifact_limits.max_files == 7
+    assert config.model_service == ModelService("http://198.51.100.2:8001", 0, 15000)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("FLASHPODS_MODEL_BASE_URL", "api.anthropic.com", "must be an http"),
+        ("FLASHPODS_MODEL_BASE_URL", "ftp://model.example", "must be an http"),
+        ("FLASHPODS_MODEL_BASE_URL", "https://model.example/?k=v", "without a query"),
+        ("FLASHPODS_MODEL_MAX_RETRIES", "two", "must be a number"),
+        ("FLASHPODS_MODEL_MAX_RETRIES", "-1", "must not be negative"),
+        ("FLASHPODS_MODEL_TIMEOUT_MS", "0", "at least 1"),
+    ],
+)
+def test_bad_model_service_settings_stop_the_api(name: str, value: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_model_service({name: value})
+
+
+def test_no_model_service_settings_keep_the_cli_defaults() -> None:
+    assert parse_model_service({}) == ModelService()
+    assert set(ModelService().environment().values()) == {""}
 
 
 def test_bad_values_are_refused() -> None:

@@ -10,8 +10,9 @@ from __future__ import annotations
 import os
 import sqlite3
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from flashpods.common.numbers import parse_decimal
 
@@ -21,6 +22,47 @@ GIB = 1024 * MIB
 
 class ConfigError(Exception):
     """A configuration problem; str() is the one line printed before exiting."""
+
+
+@dataclass(frozen=True)
+class ModelService:
+    """Where agent jobs' Claude Code finds the model service (deployment data, never the
+    job's caller): passed into agent containers, whose entrypoint hands it to the CLI as
+    ANTHROPIC_BASE_URL, CLAUDE_CODE_MAX_RETRIES and API_TIMEOUT_MS. Empty/None: the
+    CLI's own defaults (api.anthropic.com, 10 retries, 600 s)."""
+
+    base_url: str = ""
+    max_retries: int | None = None
+    timeout_ms: int | None = None
+
+    def environment(self) -> dict[str, str]:
+        def text(value: int | None) -> str:
+            return "" if value is None else str(value)
+
+        return {
+            "FLASHPODS_MODEL_BASE_URL": self.base_url,
+            "FLASHPODS_MODEL_MAX_RETRIES": text(self.max_retries),
+            "FLASHPODS_MODEL_TIMEOUT_MS": text(self.timeout_ms),
+        }
+
+
+def parse_model_service(env: Mapping[str, str]) -> ModelService:
+    url = env.get("FLASHPODS_MODEL_BASE_URL", "").strip()
+    if url:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.query:
+            raise ConfigError(
+                f"FLASHPODS_MODEL_BASE_URL must be an http(s) URL without a query, got {url!r}"
+            )
+    numbers: dict[str, int | None] = {}
+    for name in ("FLASHPODS_MODEL_MAX_RETRIES", "FLASHPODS_MODEL_TIMEOUT_MS"):
+        raw = env.get(name)
+        numbers[name] = int(_positive_number(name, raw, int)) if raw else None
+    if numbers["FLASHPODS_MODEL_TIMEOUT_MS"] == 0:
+        raise ConfigError("FLASHPODS_MODEL_TIMEOUT_MS must be at least 1")
+    return ModelService(
+        url, numbers["FLASHPODS_MODEL_MAX_RETRIES"], numbers["FLASHPODS_MODEL_TIMEOUT_MS"]
+    )
 
 
 @dataclass(frozen=True)
@@ -43,6 +85,7 @@ class Config:
     token_socket: Path = Path("/run/flashpods/token.sock")
     tools_dir: Path | None = None
     agent_command: str = "claude"
+    model_service: ModelService = field(default_factory=ModelService)
     # TTLs (seconds)
     upload_unfinalized_ttl: int = 30 * 60
     upload_finalized_ttl: int = 60 * 60
@@ -177,6 +220,7 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         "spire_socket_dir": Path(env.get("FLASHPODS_SPIRE_SOCKET_DIR") or "/run/spire/sockets"),
         "token_socket": Path(env.get("FLASHPODS_TOKEN_SOCKET") or "/run/flashpods/token.sock"),
         "tools_dir": Path(tools) if tools else None,
+        "model_service": parse_model_service(env),
     }
     for name, key in (
         ("FLASHPODS_HOST_CPUS", "host_cpus"),

@@ -17,7 +17,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from flashpods.api.config import Config
+from flashpods.api.config import Config, ModelService
 from flashpods.api.runtime import ContainerError, ContainerInfo, JobHooks, JobSpec, joblog
 from flashpods.api.runtime import podman_cli as cli
 from flashpods.api.runtime.artifacts_copy import ArtifactLimits
@@ -45,6 +45,7 @@ class PodmanConfig:
     token_socket: Path = Path("/run/flashpods/token.sock")
     tools_dir: Path | None = None
     agent_command: str = "claude"
+    model_service: ModelService = field(default_factory=ModelService)
     podman_binary: str = "podman"
     artifact_limits: ArtifactLimits = field(default_factory=ArtifactLimits)
 
@@ -60,6 +61,7 @@ class PodmanConfig:
             token_socket=config.token_socket,
             tools_dir=config.tools_dir,
             agent_command=config.agent_command,
+            model_service=config.model_service,
             artifact_limits=ArtifactLimits(
                 max_file_bytes=config.artifact_max_file_bytes,
                 max_total_bytes=config.artifact_max_job_bytes,
@@ -320,7 +322,7 @@ class PodmanRuntime:
             raw_log_max_bytes=raw_max,
         )
         env = (
-            cli.agent_environment(spec, self.config.agent_command)
+            cli.agent_environment(spec, self.config.agent_command, self.config.model_service)
             if spec.job_type == "agent"
             else None
         )

@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from flashpods.api.config import ModelService
 from flashpods.api.runtime import JobSpec
 
 LABEL_JOB = "flashpods-job"
@@ -60,7 +61,9 @@ def container_name(job_id: str) -> str:
     return f"job_{job_id}"
 
 
-def agent_environment(spec: JobSpec, agent_command: str) -> dict[str, str]:
+def agent_environment(
+    spec: JobSpec, agent_command: str, model_service: ModelService
+) -> dict[str, str]:
     """Values handed to the podman client's environment and passed by name with `-e`."""
     return {
         "FLASHPODS_TASK": spec.task or "",
@@ -68,6 +71,7 @@ def agent_environment(spec: JobSpec, agent_command: str) -> dict[str, str]:
         "FLASHPODS_GIT_BRANCH": spec.git_branch or "",
         "FLASHPODS_JOB_ID": spec.job_id,
         "FLASHPODS_AGENT_COMMAND": agent_command,
+        **model_service.environment(),
     }
 
 
@@ -125,7 +129,7 @@ def create_args(
     for mount in mounts:
         args += ["-v", mount.volume_arg()]
     if spec.job_type == "agent":
-        for name in agent_environment(spec, ""):
+        for name in agent_environment(spec, "", ModelService()):
             args += ["-e", name]
         args += ["--workdir", "/work", spec.image, AGENT_ENTRYPOINT]
     else:
