@@ -146,3 +146,24 @@ def test_download_artifact_saves_under_the_download_directory(stub: Stub, tmp_pa
     assert absolute.structured_content["path"] == str(root.resolve() / "abs.txt")
     assert (root / "k" / "o.txt").read_bytes() == b"data"
     assert default.structured_content["size_bytes"] == 4
+
+
+def test_a_sub_agents_upload_keeps_its_repository_a_workers_does_not(tmp_path: Path) -> None:
+    uploads: list[tuple[Path, tuple[str, ...]]] = []
+
+    class Recorder:
+        def upload(self, source: Path, *, excludes: tuple[str, ...]) -> Any:
+            uploads.append((source, tuple(excludes)))
+            return type("U", (), {"upload_id": "upload_x"})()
+
+        def create_agent(self, *args: Any, **kwargs: Any) -> Any:
+            return type("C", (), {"raw": {"job_id": JOB_ID}})()
+
+        create_worker = create_agent
+
+    tools = FlashpodsTools(Recorder, tmp_path)  # type: ignore[arg-type]
+    tools.spawn_sub_agent("task", "branch", files=str(tmp_path))
+    tools.spawn_worker("true", files=str(tmp_path))
+    (_, agent), (_, worker) = uploads
+    assert ".git" not in agent and "node_modules" in agent
+    assert ".git" in worker and "node_modules" in worker

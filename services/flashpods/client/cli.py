@@ -26,7 +26,7 @@ from flashpods.client.errors import FlashpodsError
 from flashpods.client.models import Job
 from flashpods.client.progress import Progress, human_bytes
 from flashpods.client.sdk import MAX_TAIL, Flashpods, OutputFollower, RetryEvent
-from flashpods.client.upload import DEFAULT_EXCLUDES
+from flashpods.client.upload import AGENT_EXCLUDES, DEFAULT_EXCLUDES
 
 EXIT_FLASHPODS_ERROR = 125
 EXIT_TIMED_OUT = 124
@@ -126,11 +126,16 @@ def cmd_agent(ctx: Context) -> int:
         )
         return created.job_id
 
-    return _run_job(ctx, fp, start, follow=args.follow)
+    return _run_job(ctx, fp, start, follow=args.follow, excludes=AGENT_EXCLUDES)
 
 
 def _run_job(
-    ctx: Context, fp: Flashpods, start: Callable[[str | None], str], *, follow: bool
+    ctx: Context,
+    fp: Flashpods,
+    start: Callable[[str | None], str],
+    *,
+    follow: bool,
+    excludes: Sequence[str] = DEFAULT_EXCLUDES,
 ) -> int:
     """Upload, start, and (when following) stream the log, download artifacts and
     return the job's exit code. Ctrl-C while following cancels the job."""
@@ -138,7 +143,7 @@ def _run_job(
     progress = ctx.progress
     files_id = None
     if args.dir is not None:
-        files_id = _upload(ctx, fp, Path(args.dir))
+        files_id = _upload(ctx, fp, Path(args.dir), excludes)
     job_id = start(files_id)
     if not follow:
         if ctx.as_json:
@@ -182,8 +187,8 @@ def _run_job(
     return code
 
 
-def _upload(ctx: Context, fp: Flashpods, source: Path) -> str:
-    excludes = [] if ctx.args.no_default_excludes else list(DEFAULT_EXCLUDES)
+def _upload(ctx: Context, fp: Flashpods, source: Path, defaults: Sequence[str]) -> str:
+    excludes = [] if ctx.args.no_default_excludes else list(defaults)
     excludes += ctx.args.exclude or []
     ctx.progress.update(f"uploading {source} ...")
 
@@ -397,7 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
     resources.add_argument(
         "--no-default-excludes",
         action="store_true",
-        help=f"do not exclude {' '.join(DEFAULT_EXCLUDES)}",
+        help=f"do not exclude {' '.join(DEFAULT_EXCLUDES)} (agent always keeps .git)",
     )
     resources.add_argument(
         "--artifacts-dir",

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -25,6 +25,7 @@ from flashpods.client import paths
 from flashpods.client.config import DEFAULT_DOWNLOAD_DIR, load_config
 from flashpods.client.errors import FlashpodsError
 from flashpods.client.sdk import Flashpods
+from flashpods.client.upload import AGENT_EXCLUDES, DEFAULT_EXCLUDES
 from flashpods.common.logsetup import configure_logging
 
 log = logging.getLogger("flashpods.mcp")
@@ -37,8 +38,9 @@ Files = Annotated[
     str | None,
     Field(
         description="Local directory to upload as the job's /work (relative paths are "
-        "relative to this server's working directory). .git, node_modules, target, "
-        "__pycache__ and .venv are left out.",
+        "relative to this server's working directory). node_modules, target, __pycache__ "
+        "and .venv are left out, and .git too except for sub-agents (they push a branch "
+        "to the repository's origin).",
     ),
 ]
 Image = Annotated[
@@ -77,10 +79,10 @@ class FlashpodsTools:
                 self._client = self.make_client()
             return self._client
 
-    def _upload(self, files: str | None) -> str | None:
+    def _upload(self, files: str | None, excludes: Sequence[str]) -> str | None:
         if files is None:
             return None
-        return self.client().upload(Path(files).expanduser()).upload_id
+        return self.client().upload(Path(files).expanduser(), excludes=excludes).upload_id
 
     def spawn_worker(
         self,
@@ -91,7 +93,7 @@ class FlashpodsTools:
         memory_gb: int | None = None,
         timeout_minutes: int | None = None,
     ) -> dict[str, Any]:
-        files_id = self._upload(files)
+        files_id = self._upload(files, DEFAULT_EXCLUDES)
         created = self.client().create_worker(
             command,
             files_id=files_id,
@@ -112,7 +114,7 @@ class FlashpodsTools:
         memory_gb: int | None = None,
         timeout_minutes: int | None = None,
     ) -> dict[str, Any]:
-        files_id = self._upload(files)
+        files_id = self._upload(files, AGENT_EXCLUDES)
         created = self.client().create_agent(
             task,
             git_branch,

@@ -18,6 +18,9 @@ from pathlib import Path
 from flashpods.client.errors import FlashpodsError
 
 DEFAULT_EXCLUDES = (".git", "node_modules", "target", "__pycache__", ".venv")
+# An agent's /work keeps its repository: the agent works on a branch of it and pushes
+# that branch to the repository's own `origin`.
+AGENT_EXCLUDES = tuple(p for p in DEFAULT_EXCLUDES if p != ".git")
 UPLOAD_ID_RE = re.compile(r"^upload_[A-Za-z0-9_-]{1,64}$")
 # rsync --info=progress2 lines: "   1,234,567  42%   1.23MB/s    0:00:01 (xfr#3, to-chk=0/5)"
 _PROGRESS_RE = re.compile(r"^\s*([\d,]+)\s+(\d+)%\s+(\S+)")
