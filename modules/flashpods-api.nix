@@ -26,6 +26,9 @@ let
       FLASHPODS_PULL_POLICY = api.pullPolicy;
       FLASHPODS_AGENT_COMMAND = api.agentCommand;
     }
+    // lib.optionalAttrs (api.modelBaseUrl != null) {
+      FLASHPODS_MODEL_BASE_URL = api.modelBaseUrl;
+    }
     // lib.optionalAttrs (api.toolsDir != null) { FLASHPODS_TOOLS_DIR = "${api.toolsDir}"; }
     // lib.optionalAttrs (cfg.hostCapacity.cpus != null) {
       FLASHPODS_HOST_CPUS = toString cfg.hostCapacity.cpus;
@@ -89,6 +92,18 @@ in
       type = types.str;
       default = "claude";
       description = "Command the agent entrypoint runs in agent jobs (`FLASHPODS_AGENT_COMMAND`).";
+    };
+
+    modelBaseUrl = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "https://llm-gateway.internal.example";
+      description = ''
+        Model service of agent jobs (`FLASHPODS_MODEL_BASE_URL`, the CLI's
+        `ANTHROPIC_BASE_URL`); null: the Anthropic API. Its key comes only from the token
+        service (secrets.json `anthropic_api_key`). Retries and timeout:
+        `FLASHPODS_MODEL_MAX_RETRIES` / `FLASHPODS_MODEL_TIMEOUT_MS` in `extraEnvironment`.
+      '';
     };
 
     toolsDir = mkOption {
