@@ -22,11 +22,6 @@
       pkgs = nixpkgs.legacyPackages.${system};
       recent = nixpkgs-recent.legacyPackages.${system};
       inherit (recent) spire;
-      # Claude Code is unfree: allowed for that package only, for the job image.
-      pkgsWithAgent = import nixpkgs {
-        inherit system;
-        config.allowUnfreePredicate = pkg: lib.getName pkg == "claude-code";
-      };
 
       # Modules get SPIRE from the nixpkgs-recent input unless the user sets another.
       # Every nixosModules.* imports this one module; its `key` makes the module system
@@ -92,8 +87,8 @@
         # What job containers mount at /opt/flashpods (static spire-agent + entrypoints).
         tools = pkgs.callPackage ./nix/tools.nix { inherit spire; };
         # The job image with the agent (docs/nixos.md): podman.preloadImages loads it.
-        claude-code = pkgsWithAgent.callPackage ./nix/claude-code.nix { };
-        job-image = pkgsWithAgent.callPackage ./nix/job-image.nix { inherit claude-code; };
+        claude-code = pkgs.callPackage ./nix/claude-code.nix { };
+        job-image = pkgs.callPackage ./nix/job-image.nix { inherit claude-code; };
       };
 
       formatter.${system} = pkgs.nixfmt-rfc-style;

@@ -5,19 +5,22 @@
 # glibc, and no stripping (that would cut off the bundled program and leave bare Bun).
 # nixpkgs' `claude-code` (pkgs/by-name/cl/claude-code/package.nix, the npm wrapper run by
 # Node) follows its own version; pinning here keeps both hosts on the release the lab tests.
+#
+# The CLI is proprietary (Anthropic's terms, LICENSE.md in the package). meta.license is
+# left unset so the flake evaluates without allowUnfree; deploying it means accepting
+# those terms, as using an Anthropic API key does.
 {
-  lib,
   stdenvNoCC,
   fetchurl,
   autoPatchelfHook,
 }:
 
-stdenvNoCC.mkDerivation (finalAttrs: {
+stdenvNoCC.mkDerivation rec {
   pname = "claude-code";
   version = "2.1.197";
 
   src = fetchurl {
-    url = "https://registry.npmjs.org/@anthropic-ai/claude-code-linux-x64/-/claude-code-linux-x64-${finalAttrs.version}.tgz";
+    url = "https://registry.npmjs.org/@anthropic-ai/claude-code-linux-x64/-/claude-code-linux-x64-${version}.tgz";
     # `npm view @anthropic-ai/claude-code-linux-x64@2.1.197 dist.integrity`
     hash = "sha512-rIlKmrY0QMyHgPRX/MYWNj039vbypICvI9jVe3rs9Xy2RnNklySjyPxqh62QadznzoftEO23uYQ1tFePcQ//bg==";
   };
@@ -34,14 +37,13 @@ stdenvNoCC.mkDerivation (finalAttrs: {
 
   doInstallCheck = true;
   installCheckPhase = ''
-    HOME=$TMPDIR "$out/bin/claude" --version </dev/null | grep -qx '${finalAttrs.version} (Claude Code)'
+    HOME=$TMPDIR "$out/bin/claude" --version </dev/null | grep -qx '${version} (Claude Code)'
   '';
 
   meta = {
     description = "Claude Code CLI (native binary from the npm registry)";
     homepage = "https://www.npmjs.com/package/@anthropic-ai/claude-code";
-    license = lib.licenses.unfree;
     platforms = [ "x86_64-linux" ];
     mainProgram = "claude";
   };
-})
+}

@@ -1,6 +1,7 @@
 # The job image for NixOS hosts, the counterpart of scripts/build-image.sh's Debian image:
 # what the container entrypoints need (sh, coreutils, curl, jq, git, CA certificates) and
-# the Claude Code CLI (./claude-code.nix), as `localhost/flashpods-job:latest`. Load it
+# the Claude Code CLI (./claude-code.nix), as `flashpods-job:latest` (podman names an
+# unqualified image `localhost/flashpods-job:latest`, the API's default). Load it
 # with `services.flashpods.podman.preloadImages = [ flashpods.packages.x86_64-linux.job-image ]`.
 # buildLayeredImage's `contents`, `extraCommands` and `config`:
 # nixpkgs doc/build-helpers/images/dockertools.section.md.
@@ -21,7 +22,7 @@
 }:
 
 dockerTools.buildLayeredImage {
-  name = "localhost/flashpods-job";
+  name = "flashpods-job";
   tag = "latest";
   contents = [
     bashInteractive # /bin/sh
