@@ -98,8 +98,8 @@ def test_worker_and_agent(running: Running, ec_signer: Signer) -> None:
 @pytest.mark.parametrize(
     ("headers", "status", "code"),
     [
-        ({}, 400, "missing_authorization"),
-        ({"Authorization": "Basic Zm9vOmJhcg=="}, 400, "missing_authorization"),
+        ({}, 401, "missing_authorization"),
+        ({"Authorization": "Basic Zm9vOmJhcg=="}, 401, "malformed_authorization"),
         ({"Authorization": "Bearer not-a-jwt"}, 401, "invalid_jwt"),
         ({"Authorization": "Bearer " + "A" * 20000}, 401, "invalid_jwt"),
     ],
@@ -139,7 +139,7 @@ def test_huge_header_line_gets_json_431_and_service_survives(
     raw.close()
     head, _, body = data.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 431")
-    assert json.loads(body)["error"] == "header_too_large"
+    assert json.loads(body)["error"] == "headers_too_large"
     assert exchange(running.socket_path, ec_signer.token()).status == 200
 
 
@@ -208,7 +208,7 @@ def test_one_audit_line_per_exchange_without_secrets_or_jwt(
         f"exchange granted spiffe_id={WORKER} secrets=GITHUB_TOKEN token=sha256:"
     )
     assert lines[2].startswith("exchange denied status=401 reason=expired_jwt")
-    assert lines[3].startswith("exchange denied status=400 reason=missing_authorization")
+    assert lines[3].startswith("exchange denied status=401 reason=missing_authorization")
     text = "\n".join(r.getMessage() for r in caplog.records)
     for value in SECRETS.values():
         assert value not in text

@@ -55,14 +55,16 @@ def claims_now(**extra: Any) -> dict[str, Any]:
 def test_missing_header(header: str | None) -> None:
     with pytest.raises(ServiceError) as info:
         bearer_token(header)
-    assert (info.value.status, info.value.code) == (400, "missing_authorization")
+    assert (info.value.status, info.value.code) == (401, "missing_authorization")
 
 
-@pytest.mark.parametrize("header", ["Basic dXNlcjpwYXNz", "Bearer", "Bearer    ", "eyJhbGciOi"])
+@pytest.mark.parametrize(
+    "header", ["Basic dXNlcjpwYXNz", "Bearer", "Bearer    ", "eyJhbGciOi", "Bearer a b"]
+)
 def test_malformed_header(header: str) -> None:
     with pytest.raises(ServiceError) as info:
         bearer_token(header)
-    assert (info.value.status, info.value.code) == (400, "missing_authorization")
+    assert (info.value.status, info.value.code) == (401, "malformed_authorization")
 
 
 def test_bearer_scheme_is_case_insensitive() -> None:

@@ -17,7 +17,6 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler
 from importlib import metadata
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit
@@ -27,6 +26,7 @@ from flashpods.api.ids import is_request_id
 from flashpods.api.jobstate import STATUS_FILTERS
 from flashpods.api.logs import job_output, log_path, parse_tail
 from flashpods.common.errors import ServiceError
+from flashpods.common.jsonhttp import JsonRequestHandler, bearer_credential
 from flashpods.common.numbers import parse_decimal
 
 if TYPE_CHECKING:
@@ -211,14 +211,7 @@ def content_disposition(filename: str) -> str:
 
 
 def check_auth(header: str | None, token: str) -> None:
-    if header is None:
-        raise ServiceError(
-            401, "missing_authorization", "Authorization: Bearer <token> is required"
-        )
-    scheme, _, credential = header.strip().partition(" ")
-    credential = credential.strip()
-    if scheme.lower() != "bearer" or not credential or " " in credential:
-        raise ServiceError(401, "malformed_authorization", "Authorization must be 'Bearer <token>'")
+    credential = bearer_credential(header)
     if not hmac.compare_digest(credential.encode(), token.encode()):
         raise ServiceError(401, "invalid_token", "The bearer token is not valid")
 
@@ -226,13 +219,10 @@ def check_auth(header: str | None, token: str) -> None:
 # --- the request handler ----------------------------------------------------------------
 
 
-class RequestHandler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class RequestHandler(JsonRequestHandler):
     server_version = "flashpods-api"
-    sys_version = ""
     timeout = 120  # idle keep-alive connections are closed after this
     server: Any  # FlashpodsHTTPServer; typed loosely to avoid an import cycle
-    _headers_buffer: list[bytes]  # BaseHTTPRequestHandler's; we append the body to it
 
     def setup(self) -> None:
         super().setup()
@@ -263,18 +253,7 @@ class RequestHandler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s %s", self.address_string(), format % args)
 
-    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
-        """Errors raised by http.server itself (bad request line, headers too long)."""
-        self.close_connection = True
-        if self.request_version == "HTTP/0.9":  # unparsable line: answer with a status line
-            self.request_version = "HTTP/1.0"
-        names = {
-            400: "bad_request",
-            414: "uri_too_long",
-            431: "headers_too_large",
-            505: "http_version_not_supported",
-        }
-        error = ServiceError(code, names.get(code, "bad_request"), message or "Bad request")
+    def send_server_error(self, error: ServiceError) -> None:
         self._send_json(error.status, error.body(), {}, str(uuid.uuid4()))
 
     def dispatch(self) -> None:
@@ -378,26 +357,16 @@ class RequestHandler(BaseHTTPRequestHandler):
             )
         return self.rfile.read(length) if length else b""
 
-    def _common_headers(self, request_id: str, headers: dict[str, str]) -> None:
-        self.send_header("X-Request-Id", request_id)
-        for name, value in headers.items():
-            self.send_header(name, value)
+    def _common_headers(self, request_id: str, headers: dict[str, str]) -> dict[str, str]:
+        common = {"X-Request-Id": request_id, **headers}
         if self.close_connection:
-            self.send_header("Connection", "close")
+            common["Connection"] = "close"
+        return common
 
     def _send_json(
         self, status: int, body: dict[str, Any] | None, headers: dict[str, str], request_id: str
     ) -> None:
-        payload = b"" if status == 204 or body is None else json.dumps(body).encode()
-        self.send_response(status)
-        if payload:
-            self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self._common_headers(request_id, headers)
-        self._headers_buffer.append(b"\r\n")  # end_headers(), but the body goes in the same write
-        if payload and self.command != "HEAD":
-            self._headers_buffer.append(payload)
-        self.flush_headers()
+        self.send_json(status, body, self._common_headers(request_id, headers))
 
     def _send_download(
         self, status: int, download: Download, headers: dict[str, str], request_id: str
@@ -413,8 +382,10 @@ class RequestHandler(BaseHTTPRequestHandler):
                 self.send_header(
                     "Content-Range", f"bytes {download.start}-{download.end}/{download.size}"
                 )
-            self._common_headers(request_id, headers)
+            for name, value in self._common_headers(request_id, headers).items():
+                self.send_header(name, value)
             self.end_headers()
+            self.wfile.flush()  # the headers, before sendfile writes past the buffer
             if download.length:
                 try:
                     # Zero-copy from the page cache to the socket; never the whole file in memory.

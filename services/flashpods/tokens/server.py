@@ -11,10 +11,10 @@ import socketserver
 import threading
 import time
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 from flashpods.common.errors import ServiceError
+from flashpods.common.jsonhttp import JsonRequestHandler
 from flashpods.tokens.callers import ConnectionBudget, peer_caller
 from flashpods.tokens.service import Exchange, Outcome
 
@@ -28,14 +28,6 @@ MAX_CONNECTIONS_PER_CALLER = 8
 # From the start of a request to its last header line: a client that trickles one byte
 # or one header line at a time is cut off here, not after one idle read.
 REQUEST_DEADLINE_SECONDS = 10.0
-
-_HTTP_ERROR_CODES = {
-    HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE: "header_too_large",
-    HTTPStatus.BAD_REQUEST: "bad_request",
-    HTTPStatus.REQUEST_URI_TOO_LONG: "uri_too_long",
-    HTTPStatus.NOT_IMPLEMENTED: "method_not_allowed",
-    HTTPStatus.HTTP_VERSION_NOT_SUPPORTED: "bad_request",
-}
 
 
 class TokenServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
@@ -112,11 +104,9 @@ class _DeadlineReader(io.RawIOBase):
         return self._conn.recv_into(buffer)
 
 
-class TokenHandler(BaseHTTPRequestHandler):
+class TokenHandler(JsonRequestHandler):
     server: TokenServer
     server_version = "flashpods-token-service"
-    sys_version = ""
-    protocol_version = "HTTP/1.1"
     timeout = REQUEST_DEADLINE_SECONDS
 
     def setup(self) -> None:
@@ -140,26 +130,15 @@ class TokenHandler(BaseHTTPRequestHandler):
     def _send_json(
         self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None
     ) -> None:
-        payload = json.dumps(body).encode()
         self.connection.settimeout(self.timeout)  # the reads' deadline is not the writes'
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.send_header("Cache-Control", "no-store")
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(payload)
+        self.send_json(status, body, {"Cache-Control": "no-store", **(headers or {})})
 
-    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
-        """http.server's own errors (oversized header, bad request line) as our JSON shape."""
-        status = HTTPStatus(code)
-        error = ServiceError(code, _HTTP_ERROR_CODES.get(status, "bad_request"), message or "")
-        if status == HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE:
-            audit.info("exchange denied status=%d reason=%s spiffe_id=- token=-", code, error.code)
-        self.close_connection = True
-        self._send_json(code, error.body(), {"Connection": "close"})
+    def send_server_error(self, error: ServiceError) -> None:
+        if error.status == HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE:
+            audit.info(
+                "exchange denied status=%d reason=%s spiffe_id=- token=-", error.status, error.code
+            )
+        self._send_json(error.status, error.body(), {"Connection": "close"})
         self._linger()
 
     def _linger(self) -> None:

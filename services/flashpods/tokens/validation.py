@@ -22,6 +22,7 @@ from spiffe.svid.errors import InvalidAlgorithmError, InvalidTokenError, Invalid
 from spiffe.svid.jwt_svid import JwtSvid
 
 from flashpods.common.errors import ServiceError
+from flashpods.common.jsonhttp import bearer_credential
 
 # SPIRE's JWT-SVIDs are a few hundred bytes; anything this large is not one of them.
 MAX_TOKEN_LENGTH = 16 * 1024
@@ -37,15 +38,8 @@ def invalid_jwt(reason: str) -> ServiceError:
 
 
 def bearer_token(header: str | None) -> str:
-    """The token of `Authorization: Bearer <token>`."""
-    if header is None or not header.strip():
-        raise ServiceError(400, "missing_authorization", "send 'Authorization: Bearer <JWT-SVID>'")
-    scheme, _, token = header.strip().partition(" ")
-    token = token.strip()
-    if scheme.lower() != "bearer" or not token:
-        raise ServiceError(
-            400, "missing_authorization", "the Authorization header must be 'Bearer <JWT-SVID>'"
-        )
+    """The JWT-SVID of `Authorization: Bearer <token>` (the API's rules: jsonhttp)."""
+    token = bearer_credential(header, "JWT-SVID")
     if len(token) > MAX_TOKEN_LENGTH:
         raise invalid_jwt(f"token longer than {MAX_TOKEN_LENGTH} bytes")
     return token
