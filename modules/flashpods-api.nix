@@ -195,7 +195,8 @@ in
           "~@privileged"
         ];
         SystemCallErrorNumber = "EPERM";
-        UMask = "0022";
+        # lib/hardening.nix's UMask 0077 stays: the database, snapshots, artifacts and logs
+        # are the service user's alone (the service sets it itself as well).
       };
     };
   };

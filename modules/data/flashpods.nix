@@ -27,15 +27,17 @@
   };
 
   # Every directory and file the host needs, with owner and mode (system.md "Host layout").
+  # The service's data (database, uploads and snapshots, artifacts, logs) is 0750: no
+  # other local user may read a job's commands, source or output (issue #11 W3/W4).
   # kind: "d" = directory created at boot, "f" = file that must exist (content from the operator),
   # "socket" = created by a service; listed so tests can check mode and owner.
   paths = [
-    { path = "/tmp/flashpods";                 kind = "d"; user = "flashpods"; group = "flashpods"; mode = "0755"; }
-    { path = "/tmp/flashpods/uploads";         kind = "d"; user = "flashpods"; group = "flashpods"; mode = "0755"; }
-    { path = "/var/lib/flashpods";             kind = "d"; user = "flashpods"; group = "flashpods"; mode = "0755"; }
-    { path = "/var/lib/flashpods/artifacts";   kind = "d"; user = "flashpods"; group = "flashpods"; mode = "0755"; }
-    { path = "/var/lib/flashpods/db";          kind = "d"; user = "flashpods"; group = "flashpods"; mode = "0755"; }
-    { path = "/var/log/flashpods";             kind = "d"; user = "flashpods"; group = "flashpods"; mode = "0755"; }
+    { path = "/tmp/flashpods";                 kind = "d"; user = "flashpods"; group = "flashpods"; mode = "0750"; }
+    { path = "/tmp/flashpods/uploads";         kind = "d"; user = "flashpods"; group = "flashpods"; mode = "0750"; }
+    { path = "/var/lib/flashpods";             kind = "d"; user = "flashpods"; group = "flashpods"; mode = "0750"; }
+    { path = "/var/lib/flashpods/artifacts";   kind = "d"; user = "flashpods"; group = "flashpods"; mode = "0750"; }
+    { path = "/var/lib/flashpods/db";          kind = "d"; user = "flashpods"; group = "flashpods"; mode = "0750"; }
+    { path = "/var/log/flashpods";             kind = "d"; user = "flashpods"; group = "flashpods"; mode = "0750"; }
     { path = "/etc/flashpods";                 kind = "d"; user = "root";      group = "root";      mode = "0700"; }
     { path = "/etc/flashpods/api-token";       kind = "f"; user = "root";      group = "root";      mode = "0600"; }
     { path = "/etc/flashpods/secrets.json";    kind = "f"; user = "root";      group = "root";      mode = "0600"; }
@@ -93,6 +95,9 @@
       "read only" = false;
       uid = "flashpods";
       gid = "flashpods";
+      # rsync -a keeps the laptop's modes (0644 files, 0755 directories); nothing of an
+      # upload is for group or others on the host.
+      "incoming chmod" = "go-rwx";
     };
   };
 

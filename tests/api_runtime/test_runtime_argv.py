@@ -44,15 +44,22 @@ def pairs(args: list[str], flag: str) -> list[str]:
     return [args[i + 1] for i, item in enumerate(args) if item == flag]
 
 
-def test_worker_runs_its_command_as_one_argv_item() -> None:
-    args = args_for(spec())
+def test_worker_command_goes_by_name_never_by_value() -> None:
+    """Not in podman's argv, not in the container shell's: `ps` on the host shows neither."""
+    job = spec()
+    args = args_for(job)
     assert args[0] == "create"
     assert args[-4:] == [
         "localhost/flashpods-job:latest",
         "/bin/sh",
         "-c",
-        "echo hi; rm -rf / # $(whoami) 'quoted'",
+        'eval "$FLASHPODS_COMMAND"',
     ]
+    assert pairs(args, "-e") == ["FLASHPODS_COMMAND"]
+    assert not any("rm -rf" in a for a in args)
+    assert cli.job_environment(job, "claude", ModelService()) == {
+        "FLASHPODS_COMMAND": "echo hi; rm -rf / # $(whoami) 'quoted'"
+    }
 
 
 def test_labels_limits_and_hardening() -> None:
@@ -99,13 +106,13 @@ def test_agent_texts_go_by_name_never_by_value() -> None:
     ]
     assert not any("secret plan" in a for a in args)
     model = ModelService("http://198.51.100.2:8001", max_retries=1, timeout_ms=5000)
-    env = cli.agent_environment(job, "claude", model)
+    env = cli.job_environment(job, "claude", model)
     assert env["FLASHPODS_TASK"] == "secret plan"
     assert env["FLASHPODS_AGENT_COMMAND"] == "claude"
     assert env["FLASHPODS_MODEL_BASE_URL"] == "http://198.51.100.2:8001"
     assert (env["FLASHPODS_MODEL_MAX_RETRIES"], env["FLASHPODS_MODEL_TIMEOUT_MS"]) == ("1", "5000")
     # Unset: empty values, so the CLI keeps its own defaults.
-    assert cli.agent_environment(job, "claude", ModelService())["FLASHPODS_MODEL_BASE_URL"] == ""
+    assert cli.job_environment(job, "claude", ModelService())["FLASHPODS_MODEL_BASE_URL"] == ""
     assert pairs(args, "--label")[2] == "flashpods-job-type=agent"
 
 

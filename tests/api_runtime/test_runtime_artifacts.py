@@ -126,7 +126,7 @@ def test_collector_applies_every_rule(tmp_path: Path) -> None:
     assert not (root / "fifo").exists()
     assert not (root / "sub" / "inside").is_symlink()
     assert (root / "sub" / "inside").read_text() == "ok"
-    assert (root / "locked").stat().st_mode & 0o777 == 0o755
+    assert (root / "locked").stat().st_mode & 0o777 == 0o700
     text = "\n".join(warnings)
     assert "'escape' skipped: symlink dangles, loops or resolves outside /artifacts" in text
     assert "'.hidden' has a leading '.'" in text

@@ -329,7 +329,7 @@ def test_disabled_means_nothing_deployed(eval_modules: Callable[[str], dict[str,
 HARDENING_EXCEPTIONS: dict[str, dict[str, Any]] = {
     # the podman client reads its user config; the uploads live in /tmp/flashpods;
     # job artifacts and logs must be readable by the flashpods group.
-    "flashpods-api": {"ProtectHome": "read-only", "PrivateTmp": False, "UMask": "0022"},
+    "flashpods-api": {"ProtectHome": "read-only", "PrivateTmp": False},
     "flashpods-token-service": {},
     "spire-server": {},
     "spire-bootstrap": {},

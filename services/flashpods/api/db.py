@@ -9,6 +9,8 @@ their own, which would end our outer transaction early.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sqlite3
 import threading
 import time
@@ -104,6 +106,11 @@ class Store:
         self.lock = threading.RLock()
         self.conn.execute("PRAGMA busy_timeout = 30000")
         self.db.enable_wal()
+        # A database created under an older, wider umask: SQLite gives its WAL and SHM
+        # the database file's mode, so closing the file closes them too.
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.chmod(f"{path}{suffix}", 0o600)
         self.conn.execute("PRAGMA synchronous = NORMAL")
         self.migrate()
         jobstate.guard(self.conn)

@@ -261,7 +261,7 @@ class Jobs:
             return self.require(job_id)["status"]  # cancelled while pending
         row = self.require(job_id)
         spec = self.spec_for(row)
-        spec.artifacts_dir.mkdir(mode=0o755, exist_ok=True)
+        spec.artifacts_dir.mkdir(mode=0o700, exist_ok=True)
         try:
             self.runtime.start(spec, self)
         except Exception as exc:

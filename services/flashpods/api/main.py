@@ -6,6 +6,7 @@ left alone (their containers keep running; the next start-up reconciles them).
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -15,8 +16,13 @@ from flashpods.api.config import ConfigError, load_config
 from flashpods.api.server import build_server
 from flashpods.common.logsetup import configure_logging
 
+# What the API creates (database and its WAL/SHM, snapshots, artifacts, logs) is for its
+# own user alone, whatever umask it was started with (issue #11 W3/W4).
+UMASK = 0o077
+
 
 def main() -> int:
+    os.umask(UMASK)
     log = configure_logging("flashpods-api")
     try:
         config = load_config()

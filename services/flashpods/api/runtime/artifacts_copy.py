@@ -260,8 +260,9 @@ class _Collector:
             if name.startswith("."):
                 self.note(f"artifact {shown(path)} has a leading '.' (kept)")
             # The job may have left a directory unreadable; it is ours (same uid), so
-            # open it up. One owned by someone else raises PermissionError.
-            return _Frame(open_dir(name, frame.fd, mode=0o755), (*frame.parts, name))
+            # open it up for us alone (downloads go through the API). One owned by someone
+            # else raises PermissionError.
+            return _Frame(open_dir(name, frame.fd, mode=0o700), (*frame.parts, name))
         elif stat.S_ISREG(info.st_mode):
             self.regular(frame, name)
         else:
@@ -313,7 +314,7 @@ class _Collector:
         elif self.total + size > self.limits.max_total_bytes:
             self.skip(frame, name, f"job total over {self.limits.max_total_bytes} bytes")
         else:
-            chmod_entry(name, frame.fd, 0o644)
+            chmod_entry(name, frame.fd, 0o600)
             self.total += size
             created = datetime.fromtimestamp(info.st_mtime, UTC)
             self.records.append(ArtifactRecord(path, size, created))
@@ -341,7 +342,7 @@ def collect_artifacts(
     Raises ArtifactCopyError for the documented failures; any other error (a bug, EIO)
     propagates and the supervisor ends the job `job_finish_failed`."""
     try:
-        root_fd = open_dir(str(root), None, mode=0o755)
+        root_fd = open_dir(str(root), None, mode=0o700)
     except OSError as exc:
         code = _ERRNO_CODES.get(exc.errno or 0)
         if code is None:

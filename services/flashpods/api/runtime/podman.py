@@ -254,11 +254,13 @@ class PodmanRuntime:
 
     def _prepare_files(self, spec: JobSpec) -> None:
         spec.artifacts_dir.mkdir(parents=True, exist_ok=True)
-        os.chmod(spec.artifacts_dir, 0o755)
+        # The job runs as our own uid (rootful --user, rootless keep-id): nobody else needs
+        # to read its output.
+        os.chmod(spec.artifacts_dir, 0o700)
         spec.log_path.parent.mkdir(parents=True, exist_ok=True)
-        spec.log_path.touch(0o640)
+        spec.log_path.touch(0o600)
         # Created by us, so it is ours even when a rootful conmon appends to it.
-        raw_log_path(spec).touch(0o640)
+        raw_log_path(spec).touch(0o600)
 
     def _finalize(self, spec: JobSpec) -> None:
         """After on_finished: the container and the job's scratch files go."""
@@ -321,11 +323,7 @@ class PodmanRuntime:
             raw_log_path=raw_log_path(spec),
             raw_log_max_bytes=raw_max,
         )
-        env = (
-            cli.agent_environment(spec, self.config.agent_command, self.config.model_service)
-            if spec.job_type == "agent"
-            else None
-        )
+        env = cli.job_environment(spec, self.config.agent_command, self.config.model_service)
         try:
             self._checked(args, env=env, timeout=600)  # a pull may take a while
             self._checked(["start", name])

@@ -1,9 +1,10 @@
 """The argv of every podman call the runtime makes, as pure functions.
 
-User text (the worker's command, the agent's task and context) only ever becomes one
-argv item or an environment value of the podman client: podman is exec'd directly, no
-shell on the host sees it. The agent's long texts travel as `-e NAME` (value taken from
-the client's environment) so they do not show up in `ps` output of the host.
+User text (the worker's command, the agent's task and context) only ever becomes an
+environment value of the podman client, passed on as `-e NAME` (value taken from the
+client's environment): podman is exec'd directly, no shell on the host sees it, and it
+never shows in `ps` on the host — neither as podman's argv nor as the container shell's
+(which reads `eval "$FLASHPODS_COMMAND"`); /proc/<pid>/environ is its owner's alone.
 """
 
 from __future__ import annotations
@@ -61,10 +62,16 @@ def container_name(job_id: str) -> str:
     return f"job_{job_id}"
 
 
-def agent_environment(
+# The worker's shell runs the command from its environment: this text is all `ps` shows.
+WORKER_SHELL = ("/bin/sh", "-c", 'eval "$FLASHPODS_COMMAND"')
+
+
+def job_environment(
     spec: JobSpec, agent_command: str, model_service: ModelService
 ) -> dict[str, str]:
     """Values handed to the podman client's environment and passed by name with `-e`."""
+    if spec.job_type != "agent":
+        return {"FLASHPODS_COMMAND": spec.command or ""}
     return {
         "FLASHPODS_TASK": spec.task or "",
         "FLASHPODS_CONTEXT": spec.context or "",
@@ -128,14 +135,14 @@ def create_args(
     ]
     for mount in mounts:
         args += ["-v", mount.volume_arg()]
+    if spec.job_type != "agent" and not spec.command:
+        raise ValueError("a worker job needs a command")
+    for name in job_environment(spec, "", ModelService()):
+        args += ["-e", name]
     if spec.job_type == "agent":
-        for name in agent_environment(spec, "", ModelService()):
-            args += ["-e", name]
         args += ["--workdir", "/work", spec.image, AGENT_ENTRYPOINT]
     else:
-        if not spec.command:
-            raise ValueError("a worker job needs a command")
-        args += ["--workdir", "/work", spec.image, "/bin/sh", "-c", spec.command]
+        args += ["--workdir", "/work", spec.image, *WORKER_SHELL]
     return args
 
 
