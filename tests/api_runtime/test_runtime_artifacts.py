@@ -282,15 +282,19 @@ def test_fifo_socket_and_links_out_are_removed_without_touching_the_host(tmp_pat
 
 
 def test_a_directory_made_unreadable_by_the_job_at_the_root_is_opened_up(tmp_path: Path) -> None:
+    """...for the service user alone: artifacts are nobody else's to read."""
     root = tmp_path / "job"
     root.mkdir()
     (root / "r.txt").write_text("x")
     (root / "r.txt").chmod(0)
+    (root / "wide").write_text("w")
+    (root / "wide").chmod(0o666)  # the job's own umask: opened to all
     root.chmod(0)  # `chmod 000 /artifacts` inside the job: same uid as the API
     records = collect_artifacts(root, ArtifactLimits(), lambda _: None)
-    assert [r.name for r in records] == ["r.txt"]
-    assert root.stat().st_mode & 0o777 == 0o755
-    assert (root / "r.txt").stat().st_mode & 0o777 == 0o644
+    assert [r.name for r in records] == ["r.txt", "wide"]
+    assert (root / "wide").stat().st_mode & 0o777 == 0o600
+    assert root.stat().st_mode & 0o777 == 0o700
+    assert (root / "r.txt").stat().st_mode & 0o777 == 0o600
 
 
 def test_wide_directories_are_read_in_sorted_chunks(
