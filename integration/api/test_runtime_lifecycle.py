@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import uuid
 from pathlib import Path
 
 import pytest
@@ -72,6 +73,34 @@ def test_user_text_is_one_argv_item_never_a_host_shell(
     assert hooks.wait(spec.job_id).status == "completed"
     assert not marker.exists()
     assert strip_prefix(log_lines(spec)[0]) == f"$(touch {marker}) ; touch {marker}"
+
+
+def _cmdlines_with(marker: bytes) -> list[str]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:  # gone meanwhile
+                continue
+            if marker in cmdline:
+                found.append(f"{entry.name}: {cmdline!r}")
+    return found
+
+
+def test_worker_command_is_in_no_host_process_argv(
+    runtime: PodmanRuntime, hooks, make_spec
+) -> None:
+    """`ps` on the host shows neither podman's argv nor the job shell's with the command."""
+    marker = f"secret-{uuid.uuid4().hex}"
+    spec = make_spec(f"echo started; sleep 30 # {marker}")
+    runtime.start(spec, hooks)
+    try:
+        wait_until(lambda: "started" in "".join(log_lines(spec)), 30, "the job's first line")
+        assert _cmdlines_with(marker.encode()) == []
+    finally:
+        runtime.cancel(spec.job_id)
+    assert hooks.wait(spec.job_id, 30).status == "cancelled"
 
 
 def test_worker_work_is_read_only_and_the_container_is_locked_down(
