@@ -2,8 +2,12 @@
 # data's `rsyncd` attribute (nixos-24.05 shape: `global` becomes [global]); the lab renders
 # the same attribute set into its rsyncd.conf.
 #
-# nixos-24.05 ignores `address` in [global], so rsync listens on every address: the
-# firewall (firewall.nix) and `hosts allow` carry the restriction.
+# rsync ignores `address` (and `port`) under the [global] header nixpkgs writes: it reads
+# those daemon parameters in a pass that stops at the first section header (rsync
+# params.c, Parse()), so it listens on every address, port 873
+# (tests/nix/test_nix_rsyncd.py runs it). The firewall (firewall.nix) and `hosts allow`
+# carry the restriction; and since it binds no tunnel address, it needs no ordering on
+# wg0.
 { config, lib, ... }:
 
 let
@@ -24,6 +28,9 @@ in
     systemd.services.rsync = {
       requires = [ "flashpods-paths.service" ];
       after = [ "flashpods-paths.service" ];
+      # nixpkgs' unit sets RestartSec = 1 but no Restart= (rsyncd.nix), so a crashed
+      # daemon would stay down.
+      serviceConfig.Restart = "on-failure";
     };
   };
 }

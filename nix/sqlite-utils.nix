@@ -41,8 +41,13 @@ buildPythonPackage rec {
     pythonRelaxDepsHook
   ];
 
-  # 24.05 has click 8.1; sqlite-utils asks for 8.3 but uses nothing newer here.
-  pythonRelaxDeps = [ "click" ];
+  # sqlite-utils 4.2.1 asks for click >= 8.3.1 and click-default-group >= 1.2.3 (its
+  # METADATA); 24.05 has click 8.1. Both serve only its CLI: the API imports the library
+  # (sqlite_utils.db), never sqlite_utils.cli, so older versions cannot break it.
+  pythonRelaxDeps = [
+    "click"
+    "click-default-group"
+  ];
 
   propagatedBuildInputs = [
     click

@@ -10,6 +10,7 @@
   python3,
   nix,
   ruff,
+  systemd,
 }:
 
 let
@@ -32,6 +33,7 @@ stdenvNoCC.mkDerivation {
       ../nix
       ../vm-tests
       ../tests
+      ../testing
       ../services
       ../docs
       ../container
@@ -41,6 +43,8 @@ stdenvNoCC.mkDerivation {
     pythonEnv
     nix
     ruff
+    # systemd-analyze security --offline (tests/nix/test_nix_security.py)
+    systemd
   ];
   dontConfigure = true;
   dontInstall = true;

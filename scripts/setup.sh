@@ -8,7 +8,7 @@ source "$(dirname "$0")/lib.sh"
 # checks that on a minimal Debian root.
 DEB_PACKAGES=(podman catatonit runc uidmap slirp4netns wireguard-go wireguard-tools nftables rsync
   iproute2 iputils-ping curl jq git nix-bin busybox-static debootstrap procps psmisc openssl
-  python3 python3-venv nodejs)
+  python3 python3-venv nodejs systemd)
 # npm installs the agent CLI into the job image (build-image.sh). Debian's comes as its own
 # package; a nodejs from elsewhere (e.g. NodeSource) brings its own npm.
 command -v npm >/dev/null || DEB_PACKAGES+=(npm)

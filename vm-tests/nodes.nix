@@ -89,6 +89,8 @@ in
           };
           # The shared data, so the test script asserts against the same values.
           "flashpods-test/deployment.json".text = builtins.toJSON data;
+          # systemd-analyze security limits (tests/nix/test_nix_security.py measures them).
+          "flashpods-test/security-limits.json".source = ./security-limits.json;
           "flashpods-test/secrets.json".source = ./fixtures/secrets.json;
         };
 

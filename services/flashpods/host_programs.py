@@ -62,8 +62,11 @@ TESTS_AND_SETUP = (
     "mount",
     "python3",
     "sleep",
+    # tests/nix: the measured hardening exposure, rsync in a private network namespace
+    "systemd-analyze",
     "tar",
     "umount",
+    "unshare",
     "userdel",
     "usermod",
 )

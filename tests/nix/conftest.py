@@ -80,3 +80,10 @@ def eval_modules(nix_eval: Callable[[str], Any]) -> Callable[[str], dict[str, An
 def deployed(eval_modules: Callable[[str], dict[str, Any]]) -> dict[str, Any]:
     """The configuration nixosConfigurations.flashpods defines (our modules' part)."""
     return eval_modules()
+
+
+@pytest.fixture(scope="session")
+def units(deployed: dict[str, Any]) -> dict[str, Any]:
+    """Its systemd services."""
+    result: dict[str, Any] = deployed["config"]["systemd"]["services"]
+    return result

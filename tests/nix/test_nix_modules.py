@@ -40,12 +40,6 @@ def data() -> dict[str, Any]:
     return deployment.values()
 
 
-@pytest.fixture(scope="module")
-def units(deployed: dict[str, Any]) -> dict[str, Any]:
-    result: dict[str, Any] = deployed["config"]["systemd"]["services"]
-    return result
-
-
 def test_the_configuration_evaluates_without_failed_assertions(deployed: dict[str, Any]) -> None:
     assert deployed["failedAssertions"] == []
     # configuration.nix warns while no laptop.pub is committed (docs/deploy.md, step 2).
