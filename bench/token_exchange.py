@@ -33,11 +33,11 @@ from pathlib import Path
 # Test and benchmark scaffolding lives with the tests, outside the installed package.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "testing"))
 
+from flashpods.deployment import JOB_IMAGE
 from flashpods.tokens.client import exchange
 from flashpods_testing.identity_stack import IdentityStack
 from spiffe.workloadapi.workload_api_client import WorkloadApiClient
 
-IMAGE = "localhost/flashpods-job:latest"
 AUDIENCE = "flashpods-token-service"
 
 
@@ -121,7 +121,7 @@ def worker_jwt(stack: IdentityStack, uid: int, gid: int) -> str:
         "--user", f"{uid}:{gid}", "--label", "flashpods-job-type=worker",
         "--label", "flashpods-instance=bench-token-exchange",
         "-v", f"{stack.settings.agent_socket_path.parent}:/run/spire/sockets:ro",
-        "-v", f"{stack.tools_dir}:/opt/flashpods:ro", IMAGE,
+        "-v", f"{stack.tools_dir}:/opt/flashpods:ro", JOB_IMAGE,
         "/opt/flashpods/bin/spire-agent", "api", "fetch", "jwt", "-audience", AUDIENCE,
         "-socketPath", "/run/spire/sockets/agent.sock", "-output", "json",
     ]  # fmt: skip

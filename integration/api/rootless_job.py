@@ -22,8 +22,8 @@ from typing import Any
 
 from flashpods.api.runtime import ContainerError, JobOutcome, JobSpec
 from flashpods.api.runtime.podman import PodmanConfig, PodmanRuntime
+from flashpods.deployment import JOB_IMAGE
 
-IMAGE = "localhost/flashpods-job:latest"
 WAIT_SECONDS = 60
 
 
@@ -57,7 +57,7 @@ def worker(root: Path, command: str, upload_dir: Path | None = None) -> JobSpec:
     return JobSpec(
         job_id=job_id,
         job_type="worker",
-        image=IMAGE,
+        image=JOB_IMAGE,
         cpus=1,
         memory_gb=1,
         timeout_minutes=5,

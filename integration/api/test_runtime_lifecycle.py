@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from flashpods.api.runtime import ContainerError
 from flashpods.api.runtime.podman import PodmanRuntime, raw_log_path
+from flashpods.deployment import JOB_IMAGE
 from flashpods_testing.localhost import podman, wait_until
 from podman_support import INSTANCE, container_exists, log_lines, strip_prefix
 
@@ -184,7 +185,7 @@ def test_orphan_container_is_listed_and_removed(runtime: PodmanRuntime, podman_s
                 "podman", "--url", f"unix://{podman_socket}", "run", "-d", "--pull=never",
                 "--label", "flashpods-job=true", "--label", "flashpods-job-id=job_orphan",
                 "--label", "flashpods-job-type=worker", "--label", f"flashpods-instance={inst}",
-                "localhost/flashpods-job:latest", "sleep", "300",
+                JOB_IMAGE, "sleep", "300",
             ],
             capture_output=True, text=True, check=True,
         )  # fmt: skip

@@ -10,9 +10,9 @@ import subprocess
 import time
 from dataclasses import dataclass
 
+from flashpods.deployment import JOB_IMAGE
 from flashpods_testing.identity_stack import IdentityStack
 
-JOB_IMAGE = "localhost/flashpods-job:latest"
 AUDIENCE = "flashpods-token-service"
 TEST_UID = 62001
 

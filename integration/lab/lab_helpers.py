@@ -17,9 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from flashpods.deployment import JOB_IMAGE
 from flashpods.lab import lab
 from flashpods.lab.proc import in_netns
-from flashpods.lab.topology import JOB_IMAGE, Topology
+from flashpods.lab.topology import Topology
 
 T = TypeVar("T")
 CLONE_NEWNET = 0x40000000

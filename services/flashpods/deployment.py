@@ -14,6 +14,10 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+# The job image this repository builds (scripts/build-image.sh; nix/job-image.nix loads
+# the same name): what the lab, the real-component tests and the benchmarks run.
+JOB_IMAGE = "localhost/flashpods-job:latest"
+
 
 def repo_root() -> Path:
     override = os.environ.get("FLASHPODS_REPO")

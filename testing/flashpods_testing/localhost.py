@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import requests
+from flashpods.deployment import JOB_IMAGE
 
-JOB_IMAGE = "localhost/flashpods-job:latest"
 # The API as `python -m`: the interpreter running the caller, so the same venv's code.
 API_MODULE_COMMAND = (sys.executable, "-m", "flashpods.api.main")
 # The console script as installed next to that interpreter (what a host runs).

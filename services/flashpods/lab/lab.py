@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from flashpods import deployment
+from flashpods.deployment import JOB_IMAGE
 from flashpods.lab import host, network, preflight, pyenv, rsyncd, services, units
 from flashpods.lab.proc import LabError, alive, in_netns, run
-from flashpods.lab.topology import INSTANCE, JOB_IMAGE, LOG_DIR, STATE_DIR, Topology
+from flashpods.lab.topology import INSTANCE, LOG_DIR, STATE_DIR, Topology
 from flashpods.lab.topology import from_deployment as topology_from_deployment
 
 UP_TIMEOUT = 240.0

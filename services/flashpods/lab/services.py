@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from flashpods.deployment import JOB_IMAGE
 from flashpods.lab.proc import as_user, in_netns
-from flashpods.lab.topology import INSTANCE, JOB_IMAGE, STATE_DIR, Topology
+from flashpods.lab.topology import INSTANCE, STATE_DIR, Topology
 from flashpods.lab.units import FileMode, Readiness, Unit
 
 BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"

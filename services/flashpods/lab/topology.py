@@ -19,7 +19,6 @@ LOG_DIR = Path("/var/log/flashpods-lab")
 LAPTOP_KEY = Path("/var/lib/flashpods-lab/wireguard/laptop.key")
 HOST_KEY = Path("/etc/wireguard/private.key")
 INSTANCE = "lab"
-JOB_IMAGE = "localhost/flashpods-job:latest"
 
 
 @dataclass(frozen=True)
