@@ -24,10 +24,10 @@ from flashpods.api.ratelimit import RateLimiter
 from flashpods.api.runtime import LOG_TRUNCATED_MARKER
 from flashpods.api.validation import (
     LIMITS,
-    artifact_name_problem,
     is_valid_image,
     parse_job_request,
 )
+from flashpods.common.artifact_names import artifact_name_problem
 from flashpods.common.errors import ServiceError
 from flashpods.common.numbers import parse_decimal
 from hypothesis import assume, given, settings

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from flashpods.client import paths
 from flashpods.client.errors import FlashpodsError
+from flashpods.common.artifact_names import artifact_name_problem
 
 ESCAPES = [
     "../evil",
@@ -37,6 +38,31 @@ def test_plain_relative_names_are_accepted(tmp_path: Path, name: str) -> None:
     target = paths.destination(tmp_path / "dl", name)
     assert target == (tmp_path / "dl").resolve() / name
     assert target.parent.is_dir()
+
+
+@pytest.mark.parametrize(
+    ("name", "problem"),
+    [
+        ("a..b", "name contains '..'"),
+        ("sub/ lead", "name has leading or trailing whitespace"),
+        ("x" * 256, "name longer than 255 characters"),
+        ("sub/./x", "name is '.'"),
+        ("a\\b", "name contains a slash or backslash"),
+        ("a//b", "empty name"),
+    ],
+)
+def test_artifact_names_follow_the_apis_rule_and_words(name: str, problem: str) -> None:
+    """The client refuses what the API's validation refuses, saying the same thing."""
+    with pytest.raises(FlashpodsError) as err:
+        paths.check_artifact_name(name)
+    assert err.value.code == "invalid_artifact_path"
+    assert err.value.message.endswith(f": {problem}")
+    assert artifact_name_problem(name) == problem
+
+
+def test_artifact_names_the_api_accepts_pass() -> None:
+    for name in ("report.txt", ".hidden", "sub/dir/out.bin", "ü.md", "with space.txt"):
+        assert paths.check_artifact_name(name).as_posix() == name
 
 
 def test_a_symlinked_subdirectory_cannot_redirect_a_write(tmp_path: Path) -> None:

@@ -30,7 +30,6 @@ MAX_TASK = 100_000
 MAX_CONTEXT = 100_000
 MAX_IMAGE = 255
 MAX_BRANCH = 255
-MAX_ARTIFACT_NAME = 255
 
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
 _DOMAIN = rf"(?:{_LABEL}(?:\.{_LABEL})*(?::[0-9]+)?)"
@@ -152,29 +151,3 @@ def parse_job_request(body: dict[str, Any], default_image: str) -> JobRequest:
         git_branch=branch,
         files_id=files_id or None,
     )
-
-
-def artifact_name_problem(name: str) -> str | None:
-    """Why `name` (a "/"-separated relative path) is not a valid artifact name, or None.
-
-    api.md: not empty, <=255 chars, no `/` or `\\` in a single name, no `..`, no NUL, no
-    leading/trailing whitespace (each path segment is one name; a leading `.` is fine).
-    """
-    if not name:
-        return "empty name"
-    if "\x00" in name:
-        return "NUL in name"
-    if "\\" in name:
-        return "backslash in name"
-    if ".." in name:
-        return "'..' in name"
-    for segment in name.split("/"):
-        if not segment:
-            return "empty path segment"
-        if len(segment) > MAX_ARTIFACT_NAME:
-            return "name longer than 255 characters"
-        if segment != segment.strip():
-            return "leading or trailing whitespace"
-        if segment == ".":
-            return "'.' segment"
-    return None

@@ -138,7 +138,7 @@ class FlashpodsTools:
     def download_artifact(
         self, job_id: str, artifact_name: str, save_to: str | None = None
     ) -> dict[str, Any]:
-        paths.check_relative(artifact_name)
+        paths.check_artifact_name(artifact_name)
         relative = (
             paths.save_to_relative(self.download_root, save_to)
             if save_to is not None

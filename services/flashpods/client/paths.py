@@ -14,6 +14,7 @@ import os
 from pathlib import Path, PurePosixPath
 
 from flashpods.client.errors import FlashpodsError
+from flashpods.common.artifact_names import artifact_name_problem
 
 
 def _refuse(what: str, why: str) -> FlashpodsError:
@@ -33,6 +34,14 @@ def check_relative(name: str, what: str = "artifact name") -> PurePosixPath:
         if part in ("", ".", ".."):
             raise _refuse(what, f"{name!r} has an empty, '.' or '..' component")
     return PurePosixPath(*parts)
+
+
+def check_artifact_name(name: str) -> PurePosixPath:
+    """A name the server gave or an agent asked for, by the API's own rule."""
+    problem = artifact_name_problem(name)
+    if problem is not None:
+        raise _refuse("artifact name", f"{name!r}: {problem}")
+    return PurePosixPath(*name.split("/"))
 
 
 def destination(root: Path, name: str, what: str = "artifact name") -> Path:

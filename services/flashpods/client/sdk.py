@@ -382,7 +382,7 @@ class Flashpods:
         """Stream one artifact to directory/(save_as or name): into a temporary file next
         to the target, then renamed, so a reader never sees half a file. Both the name
         the server gave and save_as must stay inside `directory`."""
-        paths.check_relative(name)
+        paths.check_artifact_name(name)
         target = paths.destination(
             directory, save_as or name, "save_to" if save_as else "artifact name"
         )

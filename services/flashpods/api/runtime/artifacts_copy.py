@@ -33,6 +33,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from flashpods.api.runtime import ArtifactRecord
+from flashpods.common.artifact_names import component_problem
 from flashpods.common.fdtree import chmod_entry, open_dir, remove_entry
 
 CONTAINER_ROOT = "/artifacts"
@@ -59,36 +60,6 @@ class ArtifactCopyError(Exception):
     def __init__(self, code: str, detail: str) -> None:
         super().__init__(f"{code}: {detail}")
         self.code = code
-
-
-def name_problem(name: str) -> str | None:
-    """Why one path component is not an acceptable artifact name, or None."""
-    if not name:
-        return "empty name"
-    if len(name) > 255:
-        return "name longer than 255 characters"
-    if "/" in name or "\\" in name:
-        return "name contains a slash or backslash"
-    if ".." in name:
-        return "name contains '..'"
-    if "\0" in name:
-        return "name contains NUL"
-    if name != name.strip():
-        return "name has leading or trailing whitespace"
-    if name == ".":
-        return "name is '.'"
-    return None
-
-
-def relative_name_problem(relative: str) -> str | None:
-    """For a "/"-separated name relative to the job's directory (downloads use it too)."""
-    if not relative:
-        return "empty name"
-    for part in relative.split("/"):
-        problem = name_problem(part)
-        if problem:
-            return problem
-    return None
 
 
 def shown(name: str) -> str:
@@ -246,7 +217,7 @@ class _Collector:
         if not is_utf8(name):
             self.skip(frame, name, "name is not valid UTF-8")
             return None
-        problem = name_problem(name)
+        problem = component_problem(name)
         if problem:
             self.skip(frame, name, problem)
             return None
