@@ -349,6 +349,23 @@ def test_the_walk_gives_up_at_its_deadline(tmp_path: Path) -> None:
     assert raised.value.code == "artifact_copy_timeout"
 
 
+def test_past_the_deadline_with_the_records_settled_the_removal_is_left(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "job"
+    root.mkdir()
+    for i in range(50):
+        (root / f"f{i:02}").write_text("x")
+    monkeypatch.setattr(artifacts_copy, "CHUNK", 5)
+    clock = iter(range(1000))  # one "second" per look at the clock
+    monkeypatch.setattr(artifacts_copy.time, "monotonic", lambda: float(next(clock)))
+    warnings: list[str] = []
+    records = collect_artifacts(root, ArtifactLimits(max_files=3), warnings.append, seconds=5)
+    assert [r.name for r in records] == ["f00", "f01", "f02"]
+    assert "stopped after" in warnings[-1]
+    assert len(os.listdir(root)) > 3  # the cleanup loop removes the rest with the directory
+
+
 ENTRY_NAMES = st.binary(min_size=1, max_size=6).filter(lambda b: b"/" not in b and b"\0" not in b)
 
 

@@ -14,8 +14,10 @@ CHUNK names, and once MAX_FILES records are kept the rest is removed unsorted, s
 does not grow with the number of entries. Names that are not valid UTF-8, FIFOs,
 sockets, devices, directories deeper than MAX_DEPTH and links that dangle, loop or leave
 /artifacts are removed with a warning; only the first MAX_WARNINGS warnings are shown,
-then one line counts the rest. The walk gives up with `artifact_copy_timeout` past its
-deadline (what is left is removed with the job's directory by the cleanup loop).
+then one line counts the rest. Past its deadline the walk gives up: with
+`artifact_copy_timeout` while the records are not settled yet, or, once MAX_FILES are
+kept, by leaving the rest of the removal to the cleanup loop (it deletes the job's
+directory at the artifacts' TTL; nothing unlisted can be downloaded meanwhile).
 """
 
 from __future__ import annotations
@@ -179,11 +181,16 @@ class _Collector:
         stack = [_Frame(os.dup(self.root_fd), ())]
         try:
             while stack:
-                if time.monotonic() > self.deadline:
-                    raise ArtifactCopyError(COPY_TIMEOUT, f"not done after {COLLECT_SECONDS:.0f} s")
+                if self.past_deadline():
+                    self.warn(
+                        f"removing what is over the limits stopped after {COLLECT_SECONDS:.0f} s;"
+                        " the rest goes with the job's directory"
+                    )
+                    break
                 frame = stack[-1]
                 if self.full:
-                    self.drain(frame)
+                    if not self.drain(frame):
+                        continue  # out of time: the check above ends the walk
                 elif not frame.chunk:
                     frame.chunk = _next_chunk(frame.fd, frame.after)
                 if not frame.chunk:
@@ -200,17 +207,28 @@ class _Collector:
         if self.warnings > MAX_WARNINGS:
             self.warn(f"{self.warnings - MAX_WARNINGS} more artifact warnings not shown")
 
-    def drain(self, frame: _Frame) -> None:
-        """Nothing more can be kept: remove what this directory has left, in any order."""
+    def past_deadline(self) -> bool:
+        """True once the time is up and the records are settled (only removal is left);
+        raises artifact_copy_timeout if it is up before that."""
+        if time.monotonic() <= self.deadline:
+            return False
+        if not self.full:
+            raise ArtifactCopyError(COPY_TIMEOUT, f"not done after {COLLECT_SECONDS:.0f} s")
+        return True
+
+    def drain(self, frame: _Frame) -> bool:
+        """Nothing more can be kept: remove what this directory has left, in any order.
+        False if the deadline stopped it."""
         frame.chunk = []
-        while True:
+        while not self.past_deadline():
             with os.scandir(frame.fd) as entries:
                 names = (e.name for e in entries if frame.after is None or e.name > frame.after)
                 rest = list(itertools.islice(names, CHUNK))
             if not rest:
-                return
+                return True
             for name in rest:
                 self.skip(frame, name, f"more than {self.limits.max_files} files")
+        return False
 
     def entry(self, frame: _Frame, name: str) -> _Frame | None:
         path = "/".join((*frame.parts, name))
