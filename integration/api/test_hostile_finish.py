@@ -212,7 +212,7 @@ def test_chmod_000_on_artifacts(api: Api) -> None:
     job_id, _ = finish(api, "chmod 000 /artifacts", command, expect=("completed", None))
     assert api.artifact_names(job_id) == ["r.txt"]
     directory = api.root / "artifacts" / job_id
-    assert stat.S_IMODE(directory.stat().st_mode) == 0o755
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o700
     assert api.call("GET", f"/jobs/{job_id}/artifacts/r.txt").content == b"r\n"
 
 
