@@ -10,6 +10,8 @@ from typing import Any
 import anyio
 import pytest
 from client_stub import Reply, Stub, error
+from flashpods.api import logs, validation
+from flashpods.api.http import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT
 from flashpods.client.mcp_server import FlashpodsTools, build_server
 from mcp import Client
 
@@ -46,14 +48,28 @@ def test_the_eight_tools_with_their_limits(stub: Stub, tmp_path: Path) -> None:
 
     schemas = anyio.run(go)
     assert set(schemas) == TOOLS
-    worker = schemas["spawn_worker"]["properties"]
-    assert worker["command"]["maxLength"] == 10000 and worker["command"]["minLength"] == 1
-    assert worker["timeout_minutes"]["anyOf"][0]["maximum"] == 120
     assert schemas["spawn_worker"]["required"] == ["command"]
     assert sorted(schemas["spawn_sub_agent"]["required"]) == ["git_branch", "task"]
-    assert schemas["spawn_sub_agent"]["properties"]["task"]["maxLength"] == 100000
-    assert schemas["get_job_output"]["properties"]["tail"]["maximum"] == 10000
-    assert schemas["list_jobs"]["properties"]["limit"]["maximum"] == 100
+    # The tools advertise what the API validates: its own limits, not copies.
+    for tool, job_type, text in (
+        ("spawn_worker", "worker", "command"),
+        ("spawn_sub_agent", "agent", "task"),
+    ):
+        props = schemas[tool]["properties"]
+        limits = validation.LIMITS[job_type]
+        assert props[text]["minLength"] == 1
+        assert props["cpus"]["anyOf"][0]["maximum"] == limits.max_cpus
+        assert props["memory_gb"]["anyOf"][0]["maximum"] == limits.max_memory_gb
+        assert props["timeout_minutes"]["anyOf"][0]["maximum"] == limits.max_timeout
+    worker, agent = schemas["spawn_worker"]["properties"], schemas["spawn_sub_agent"]["properties"]
+    assert worker["command"]["maxLength"] == validation.MAX_COMMAND
+    assert worker["image"]["anyOf"][0]["maxLength"] == validation.MAX_IMAGE
+    assert agent["task"]["maxLength"] == validation.MAX_TASK
+    assert agent["context"]["anyOf"][0]["maxLength"] == validation.MAX_CONTEXT
+    assert agent["git_branch"]["maxLength"] == validation.MAX_BRANCH
+    assert schemas["get_job_output"]["properties"]["tail"]["maximum"] == logs.MAX_TAIL
+    list_limit = schemas["list_jobs"]["properties"]["limit"]
+    assert (list_limit["maximum"], list_limit["default"]) == (MAX_LIST_LIMIT, DEFAULT_LIST_LIMIT)
     assert "running" in schemas["list_jobs"]["properties"]["status"]["enum"]
     assert schemas["download_artifact"]["required"] == ["job_id", "artifact_name"]
 

@@ -27,6 +27,7 @@ from flashpods.api.jobstate import STATUS_FILTERS
 from flashpods.api.logs import job_output, log_path, parse_tail
 from flashpods.common.errors import ServiceError
 from flashpods.common.jsonhttp import JsonRequestHandler, bearer_credential
+from flashpods.common.limits import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT
 from flashpods.common.numbers import parse_decimal
 
 if TYPE_CHECKING:
@@ -135,12 +136,12 @@ def list_jobs(app: App, request: Request) -> Response:
             {"parameter": "status"},
         )
     raw_limit = request.arg("limit")
-    limit = 20 if raw_limit is None else parse_decimal(raw_limit)
-    if limit is None or not 1 <= limit <= 100:
+    limit = DEFAULT_LIST_LIMIT if raw_limit is None else parse_decimal(raw_limit)
+    if limit is None or not 1 <= limit <= MAX_LIST_LIMIT:
         raise ServiceError(
             400,
             "invalid_parameter",
-            "limit must be an integer from 1 to 100",
+            f"limit must be an integer from 1 to {MAX_LIST_LIMIT}",
             {"parameter": "limit"},
         )
     return Response(200, app.jobs.list(status, limit))

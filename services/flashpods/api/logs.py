@@ -15,10 +15,10 @@ from typing import Any
 from flashpods.api.config import Config
 from flashpods.api.runtime import LOG_TRUNCATED_MARKER
 from flashpods.common.errors import ServiceError
+from flashpods.common.limits import MAX_TAIL
 from flashpods.common.numbers import parse_decimal
 
 BLOCK = 64 * 1024
-MAX_TAIL = 10_000
 DEFAULT_TAIL = 100
 # However long the lines, one request reads at most this much (the end of a longer line
 # is returned as it is).

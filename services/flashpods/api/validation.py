@@ -8,28 +8,14 @@ from typing import Any
 
 from flashpods.api.ids import normalize_client_job_id
 from flashpods.common.errors import ServiceError
-
-
-@dataclass(frozen=True)
-class TypeLimits:
-    default_cpus: int
-    max_cpus: int
-    default_memory_gb: int
-    max_memory_gb: int
-    default_timeout: int
-    max_timeout: int
-
-
-# system.md: requests above a type's maximum are clamped to it, not rejected.
-LIMITS: dict[str, TypeLimits] = {
-    "worker": TypeLimits(2, 8, 4, 16, 30, 120),
-    "agent": TypeLimits(2, 4, 4, 8, 60, 120),
-}
-MAX_COMMAND = 10_000
-MAX_TASK = 100_000
-MAX_CONTEXT = 100_000
-MAX_IMAGE = 255
-MAX_BRANCH = 255
+from flashpods.common.limits import (
+    LIMITS,
+    MAX_BRANCH,
+    MAX_COMMAND,
+    MAX_CONTEXT,
+    MAX_IMAGE,
+    MAX_TASK,
+)
 
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
 _DOMAIN = rf"(?:{_LABEL}(?:\.{_LABEL})*(?::[0-9]+)?)"

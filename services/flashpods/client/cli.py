@@ -25,8 +25,9 @@ from typing import Any, TextIO
 from flashpods.client.errors import FlashpodsError
 from flashpods.client.models import Job
 from flashpods.client.progress import Progress, human_bytes
-from flashpods.client.sdk import MAX_TAIL, Flashpods, OutputFollower, RetryEvent
+from flashpods.client.sdk import Flashpods, OutputFollower, RetryEvent
 from flashpods.client.upload import AGENT_EXCLUDES, DEFAULT_EXCLUDES
+from flashpods.common.limits import MAX_TAIL
 
 EXIT_FLASHPODS_ERROR = 125
 EXIT_TIMED_OUT = 124

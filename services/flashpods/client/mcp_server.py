@@ -26,6 +26,17 @@ from flashpods.client.config import DEFAULT_DOWNLOAD_DIR, load_config
 from flashpods.client.errors import FlashpodsError
 from flashpods.client.sdk import Flashpods
 from flashpods.client.upload import AGENT_EXCLUDES, DEFAULT_EXCLUDES
+from flashpods.common.limits import (
+    DEFAULT_LIST_LIMIT,
+    LIMITS,
+    MAX_BRANCH,
+    MAX_COMMAND,
+    MAX_CONTEXT,
+    MAX_IMAGE,
+    MAX_LIST_LIMIT,
+    MAX_TAIL,
+    MAX_TASK,
+)
 from flashpods.common.logsetup import configure_logging
 
 log = logging.getLogger("flashpods.mcp")
@@ -45,9 +56,25 @@ Files = Annotated[
 ]
 Image = Annotated[
     str | None,
-    Field(max_length=255, description="Container image, [registry/]name[:tag][@digest]"),
+    Field(max_length=MAX_IMAGE, description="Container image, [registry/]name[:tag][@digest]"),
 ]
-Timeout = Annotated[int | None, Field(ge=1, le=120, description="Minutes before it is killed")]
+WORKER, AGENT = LIMITS["worker"], LIMITS["agent"]
+WorkerTimeout = Annotated[
+    int | None,
+    Field(
+        ge=1,
+        le=WORKER.max_timeout,
+        description=f"Minutes before it is killed (default {WORKER.default_timeout})",
+    ),
+]
+AgentTimeout = Annotated[
+    int | None,
+    Field(
+        ge=1,
+        le=AGENT.max_timeout,
+        description=f"Minutes before it is killed (default {AGENT.default_timeout})",
+    ),
+]
 Status = Literal[
     "all",
     "running",
@@ -191,15 +218,23 @@ def build_server(tools: FlashpodsTools) -> MCPServer:
     @server.tool()
     def spawn_worker(
         command: Annotated[
-            str, Field(min_length=1, max_length=10000, description="Run with /bin/sh -c")
+            str, Field(min_length=1, max_length=MAX_COMMAND, description="Run with /bin/sh -c")
         ],
         files: Files = None,
         image: Image = None,
-        cpus: Annotated[int | None, Field(ge=1, le=8, description="CPUs (default 2)")] = None,
-        memory_gb: Annotated[
-            int | None, Field(ge=1, le=16, description="Memory in GB (default 4)")
+        cpus: Annotated[
+            int | None,
+            Field(ge=1, le=WORKER.max_cpus, description=f"CPUs (default {WORKER.default_cpus})"),
         ] = None,
-        timeout_minutes: Timeout = None,
+        memory_gb: Annotated[
+            int | None,
+            Field(
+                ge=1,
+                le=WORKER.max_memory_gb,
+                description=f"Memory in GB (default {WORKER.default_memory_gb})",
+            ),
+        ] = None,
+        timeout_minutes: WorkerTimeout = None,
     ) -> CallToolResult:
         """Start a worker job: a shell command in a fresh container, with `files`
         uploaded read-only at /work. Returns its job_id at once; whatever it writes to
@@ -210,19 +245,27 @@ def build_server(tools: FlashpodsTools) -> MCPServer:
 
     @server.tool()
     def spawn_sub_agent(
-        task: Annotated[str, Field(min_length=1, max_length=100000, description="What to do")],
+        task: Annotated[str, Field(min_length=1, max_length=MAX_TASK, description="What to do")],
         git_branch: Annotated[
-            str, Field(min_length=1, max_length=255, description="Branch to work on")
+            str, Field(min_length=1, max_length=MAX_BRANCH, description="Branch to work on")
         ],
         files: Files = None,
         context: Annotated[
-            str | None, Field(max_length=100000, description="Background for the agent")
+            str | None, Field(max_length=MAX_CONTEXT, description="Background for the agent")
         ] = None,
-        cpus: Annotated[int | None, Field(ge=1, le=4, description="CPUs (default 2)")] = None,
+        cpus: Annotated[
+            int | None,
+            Field(ge=1, le=AGENT.max_cpus, description=f"CPUs (default {AGENT.default_cpus})"),
+        ] = None,
         memory_gb: Annotated[
-            int | None, Field(ge=1, le=8, description="Memory in GB (default 4)")
+            int | None,
+            Field(
+                ge=1,
+                le=AGENT.max_memory_gb,
+                description=f"Memory in GB (default {AGENT.default_memory_gb})",
+            ),
         ] = None,
-        timeout_minutes: Timeout = None,
+        timeout_minutes: AgentTimeout = None,
     ) -> CallToolResult:
         """Start a coding sub-agent on `git_branch` with `files` at /work (read-write).
         It cannot start jobs itself. Returns its job_id at once."""
@@ -240,7 +283,7 @@ def build_server(tools: FlashpodsTools) -> MCPServer:
     @server.tool()
     def get_job_output(
         job_id: JobId,
-        tail: Annotated[int, Field(ge=1, le=10000, description="Last N lines")] = 100,
+        tail: Annotated[int, Field(ge=1, le=MAX_TAIL, description="Last N lines")] = 100,
     ) -> CallToolResult:
         """The last `tail` lines of a job's stdout+stderr, each prefixed [HH:MM:SS.mmm]."""
         return _answer(lambda: tools.get_job_output(job_id, tail))
@@ -269,7 +312,7 @@ def build_server(tools: FlashpodsTools) -> MCPServer:
     @server.tool()
     def list_jobs(
         status: Status = "all",
-        limit: Annotated[int, Field(ge=1, le=100)] = 20,
+        limit: Annotated[int, Field(ge=1, le=MAX_LIST_LIMIT)] = DEFAULT_LIST_LIMIT,
     ) -> CallToolResult:
         """Jobs, newest first, optionally only those in one status."""
         return _answer(lambda: tools.list_jobs(status, limit))

@@ -37,11 +37,11 @@ from flashpods.client.models import (
 )
 from flashpods.client.retry import THROTTLED_STATUSES, RetryPolicy, parse_retry_after
 from flashpods.client.upload import DEFAULT_EXCLUDES, new_upload_id, run_rsync
+from flashpods.common.limits import MAX_TAIL
 
 log = logging.getLogger("flashpods.client")
 
 # The API's maximum tail; following a log reads this much per poll.
-MAX_TAIL = 10000
 _CHUNK = 1 << 16
 
 

@@ -1,0 +1,31 @@
+"""The request limits of api.md: what the API validates and the clients advertise (the
+MCP server's tool schemas), defined once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class TypeLimits:
+    default_cpus: int
+    max_cpus: int
+    default_memory_gb: int
+    max_memory_gb: int
+    default_timeout: int
+    max_timeout: int
+
+
+# system.md: requests above a type's maximum are clamped to it by the API, not rejected.
+LIMITS: dict[str, TypeLimits] = {
+    "worker": TypeLimits(2, 8, 4, 16, 30, 120),
+    "agent": TypeLimits(2, 4, 4, 8, 60, 120),
+}
+MAX_COMMAND = 10_000
+MAX_TASK = 100_000
+MAX_CONTEXT = 100_000
+MAX_IMAGE = 255
+MAX_BRANCH = 255
+MAX_TAIL = 10_000  # lines of GET /jobs/{id}/output?tail=
+DEFAULT_LIST_LIMIT = 20  # jobs per GET /jobs without ?limit=
+MAX_LIST_LIMIT = 100
