@@ -15,7 +15,7 @@ from flashpods.api import admission, jobstate
 from flashpods.api.config import Config
 from flashpods.api.db import Store
 from flashpods.api.ids import is_upload_id, new_job_id
-from flashpods.api.jobstate import ENDED, HOLDING_SQL
+from flashpods.api.jobstate import ENDED, HOLDING_SQL, WITH_CONTAINER
 from flashpods.api.logs import log_path
 from flashpods.api.runtime import ContainerError, JobOutcome, JobSpec, Runtime
 from flashpods.api.uploads import Uploads
@@ -313,7 +313,7 @@ class Jobs:
         elif self.transition(
             job_id,
             "cancelled",
-            ("starting", "running"),
+            WITH_CONTAINER,
             final_status="cancelled",
             cancel_requested=1,
             completed_at=now,
@@ -392,7 +392,7 @@ class Jobs:
                 # Someone else ended it meanwhile (the reconciler's bound): keep that end.
                 log.info("job %s had already ended (%s)", job_id, row["status"])
                 return
-            if row["status"] in ("starting", "running"):
+            if row["status"] in WITH_CONTAINER:
                 status = "cancelled" if row["cancel_requested"] else outcome.status
                 self.transition(
                     job_id,

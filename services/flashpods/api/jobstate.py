@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
 ACTIVE = ("pending", "starting", "running")
 ENDED = ("completed", "failed", "timed_out", "cancelled")
+WITH_CONTAINER = ("starting", "running")  # active states in which a container may exist
 STATES = (*ACTIVE, *ENDED, "cleaning", "cleaned")
 TRANSITIONS: dict[str, frozenset[str]] = {
     "pending": frozenset({"starting", "failed", "cancelled"}),
