@@ -7,7 +7,10 @@ to "refused" (nothing listening) or "open".
 from __future__ import annotations
 
 import concurrent.futures
+import json
+import re
 import subprocess
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -31,6 +34,15 @@ def test_wireguard_handshake_both_ends(topo: Topology) -> None:
     # the host's listen port is the deployment's
     port = run(in_netns(topo.host_ns, ["wg", "show", topo.host_wg, "listen-port"])).stdout
     assert int(port) == topo.wg_port
+
+
+def test_status_shows_the_handshake_as_an_age(topo: Topology) -> None:
+    status = [sys.executable, "-m", "flashpods.lab.cli", "status"]
+    assert json.loads(run([*status, "--json"]).stdout)["wireguard_last_handshake"] > 0
+    lines = run(status).stdout.splitlines()
+    [shown] = [line for line in lines if line.startswith("wireguard last handshake: ")]
+    # The lab came up minutes ago: seconds, or minutes and seconds; never an epoch.
+    assert re.fullmatch(r"wireguard last handshake: (\d+ min )?\d{1,2} s ago", shown), shown
 
 
 def test_api_and_rsync_reachable_from_the_laptop_over_wireguard_only(topo: Topology) -> None:

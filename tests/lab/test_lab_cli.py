@@ -46,3 +46,21 @@ def test_kernel_feature_missing_stops_up_before_anything(monkeypatch, capsys, tm
     assert cli.main(["up"]) == 1
     assert "missing: TUN device /dev/net/tun (wireguard-go)" in capsys.readouterr().err
     assert touched == []
+
+
+@pytest.mark.parametrize(
+    ("last", "now", "shown"),
+    [
+        (None, 1_700_000_000, "never"),  # the laptop's namespace is gone
+        (0, 1_700_000_000, "never"),  # wg: no handshake yet
+        (1_700_000_000, 1_700_000_012.9, "12 s ago"),
+        (1_700_000_000, 1_700_000_000, "0 s ago"),
+        (1_700_000_005, 1_700_000_000, "0 s ago"),  # clock stepped back
+        (1_700_000_000, 1_700_000_059, "59 s ago"),
+        (1_700_000_000, 1_700_000_060, "1 min 0 s ago"),
+        (1_700_000_000, 1_700_000_000 + 3599, "59 min 59 s ago"),
+        (1_700_000_000, 1_700_000_000 + 3600 * 26 + 125, "26 h 2 min ago"),
+    ],
+)
+def test_handshake_is_shown_as_an_age(last: int | None, now: float, shown: str) -> None:
+    assert cli.handshake_age(last, now) == shown

@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+import time
 
 from flashpods.lab import lab
 from flashpods.lab.proc import LabError
@@ -44,9 +45,21 @@ def _status(args: argparse.Namespace) -> int:
         print(
             f"{name:28} {info['state']:10} pid {info['pid'] or '-':>7}  restarts {info['restarts']}"
         )
-    hs = data.get("wireguard_last_handshake")
-    print(f"wireguard last handshake: {hs or 'never'}")
+    age = handshake_age(data.get("wireguard_last_handshake"), time.time())
+    print(f"wireguard last handshake: {age}")
     return 0
+
+
+def handshake_age(last_handshake: int | None, now: float) -> str:
+    """`wg show latest-handshakes` (epoch seconds; 0 = none yet) as an age: "12 s ago"."""
+    if not last_handshake:
+        return "never"
+    seconds = max(0, int(now) - last_handshake)  # clamped: the clock may step back
+    if seconds < 60:
+        return f"{seconds} s ago"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60} s ago"
+    return f"{seconds // 3600} h {seconds % 3600 // 60} min ago"
 
 
 def _shell(args: argparse.Namespace) -> int:
