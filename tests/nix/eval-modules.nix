@@ -20,6 +20,8 @@
   # null: nixosConfigurations.flashpods; or names of nixosModules imported together (and
   # enabled).
   nixosModules ? null,
+  # The `host` node of the VM tests (vm-tests/nodes.nix) instead, with the test's defaults.
+  vmHost ? false,
 }:
 
 let
@@ -29,8 +31,14 @@ let
     _file = "eval-modules.nix#host";
     services.flashpods.enable = true;
   };
+  vmTest = import ../../vm-tests/nodes.nix { self = flake; } { inherit lib; };
   selected =
-    if nixosModules == null then
+    if vmHost then
+      [
+        vmTest.defaults
+        vmTest.nodes.host
+      ]
+    else if nixosModules == null then
       flake.nixosConfigurations.flashpods.modules
     else
       map (name: flake.nixosModules.${name}) nixosModules ++ [ host ];

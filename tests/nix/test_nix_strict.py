@@ -207,3 +207,23 @@ def test_relaxed_python_dependencies_need_the_hook(nix_instantiate: str, tmp_pat
         tmp_path,
     )
     assert "pythonRelaxDeps without pythonRelaxDepsHook" in error, error
+
+
+def test_the_vm_tests_host_evaluates(nix_eval: Callable[[str], Any]) -> None:
+    """vm-tests/nodes.nix's host node, with the test's defaults, against the stand-in."""
+    result = nix_eval("import ./tests/nix/eval-modules.nix { vmHost = true; }")
+    assert result["failedAssertions"] == [] and result["warnings"] == []
+    config = result["config"]
+    units = config["systemd"]["services"]
+    env = units["flashpods-api"]["environment"]
+    assert env["FLASHPODS_DEFAULT_IMAGE"] == "localhost/flashpods-job:latest"
+    assert env["FLASHPODS_PULL_POLICY"] == "never"
+    assert "flashpods-image-prepull" not in units
+    assert "load --input /nix/store/" in units["flashpods-image-load"]["script"]
+    # What the test scripts read from /etc.
+    assert {
+        "flashpods-test/deployment.json",
+        "flashpods-test/secrets.json",
+        "flashpods-test/security-limits.json",
+    } <= set(config["environment"]["etc"])
+    assert config["virtualisation"]["memorySize"] == 3072

@@ -304,11 +304,18 @@ in
       openssh.enable = opt types.bool false;
     };
 
-    # nixos/modules/virtualisation/podman/default.nix (package: internal, the wrapped podman).
-    virtualisation.podman = {
-      enable = opt types.bool false;
-      dockerCompat = opt types.bool false;
-      package = opt types.package (pkgs.podman);
+    virtualisation = {
+      # nixos/modules/virtualisation/qemu-vm.nix (the VM tests' nodes).
+      cores = opt types.ints.positive 1;
+      memorySize = opt types.ints.positive 1024;
+      diskSize = opt (types.nullOr types.ints.positive) 1024;
+      # nixos/modules/virtualisation/podman/default.nix (package: internal, the wrapped
+      # podman).
+      podman = {
+        enable = opt types.bool false;
+        dockerCompat = opt types.bool false;
+        package = opt types.package (pkgs.podman);
+      };
     };
 
     environment = {

@@ -174,6 +174,14 @@ let
     runCommand = name: env: script: scripted "script" ({ inherit name script; } // env);
     writeText = name: text: plain { inherit name text; };
     coreutils = pkg "coreutils";
+    wireguard-tools = pkg "wireguard-tools";
+    # vm-tests/nodes.nix's job image: forcing it forces its root's packages.
+    buildEnv = mkDrv (a: builtins.deepSeq (map (p: p.outPath) a.paths) true);
+    dockerTools.buildImage =
+      attrs:
+      mkDrv (a: builtins.deepSeq a.copyToRoot.outPath true) (
+        attrs // { name = "${baseNameOf attrs.name}.tar.gz"; }
+      );
     file = pkg "file";
     git = pkg "git";
     jq = pkg "jq";
