@@ -205,6 +205,9 @@ in
               description = opt (types.passwdEntry types.str) "";
               home = opt (types.passwdEntry types.path) "/var/empty";
               createHome = opt types.bool false;
+              # 24.05: bool, default false (added in 24.05; later releases made it
+              # nullOr bool, default null, with users.manageLingering). `true` is valid in
+              # both.
               linger = opt types.bool false;
             };
             config = mkIf config.isNormalUser {
