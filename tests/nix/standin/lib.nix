@@ -104,37 +104,26 @@ let
     && match "/nix/store/[0-9a-z]{32}-[^/]+" (toString value) != null;
   isStringLike = value: isString value || isPath value || (isAttrs value && value ? outPath);
   hasInfix = infix: text: match ".*${escapeRegex infix}.*" text != null;
-  escapeRegex = replaceStrings (map (c: c) [
-    "\\"
-    "["
-    "]"
-    "{"
-    "}"
-    "("
-    ")"
-    "^"
-    "$"
-    "?"
-    "*"
-    "+"
-    "|"
-    "."
-  ]) (map (c: "\\${c}") [
-    "\\"
-    "["
-    "]"
-    "{"
-    "}"
-    "("
-    ")"
-    "^"
-    "$"
-    "?"
-    "*"
-    "+"
-    "|"
-    "."
-  ]);
+  escapeRegex =
+    let
+      special = [
+        "\\"
+        "["
+        "]"
+        "{"
+        "}"
+        "("
+        ")"
+        "^"
+        "$"
+        "?"
+        "*"
+        "+"
+        "|"
+        "."
+      ];
+    in
+    replaceStrings special (map (c: "\\${c}") special);
 
   mkOptionType =
     {
