@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
+import requests
 from flashpods.api.runtime import JobOutcome, JobSpec
 from flashpods.api.runtime.podman import PodmanConfig
-from flashpods_testing.localhost import podman
+from flashpods_testing.localhost import ApiProcess, podman, wait_until
 
 INSTANCE = f"test-{uuid.uuid4().hex[:10]}"
 
@@ -76,3 +79,53 @@ def log_lines(spec: JobSpec) -> list[str]:
 
 def strip_prefix(line: str) -> str:
     return line[15:] if line.startswith("[") and line[13:15] == "] " else line
+
+
+TOKEN = "b" * 64
+
+
+class Api(ApiProcess):
+    """The API process plus authenticated calls and job polling."""
+
+    def call(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        headers = {"Authorization": f"Bearer {TOKEN}", **kwargs.pop("headers", {})}
+        return requests.request(method, self.url + path, headers=headers, timeout=30, **kwargs)
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        response = self.call("GET", f"/jobs/{job_id}")
+        assert response.status_code == 200, response.text
+        return dict(response.json())
+
+    def wait_status(self, job_id: str, statuses: set[str], timeout: float) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            job = self.job(job_id)
+            if job["status"] in statuses:
+                return job
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{job_id} stuck in {job['status']}")
+            time.sleep(0.2)
+
+
+def post_concurrently(api: Api, bodies: list[dict[str, Any]]) -> list[requests.Response]:
+    results: list[requests.Response | None] = [None] * len(bodies)
+    barrier = threading.Barrier(len(bodies))
+
+    def post(index: int) -> None:
+        barrier.wait()
+        results[index] = api.call("POST", "/jobs", json=bodies[index])
+
+    threads = [threading.Thread(target=post, args=(i,)) for i in range(len(bodies))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert all(r is not None for r in results)
+    return [r for r in results if r is not None]
+
+
+def cancel_all(api: Api, job_ids: set[str]) -> None:
+    for job_id in job_ids:
+        assert api.call("DELETE", f"/jobs/{job_id}").status_code == 200
+    for job_id in job_ids:
+        wait_until(lambda j=job_id: not container_exists(j), 30, f"{job_id} removal")

@@ -7,49 +7,27 @@ session's private podman socket and this session's FLASHPODS_INSTANCE.
 from __future__ import annotations
 
 import subprocess
-import threading
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-import requests
 from flashpods_testing.localhost import (
     JOB_IMAGE,
-    ApiProcess,
     api_environment,
     api_process,
     wait_until,
     write_token,
 )
-from podman_support import INSTANCE, container_exists
-
-TOKEN = "b" * 64
-
-
-class Api(ApiProcess):
-    """The API process plus authenticated calls and job polling."""
-
-    def call(self, method: str, path: str, **kwargs: Any) -> requests.Response:
-        headers = {"Authorization": f"Bearer {TOKEN}", **kwargs.pop("headers", {})}
-        return requests.request(method, self.url + path, headers=headers, timeout=30, **kwargs)
-
-    def job(self, job_id: str) -> dict[str, Any]:
-        response = self.call("GET", f"/jobs/{job_id}")
-        assert response.status_code == 200, response.text
-        return dict(response.json())
-
-    def wait_status(self, job_id: str, statuses: set[str], timeout: float) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while True:
-            job = self.job(job_id)
-            if job["status"] in statuses:
-                return job
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{job_id} stuck in {job['status']}")
-            time.sleep(0.2)
+from podman_support import (
+    INSTANCE,
+    TOKEN,
+    Api,
+    cancel_all,
+    container_exists,
+    post_concurrently,
+)
 
 
 @pytest.fixture
@@ -103,33 +81,9 @@ def test_sigkill_mid_job_then_restart_ends_the_job_right(api: Api) -> None:
     wait_until(lambda: not container_exists(job_id), 15, "container removal")
 
 
-def _post_concurrently(api: Api, bodies: list[dict[str, Any]]) -> list[requests.Response]:
-    results: list[requests.Response | None] = [None] * len(bodies)
-    barrier = threading.Barrier(len(bodies))
-
-    def post(index: int) -> None:
-        barrier.wait()
-        results[index] = api.call("POST", "/jobs", json=bodies[index])
-
-    threads = [threading.Thread(target=post, args=(i,)) for i in range(len(bodies))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
-    assert all(r is not None for r in results)
-    return [r for r in results if r is not None]
-
-
-def _cancel_all(api: Api, job_ids: set[str]) -> None:
-    for job_id in job_ids:
-        assert api.call("DELETE", f"/jobs/{job_id}").status_code == 200
-    for job_id in job_ids:
-        wait_until(lambda j=job_id: not container_exists(j), 30, f"{job_id} removal")
-
-
 def test_eight_concurrent_creates_with_one_client_job_id_make_one_job(api: Api) -> None:
     body = {"type": "worker", "command": "sleep 60", "client_job_id": str(uuid.uuid4())}
-    responses = _post_concurrently(api, [body] * 8)
+    responses = post_concurrently(api, [body] * 8)
     codes = sorted(r.status_code for r in responses)
     assert codes == [200] * 7 + [201], [r.text for r in responses]
     job_ids = {r.json()["job_id"] for r in responses}
@@ -144,7 +98,7 @@ def test_eight_concurrent_creates_with_one_client_job_id_make_one_job(api: Api) 
         capture_output=True, text=True, check=True,
     ).stdout.split()  # fmt: skip
     assert len(containers) == 1
-    _cancel_all(api, {job_id})
+    cancel_all(api, {job_id})
     job = api.job(job_id)
     # init forwards SIGTERM to the shell running sleep: it dies of it.
     assert (job["status"], job["exit_code"]) == ("cancelled", 143)
@@ -153,7 +107,7 @@ def test_eight_concurrent_creates_with_one_client_job_id_make_one_job(api: Api) 
 def test_concurrent_creates_never_overcommit(api: Api) -> None:
     # Host capacity is 4 CPUs: of 8 one-CPU jobs created at once, exactly 4 fit.
     bodies = [{"type": "worker", "command": "sleep 60", "cpus": 1, "memory_gb": 1}] * 8
-    responses = _post_concurrently(api, bodies)
+    responses = post_concurrently(api, bodies)
     accepted = {r.json()["job_id"] for r in responses if r.status_code == 201}
     refused = [r for r in responses if r.status_code != 201]
     assert len(accepted) == 4, [r.text for r in responses]
@@ -161,7 +115,7 @@ def test_concurrent_creates_never_overcommit(api: Api) -> None:
     assert {r.json()["error"] for r in refused} == {"insufficient_resources"}
     active = [api.job(job_id) for job_id in accepted]
     assert sum(job["cpus"] for job in active if job["status"] in ("starting", "running")) <= 4
-    _cancel_all(api, accepted)
+    cancel_all(api, accepted)
 
 
 def test_orphan_container_of_this_instance_is_removed(api: Api, podman_socket: Path) -> None:

@@ -11,6 +11,7 @@ import pytest
 from api_fakes import FakeRuntime
 from api_harness import Api, start_api, with_config
 from flashpods.api.config import Config
+from flashpods.api.db import MIGRATIONS
 from flashpods.api.recovery import END_GRACE_SECONDS, Action, decide
 from flashpods.api.runtime import ContainerInfo
 
@@ -257,7 +258,7 @@ def test_restart_loses_nothing(config: Config) -> None:
         assert {t: second.rows(t) for t in before} == before
         assert second.get(f"/jobs/{job_id}/artifacts/r.txt").content == b"result"
         assert second.get("/uploads/upload_keep").json()["state"] == "finalized"
-        assert second.server.app.store.schema_version() == 1
+        assert second.server.app.store.schema_version() == len(MIGRATIONS)
         mode = second.server.app.store.one("PRAGMA journal_mode")
         assert mode == {"journal_mode": "wal"}
     finally:

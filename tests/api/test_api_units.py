@@ -87,9 +87,10 @@ def test_request_ids() -> None:
     cpus=st.integers(min_value=1, max_value=10_000),
     memory=st.integers(min_value=1, max_value=10_000),
     timeout=st.integers(min_value=1, max_value=10_000),
+    disk=st.integers(min_value=1, max_value=10_000),
 )
 def test_resources_are_clamped_to_the_type_maximum(
-    job_type: str, cpus: int, memory: int, timeout: int
+    job_type: str, cpus: int, memory: int, timeout: int, disk: int
 ) -> None:
     body = {
         "type": job_type,
@@ -99,16 +100,18 @@ def test_resources_are_clamped_to_the_type_maximum(
         "cpus": cpus,
         "memory_gb": memory,
         "timeout_minutes": timeout,
+        "disk_gb": disk,
     }
     request = parse_job_request(body, "ubuntu:22.04")
     limits = LIMITS[job_type]
     assert request.cpus == min(cpus, limits.max_cpus)
     assert request.memory_gb == min(memory, limits.max_memory_gb)
     assert request.timeout_minutes == min(timeout, limits.max_timeout)
+    assert request.disk_gb == min(disk, limits.max_disk_gb)
 
 
 @given(
-    field=st.sampled_from(["cpus", "memory_gb", "timeout_minutes"]),
+    field=st.sampled_from(["cpus", "memory_gb", "timeout_minutes", "disk_gb"]),
     value=st.one_of(
         st.integers(max_value=0),
         st.floats().filter(lambda f: not (f == f and f.is_integer() and f >= 1)),
@@ -122,6 +125,7 @@ def test_bad_resources_are_rejected_with_their_code(field: str, value: Any) -> N
         "cpus": "invalid_cpus",
         "memory_gb": "invalid_memory",
         "timeout_minutes": "invalid_timeout",
+        "disk_gb": "invalid_disk",
     }
     with pytest.raises(ServiceError) as caught:
         parse_job_request({"type": "worker", "command": "x", field: value}, "ubuntu:22.04")
@@ -138,6 +142,7 @@ def test_defaults_per_type() -> None:
         "img:1",
     )
     assert (agent.cpus, agent.memory_gb, agent.timeout_minutes) == (2, 4, 60)
+    assert (worker.disk_gb, agent.disk_gb) == (2, 2)
 
 
 @pytest.mark.parametrize(

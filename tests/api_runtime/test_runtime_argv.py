@@ -137,3 +137,31 @@ def test_scrub_paths_hides_host_paths_but_keeps_image_names() -> None:
     assert cli.scrub_paths(text) == (
         'Error: statfs <path>: no such file; image "localhost/img:1" unknown'
     )
+
+
+def mounts_of(args: list[str]) -> list[str]:
+    return pairs(args, "--mount")
+
+
+def test_the_root_is_read_only_and_scratch_is_a_sized_tmpfs() -> None:
+    args = args_for(spec(disk_gb=3))
+    assert "--read-only" in args and "--read-only-tmpfs=false" in args
+    assert pairs(args, "--pids-limit") == [str(cli.PIDS_LIMIT)]
+    size = 3 << 30
+    assert mounts_of(args) == [
+        f"type=tmpfs,destination=/tmp,tmpfs-size={size},tmpfs-mode=1777",
+        f"type=tmpfs,destination=/work,tmpfs-size={size},tmpfs-mode=0755,ro=true",
+    ]
+
+
+def test_without_an_upload_an_agent_gets_an_empty_writable_work() -> None:
+    args = args_for(spec(job_type="agent", command=None, task="t", git_branch="b", disk_gb=1))
+    assert mounts_of(args)[1] == (
+        f"type=tmpfs,destination=/work,tmpfs-size={1 << 30},tmpfs-mode=0755,chown=true"
+    )
+
+
+def test_with_an_upload_work_is_the_upload_not_a_tmpfs() -> None:
+    args = args_for(spec(upload_dir=Path("/snap/u1")))
+    assert [m for m in mounts_of(args) if "destination=/work" in m] == []
+    assert mounts_of(args)[0].startswith("type=tmpfs,destination=/tmp,")

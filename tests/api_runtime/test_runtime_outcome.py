@@ -43,6 +43,28 @@ def test_outcome_table(exit_code, oom, stop, copy_error, expected) -> None:
     assert (outcome.status, outcome.exit_code, outcome.error) == expected
 
 
+@pytest.mark.parametrize(
+    ("exit_code", "oom", "stop", "expected"),
+    [
+        (1, False, None, ("failed", 1, "disk_full")),  # the job's code, the likely cause
+        (0, False, None, ("completed", 0, None)),  # it coped: a warning in its log only
+        (137, True, None, ("failed", 137, "oom_killed")),
+        (137, False, "timed_out", ("timed_out", 137, TIMEOUT_ERROR)),
+    ],
+)
+def test_a_full_scratch_disk_in_the_outcome(exit_code, oom, stop, expected) -> None:
+    outcome = decide_outcome(
+        info=info(exit_code),
+        oom_killed=oom,
+        stop_reason=stop,
+        disk_full=True,
+        copy_error=None,
+        artifacts=(),
+        ended_at=NOW,
+    )
+    assert (outcome.status, outcome.exit_code, outcome.error) == expected
+
+
 def test_vanished_container_is_lost() -> None:
     outcome = decide_outcome(
         info=None, oom_killed=False, stop_reason=None, copy_error=None, artifacts=(), ended_at=NOW

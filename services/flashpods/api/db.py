@@ -90,9 +90,15 @@ def _v1_initial(db: sqlite_utils.Database) -> None:
     )
 
 
+def _v2_disk_gb(db: sqlite_utils.Database) -> None:
+    # Jobs created before disk_gb existed had no scratch limit: NULL says so.
+    db.execute("ALTER TABLE jobs ADD COLUMN disk_gb INTEGER")
+
+
 # (version, migration). Append only; never edit a released one.
 MIGRATIONS: list[tuple[int, Callable[[sqlite_utils.Database], None]]] = [
     (1, _v1_initial),
+    (2, _v2_disk_gb),
 ]
 
 

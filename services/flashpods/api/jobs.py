@@ -22,6 +22,7 @@ from flashpods.api.uploads import Uploads
 from flashpods.api.uploads import not_found as upload_not_found
 from flashpods.api.validation import JobRequest, parse_job_request
 from flashpods.common.errors import ServiceError
+from flashpods.common.limits import LIMITS
 from flashpods.common.timefmt import from_epoch, iso_z
 
 log = logging.getLogger("flashpods.api.jobs")
@@ -45,6 +46,7 @@ def render_job(row: dict[str, Any], now: float | None = None) -> dict[str, Any]:
         image=row["image"],
         cpus=row["cpus"],
         memory_gb=row["memory_gb"],
+        disk_gb=row["disk_gb"],
         timeout_minutes=row["timeout_minutes"],
         exit_code=row["exit_code"],
         error=row["error"],
@@ -114,6 +116,8 @@ class Jobs:
             image=row["image"],
             cpus=row["cpus"],
             memory_gb=row["memory_gb"],
+            # A job from before disk_gb existed resumes with the default of its type.
+            disk_gb=row["disk_gb"] or LIMITS[row["type"]].default_disk_gb,
             timeout_minutes=row["timeout_minutes"],
             artifacts_dir=self.config.artifacts_path / row["id"],
             log_path=log_path(self.config, row["id"]),
@@ -226,6 +230,7 @@ class Jobs:
                 image=request.image,
                 cpus=request.cpus,
                 memory_gb=request.memory_gb,
+                disk_gb=request.disk_gb,
                 timeout_minutes=request.timeout_minutes,
                 client_job_id=request.client_job_id,
                 created_at=now,

@@ -34,6 +34,7 @@ class JobRequest:
     cpus: int
     memory_gb: int
     timeout_minutes: int
+    disk_gb: int
     client_job_id: str | None = None
     command: str | None = None
     task: str | None = None
@@ -121,6 +122,7 @@ def parse_job_request(body: dict[str, Any], default_image: str) -> JobRequest:
     timeout = _resource(
         body, "timeout_minutes", "invalid_timeout", limits.default_timeout, limits.max_timeout
     )
+    disk = _resource(body, "disk_gb", "invalid_disk", limits.default_disk_gb, limits.max_disk_gb)
     files_id = body.get("files_id")
     if files_id is not None and not isinstance(files_id, str):
         files_id = str(files_id)
@@ -130,6 +132,7 @@ def parse_job_request(body: dict[str, Any], default_image: str) -> JobRequest:
         cpus=cpus,
         memory_gb=memory,
         timeout_minutes=timeout,
+        disk_gb=disk,
         client_job_id=client_job_id,
         command=command,
         task=task,

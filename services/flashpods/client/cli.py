@@ -1,6 +1,6 @@
 """`flashpods` — the command line front door.
 
-    flashpods run [--image I] [--cpus N] [--memory GB] [--timeout MIN] [--dir PATH] -- CMD
+    flashpods run [--image I] [--cpus N] [--memory GB] [--disk GB] [--timeout MIN] [--dir P] -- CMD
     flashpods agent --task TEXT --branch B [--context TEXT] [--dir PATH] [--follow]
     flashpods status JOB [--wait] | logs JOB [-f] [--tail N] | artifacts JOB [--download]
     flashpods kill JOB | jobs [--status S] [--limit N] | health
@@ -27,7 +27,7 @@ from flashpods.client.models import Job
 from flashpods.client.progress import Progress, human_bytes
 from flashpods.client.sdk import Flashpods, OutputFollower, RetryEvent
 from flashpods.client.upload import AGENT_EXCLUDES, DEFAULT_EXCLUDES
-from flashpods.common.limits import MAX_TAIL
+from flashpods.common.limits import LIMITS, MAX_TAIL
 
 EXIT_FLASHPODS_ERROR = 125
 EXIT_TIMED_OUT = 124
@@ -99,6 +99,7 @@ def cmd_run(ctx: Context) -> int:
             image=args.image,
             cpus=args.cpus,
             memory_gb=args.memory,
+            disk_gb=args.disk,
             timeout_minutes=args.timeout,
         )
         return created.job_id
@@ -123,6 +124,7 @@ def cmd_agent(ctx: Context) -> int:
             image=args.image,
             cpus=args.cpus,
             memory_gb=args.memory,
+            disk_gb=args.disk,
             timeout_minutes=args.timeout,
         )
         return created.job_id
@@ -386,12 +388,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     resources = argparse.ArgumentParser(add_help=False)
     resources.add_argument("--image", help="container image (API default otherwise)")
-    resources.add_argument("--cpus", type=_positive, help="default 2 (max: worker 8, agent 4)")
+    wl, al = LIMITS["worker"], LIMITS["agent"]
     resources.add_argument(
-        "--memory", type=_positive, metavar="GB", help="default 4 (max: worker 16, agent 8)"
+        "--cpus",
+        type=_positive,
+        help=f"default {wl.default_cpus} (max: worker {wl.max_cpus}, agent {al.max_cpus})",
     )
     resources.add_argument(
-        "--timeout", type=_positive, metavar="MINUTES", help="default: worker 30, agent 60"
+        "--memory",
+        type=_positive,
+        metavar="GB",
+        help=f"default {wl.default_memory_gb} (max: worker {wl.max_memory_gb}, "
+        f"agent {al.max_memory_gb})",
+    )
+    resources.add_argument(
+        "--disk",
+        type=_positive,
+        metavar="GB",
+        help=f"scratch /tmp size, part of the memory; default {wl.default_disk_gb} "
+        f"(max: worker {wl.max_disk_gb}, agent {al.max_disk_gb})",
+    )
+    resources.add_argument(
+        "--timeout",
+        type=_positive,
+        metavar="MINUTES",
+        help=f"default: worker {wl.default_timeout}, agent {al.default_timeout}",
     )
     resources.add_argument("--dir", default=".", help="folder to upload (default: .)")
     resources.add_argument(

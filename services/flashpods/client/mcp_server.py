@@ -119,6 +119,7 @@ class FlashpodsTools:
         cpus: int | None = None,
         memory_gb: int | None = None,
         timeout_minutes: int | None = None,
+        disk_gb: int | None = None,
     ) -> dict[str, Any]:
         files_id = self._upload(files, DEFAULT_EXCLUDES)
         created = self.client().create_worker(
@@ -127,6 +128,7 @@ class FlashpodsTools:
             image=image,
             cpus=cpus,
             memory_gb=memory_gb,
+            disk_gb=disk_gb,
             timeout_minutes=timeout_minutes,
         )
         return {**created.raw, "files_id": files_id}
@@ -140,6 +142,7 @@ class FlashpodsTools:
         cpus: int | None = None,
         memory_gb: int | None = None,
         timeout_minutes: int | None = None,
+        disk_gb: int | None = None,
     ) -> dict[str, Any]:
         files_id = self._upload(files, AGENT_EXCLUDES)
         created = self.client().create_agent(
@@ -149,6 +152,7 @@ class FlashpodsTools:
             files_id=files_id,
             cpus=cpus,
             memory_gb=memory_gb,
+            disk_gb=disk_gb,
             timeout_minutes=timeout_minutes,
         )
         return {**created.raw, "files_id": files_id}
@@ -235,12 +239,23 @@ def build_server(tools: FlashpodsTools) -> MCPServer:
             ),
         ] = None,
         timeout_minutes: WorkerTimeout = None,
+        disk_gb: Annotated[
+            int | None,
+            Field(
+                ge=1,
+                le=WORKER.max_disk_gb,
+                description="Size of /tmp in GB, part of the memory "
+                f"(default {WORKER.default_disk_gb}); writes past it fail with ENOSPC",
+            ),
+        ] = None,
     ) -> CallToolResult:
         """Start a worker job: a shell command in a fresh container, with `files`
         uploaded read-only at /work. Returns its job_id at once; whatever it writes to
         /artifacts can be downloaded after it ends."""
         return _answer(
-            lambda: tools.spawn_worker(command, files, image, cpus, memory_gb, timeout_minutes)
+            lambda: tools.spawn_worker(
+                command, files, image, cpus, memory_gb, timeout_minutes, disk_gb
+            )
         )
 
     @server.tool()
@@ -266,12 +281,21 @@ def build_server(tools: FlashpodsTools) -> MCPServer:
             ),
         ] = None,
         timeout_minutes: AgentTimeout = None,
+        disk_gb: Annotated[
+            int | None,
+            Field(
+                ge=1,
+                le=AGENT.max_disk_gb,
+                description="Size of /tmp in GB, part of the memory "
+                f"(default {AGENT.default_disk_gb}); writes past it fail with ENOSPC",
+            ),
+        ] = None,
     ) -> CallToolResult:
         """Start a coding sub-agent on `git_branch` with `files` at /work (read-write).
         It cannot start jobs itself. Returns its job_id at once."""
         return _answer(
             lambda: tools.spawn_sub_agent(
-                task, git_branch, files, context, cpus, memory_gb, timeout_minutes
+                task, git_branch, files, context, cpus, memory_gb, timeout_minutes, disk_gb
             )
         )
 

@@ -250,6 +250,7 @@ class Flashpods:
         memory_gb: int | None = None,
         timeout_minutes: int | None = None,
         client_job_id: str | None = None,
+        disk_gb: int | None = None,
     ) -> CreatedJob:
         return self.create_job(
             {
@@ -259,6 +260,7 @@ class Flashpods:
                 "image": image,
                 "cpus": cpus,
                 "memory_gb": memory_gb,
+                "disk_gb": disk_gb,
                 "timeout_minutes": timeout_minutes,
                 "client_job_id": client_job_id,
             }
@@ -276,6 +278,7 @@ class Flashpods:
         memory_gb: int | None = None,
         timeout_minutes: int | None = None,
         client_job_id: str | None = None,
+        disk_gb: int | None = None,
     ) -> CreatedJob:
         return self.create_job(
             {
@@ -287,6 +290,7 @@ class Flashpods:
                 "image": image,
                 "cpus": cpus,
                 "memory_gb": memory_gb,
+                "disk_gb": disk_gb,
                 "timeout_minutes": timeout_minutes,
                 "client_job_id": client_job_id,
             }

@@ -14,12 +14,16 @@ class TypeLimits:
     max_memory_gb: int
     default_timeout: int
     max_timeout: int
+    # Size of the job's writable scratch (/tmp, and /work without an upload): RAM-backed
+    # tmpfs, so it is part of memory_gb (docs/runtime.md "Disk").
+    default_disk_gb: int
+    max_disk_gb: int
 
 
 # system.md: requests above a type's maximum are clamped to it by the API, not rejected.
 LIMITS: dict[str, TypeLimits] = {
-    "worker": TypeLimits(2, 8, 4, 16, 30, 120),
-    "agent": TypeLimits(2, 4, 4, 8, 60, 120),
+    "worker": TypeLimits(2, 8, 4, 16, 30, 120, 2, 16),
+    "agent": TypeLimits(2, 4, 4, 8, 60, 120, 2, 8),
 }
 MAX_COMMAND = 10_000
 MAX_TASK = 100_000

@@ -13,6 +13,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Literal, Protocol
 
+from flashpods.common.limits import LIMITS
+
 JobType = Literal["worker", "agent"]
 FinalStatus = Literal["completed", "failed", "timed_out", "cancelled"]
 
@@ -33,6 +35,8 @@ class JobSpec:
     timeout_minutes: int
     artifacts_dir: Path  # host directory for this job, mounted at /artifacts
     log_path: Path  # host log file, /var/log/flashpods/{job_id}.log
+    # Size of each scratch tmpfs of the job (/tmp; /work when there is no upload).
+    disk_gb: int = LIMITS["worker"].default_disk_gb
     upload_dir: Path | None = None  # finalized snapshot mounted at /work (ro worker, rw agent)
     command: str | None = None  # worker
     task: str | None = None  # agent

@@ -10,6 +10,7 @@ never shows in `ps` on the host — neither as podman's argv nor as the containe
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,10 @@ LABEL_INSTANCE = "flashpods-instance"
 PULL_POLICIES = ("always", "missing", "never", "newer")
 AGENT_ENTRYPOINT = "/opt/flashpods/bin/flashpods-agent-entrypoint"
 STOP_GRACE_SECONDS = 10
+# Processes and threads per container: a fork bomb ends at EAGAIN inside its own job
+# (half of podman's containers.conf default of 2048, explicit so no host setting lifts it).
+PIDS_LIMIT = 1024
+GIB = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -36,6 +41,41 @@ class Mount:
         # Paths with ':' or ',' would be misparsed by -v; the runtime's own paths never have
         # them (job IDs are hex), and the configured ones are checked in PodmanConfig.
         return f"{self.source}:{self.target}:{'ro' if self.read_only else 'rw'}"
+
+    def args(self) -> list[str]:
+        return ["-v", self.volume_arg()]
+
+
+@dataclass(frozen=True)
+class Tmpfs:
+    """A size-limited tmpfs the kernel enforces (ENOSPC); its pages are charged to the
+    container's memory cgroup, so it is part of the job's memory."""
+
+    target: str
+    size_bytes: int
+    read_only: bool = False
+    sticky: bool = False  # 1777 like /tmp; else 0755
+    owned_by_user: bool = False  # chown to the container's user (a writable /work)
+
+    def args(self) -> list[str]:
+        spec = f"type=tmpfs,destination={self.target},tmpfs-size={self.size_bytes}"
+        spec += f",tmpfs-mode={'1777' if self.sticky else '0755'}"
+        if self.read_only:
+            spec += ",ro=true"
+        if self.owned_by_user:
+            spec += ",chown=true"
+        return ["--mount", spec]
+
+
+def scratch_mounts(spec: JobSpec) -> list[Tmpfs]:
+    """The job's only writable places besides /artifacts (its root is read-only): /tmp,
+    and /work when there is no upload (empty; read-only for a worker)."""
+    size = spec.disk_gb * GIB
+    mounts = [Tmpfs("/tmp", size, sticky=True)]
+    if spec.upload_dir is None:
+        writable = spec.job_type == "agent"
+        mounts.append(Tmpfs("/work", size, read_only=not writable, owned_by_user=writable))
+    return mounts
 
 
 @dataclass(frozen=True)
@@ -87,7 +127,7 @@ def create_args(
     *,
     instance: str,
     user: ContainerUser,
-    mounts: list[Mount],
+    mounts: Sequence[Mount],
     pull_policy: str,
     raw_log_path: Path,
     raw_log_max_bytes: int,
@@ -113,6 +153,13 @@ def create_args(
         str(spec.cpus),
         "--memory",
         f"{spec.memory_gb}g",
+        "--pids-limit",
+        str(PIDS_LIMIT),
+        # Nothing the job writes lands in podman's storage: the image's files are read-only,
+        # scratch is a size-limited tmpfs (scratch_mounts), and podman adds no unbounded
+        # tmpfs of its own (/run, /var/tmp stay the image's, read-only).
+        "--read-only",
+        "--read-only-tmpfs=false",
         *user.args(),
         "--security-opt",
         "no-new-privileges",
@@ -134,7 +181,9 @@ def create_args(
         f"max-size={raw_log_max_bytes}",
     ]
     for mount in mounts:
-        args += ["-v", mount.volume_arg()]
+        args += mount.args()
+    for scratch in scratch_mounts(spec):
+        args += scratch.args()
     if spec.job_type != "agent" and not spec.command:
         raise ValueError("a worker job needs a command")
     for name in job_environment(spec, "", ModelService()):

@@ -31,8 +31,10 @@ from flashpods.api.runtime.artifacts_copy import (
     ArtifactLimits,
     collect_artifacts,
 )
+from flashpods.api.runtime.diskwatch import DiskWatch
 from flashpods.api.runtime.logcapture import LogCapture
 from flashpods.api.runtime.oomwatch import OomWatch
+from flashpods.api.runtime.podman_cli import scratch_mounts
 from flashpods.common.timefmt import utc_now
 
 log = logging.getLogger(__name__)
@@ -40,6 +42,14 @@ log = logging.getLogger(__name__)
 StopReason = Literal["cancelled", "timed_out"]
 TIMEOUT_ERROR = "Job exceeded timeout limit"
 FINISH_FAILED = "job_finish_failed"
+DISK_FULL_ERROR = "disk_full"
+
+
+def scratch_targets(spec: JobSpec) -> list[str]:
+    """The job's writable size-limited filesystems (podman_cli.scratch_mounts)."""
+    return [mount.target for mount in scratch_mounts(spec) if not mount.read_only]
+
+
 RETRIES = 5
 RETRY_SECONDS = 2.0
 T = TypeVar("T")
@@ -50,6 +60,7 @@ def decide_outcome(
     info: ContainerInfo | None,
     oom_killed: bool,
     stop_reason: StopReason | None,
+    disk_full: bool = False,
     copy_error: str | None,
     artifacts: tuple[ArtifactRecord, ...],
     ended_at: datetime,
@@ -67,6 +78,9 @@ def decide_outcome(
         return JobOutcome("failed", exit_code, copy_error, artifacts, ended_at)
     if oom_killed and exit_code != 0:
         return JobOutcome("failed", exit_code, "oom_killed", artifacts, ended_at)
+    if disk_full and exit_code != 0:
+        # The exit code stays the job's; the error says why it most likely failed.
+        return JobOutcome("failed", exit_code, DISK_FULL_ERROR, artifacts, ended_at)
     if exit_code == 0:
         return JobOutcome("completed", 0, None, artifacts, ended_at)
     return JobOutcome("failed", exit_code, None, artifacts, ended_at)
@@ -165,6 +179,9 @@ class JobSupervisor:
         oom = OomWatch(pid) if pid else None
         if oom:
             oom.start()
+        disk = DiskWatch(pid, scratch_targets(self.spec)) if pid else None
+        if disk:
+            disk.start()
         threading.Thread(
             target=self._wait_exit, name=f"wait-{self.spec.job_id}", daemon=True
         ).start()
@@ -189,8 +206,10 @@ class JobSupervisor:
         if self._abandoned.is_set():
             if oom:
                 oom.stop(None)
+            if disk:
+                disk.stop()
             return
-        self._finish(stop_reason, oom)
+        self._finish(stop_reason, oom, disk)
 
     def _retry(self, what: str, call: Callable[[], T]) -> T:
         """podman or the database may hiccup; a job's end must not be lost to that."""
@@ -204,13 +223,20 @@ class JobSupervisor:
                 self._abandoned.wait(RETRY_SECONDS)
         raise AssertionError("unreachable")
 
-    def _finish(self, stop_reason: StopReason | None, oom: OomWatch | None) -> None:
+    def _finish(
+        self, stop_reason: StopReason | None, oom: OomWatch | None, disk: DiskWatch | None
+    ) -> None:
         info = self._retry("inspect", lambda: self.ops.inspect(self.name))
         oom_seen = oom.stop(info.exit_code if info else None) if oom else False
+        filled = disk.stop() if disk else []
         self.capture.finish()
         self._retry(
             "on_copying_artifacts", lambda: self.hooks.on_copying_artifacts(self.spec.job_id)
         )
+        for target in filled:
+            self._warn(
+                f"{target} filled its {self.spec.disk_gb} GB limit: writes failed with ENOSPC"
+            )
         copy_error: str | None = None
         records: list[ArtifactRecord] = []
         try:
@@ -225,6 +251,7 @@ class JobSupervisor:
         outcome = decide_outcome(
             info=info,
             oom_killed=oom_seen or bool(info and info.oom_killed),
+            disk_full=bool(filled),
             stop_reason=stop_reason,
             copy_error=copy_error,
             artifacts=tuple(records),
