@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from flashpods import deployment
+from flashpods.common.polling import poll
 from flashpods.deployment import JOB_IMAGE
 from flashpods.lab import host, network, preflight, pyenv, rsyncd, services, units
 from flashpods.lab.proc import LabError, alive, in_netns, run
@@ -110,32 +111,30 @@ def _start_supervisor(service_bin: Path) -> None:
             start_new_session=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
-    deadline = time.monotonic() + 10
-    while not (STATE_DIR / "supervisor.sock").exists():
-        if time.monotonic() > deadline:
-            raise LabError(f"the lab supervisor did not start; see {LOG_DIR}/supervisor.log")
-        time.sleep(0.05)
+    if not poll((STATE_DIR / "supervisor.sock").exists, 10):
+        raise LabError(f"the lab supervisor did not start; see {LOG_DIR}/supervisor.log")
 
 
 def _wait_units(expected: list[str], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
+    states: dict[str, str | None] = {}
+
+    def not_up(name: str) -> LabError:
+        return LabError(
+            f"unit {name} did not come up ({states[name]}); "
+            f"see {LOG_DIR}/{name}.log:\n{_tail(LOG_DIR / f'{name}.log')}"
+        )
+
+    def all_up() -> bool:
+        nonlocal states
         unit_states = read_status().get("units", {})
         states = {n: unit_states.get(n, {}).get("state") for n in expected}
-        if all(s in ("active", "exited") for s in states.values()):
-            return
         failed = [n for n, s in states.items() if s == "failed"]
-        if failed or time.monotonic() > deadline:
-            name = (
-                failed[0]
-                if failed
-                else next(n for n, s in states.items() if s not in ("active", "exited"))
-            )
-            raise LabError(
-                f"unit {name} did not come up ({states[name]}); "
-                f"see {LOG_DIR}/{name}.log:\n{_tail(LOG_DIR / f'{name}.log')}"
-            )
-        time.sleep(0.2)
+        if failed:
+            raise not_up(failed[0])
+        return all(s in ("active", "exited") for s in states.values())
+
+    if not poll(all_up, timeout, interval=0.2):
+        raise not_up(next(n for n, s in states.items() if s not in ("active", "exited")))
 
 
 def _tail(path: Path, lines: int = 15) -> str:
@@ -242,10 +241,7 @@ def _stop_supervisor() -> None:
         return
     with contextlib.suppress(LabError):
         control({"cmd": "shutdown"}, timeout=10)
-    deadline = time.monotonic() + 90
-    while alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    if alive(pid):
+    if not poll(lambda: not alive(pid), 90, interval=0.1):
         os.kill(pid, signal.SIGKILL)
 
 

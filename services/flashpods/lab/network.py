@@ -13,10 +13,10 @@ import contextlib
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 from flashpods import deployment
+from flashpods.common.polling import poll
 from flashpods.lab.proc import LabError, in_netns, ns_run, run
 from flashpods.lab.topology import HOST_KEY, LAPTOP_KEY, LOG_DIR, STATE_DIR, Topology
 
@@ -105,16 +105,19 @@ def _start_wireguard_go(ns: str, ifname: str) -> None:
     )
     log.close()
     _pidfile(ifname).write_text(f"{proc.pid}\n")
-    deadline = time.monotonic() + 10
-    while not _link_exists(ns, ifname):
+
+    def link_up() -> bool:
+        if _link_exists(ns, ifname):
+            return True
         if proc.poll() is not None:
             raise LabError(
                 f"wireguard-go {ifname} exited ({proc.returncode}); "
                 f"see {LOG_DIR}/wireguard-go.{ifname}.log"
             )
-        if time.monotonic() > deadline:
-            raise LabError(f"wireguard-go did not create {ifname} within 10 s")
-        time.sleep(0.05)
+        return False
+
+    if not poll(link_up, 10):
+        raise LabError(f"wireguard-go did not create {ifname} within 10 s")
 
 
 def ensure_wireguard(topo: Topology) -> dict[str, str]:
@@ -176,12 +179,15 @@ def ensure_firewall(topo: Topology) -> None:
 
 def wait_handshake(topo: Topology, timeout: float = 15) -> None:
     """Send one packet through the tunnel and wait for the WireGuard handshake."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def handshake() -> bool:
+        # The ping (up to 1 s) paces the loop.
         ns_run(topo.laptop_ns, ["ping", "-c1", "-W1", topo.host_addr], check=False)
         out = ns_run(topo.laptop_ns, ["wg", "show", topo.laptop_wg, "latest-handshakes"]).stdout
-        if any(line.split()[-1] != "0" for line in out.splitlines() if line.strip()):
-            return
+        return any(line.split()[-1] != "0" for line in out.splitlines() if line.strip())
+
+    if poll(handshake, timeout, interval=0):
+        return
     raise LabError(
         f"no WireGuard handshake between {topo.laptop_wg} and {topo.host_wg} within {timeout:.0f} s"
     )

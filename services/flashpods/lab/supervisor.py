@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from flashpods.common.polling import poll
 from flashpods.lab.proc import in_netns
 from flashpods.lab.units import FileMode, Unit, load, start_order
 
@@ -171,36 +172,39 @@ class Supervisor:
 
     def _wait_ready(self, svc: Service) -> bool:
         unit = svc.unit
-        assert svc.proc is not None
+        proc = svc.proc
+        assert proc is not None
         deadline = time.monotonic() + unit.ready_timeout
-        while time.monotonic() < deadline and not self.stopping.is_set():
-            if unit.oneshot and svc.proc.poll() is not None:
-                break
-            if not unit.oneshot and svc.proc.poll() is not None:
+        if not unit.oneshot:
+            settled = poll(
+                lambda: proc.poll() is not None or _probe(unit, proc),
+                unit.ready_timeout,
+                interval=0.1,
+                stop=self.stopping,
+            )
+            if not settled or proc.poll() is not None:
                 return False
-            if not unit.oneshot and _probe(unit, svc.proc):
-                for spec in unit.post_start:
-                    _apply_mode(spec)
-                with self.lock:
-                    svc.state = "active"
-                    svc.ready_at = time.time()
-                    svc.boot_ready_at = svc.boot_ready_at or svc.ready_at
-                    self._write_status()
-                return True
-            time.sleep(0.1)
-        if unit.oneshot:
-            try:
-                code = svc.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                code = None
+            for spec in unit.post_start:
+                _apply_mode(spec)
             with self.lock:
-                svc.last_exit = code
-                svc.state = "exited" if code == 0 else "failed"
+                svc.state = "active"
                 svc.ready_at = time.time()
                 svc.boot_ready_at = svc.boot_ready_at or svc.ready_at
                 self._write_status()
-            return code == 0
-        return False
+            return True
+        # A oneshot is done when it exits; stopping the supervisor ends the wait early.
+        poll(lambda: proc.poll() is not None, unit.ready_timeout, interval=0.1, stop=self.stopping)
+        try:
+            code = proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            code = None
+        with self.lock:
+            svc.last_exit = code
+            svc.state = "exited" if code == 0 else "failed"
+            svc.ready_at = time.time()
+            svc.boot_ready_at = svc.boot_ready_at or svc.ready_at
+            self._write_status()
+        return code == 0
 
     def start(self, name: str) -> bool:
         svc = self.services[name]

@@ -20,13 +20,13 @@ import json
 import logging
 import os
 import subprocess
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from cryptography import x509
 
+from flashpods.common.polling import poll
 from flashpods.spire.config import SpireSettings
 from flashpods.spire.server_cli import Entry, SpireServerCli
 
@@ -195,20 +195,22 @@ def bootstrap(
 
 def wait_for_agent(settings: SpireSettings, bin_dir: Path, timeout: float = 60.0) -> None:
     """Until the agent answers `healthcheck` on its Workload API socket."""
-    deadline = time.monotonic() + timeout
     cmd = [
         str(bin_dir / "spire-agent"),
         "healthcheck",
         "-socketPath",
         str(settings.agent_socket_path),
     ]
-    while True:
+    last_error = ""
+
+    def healthy() -> bool:
+        nonlocal last_error
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
-        if proc.returncode == 0:
-            return
-        if time.monotonic() > deadline:
-            raise TimeoutError(
-                f"SPIRE agent not healthy on {settings.agent_socket_path} after "
-                f"{timeout:.0f} s: {proc.stderr.strip()}"
-            )
-        time.sleep(0.3)
+        last_error = proc.stderr.strip()
+        return proc.returncode == 0
+
+    if not poll(healthy, timeout, interval=0.3):
+        raise TimeoutError(
+            f"SPIRE agent not healthy on {settings.agent_socket_path} after "
+            f"{timeout:.0f} s: {last_error}"
+        )

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from flashpods.common.polling import poll
 
 
 class SpireCommandError(RuntimeError):
@@ -62,13 +63,10 @@ class SpireServerCli:
         return self._run("healthcheck", check=False).returncode == 0
 
     def wait_healthy(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while not self.healthy():
-            if time.monotonic() > deadline:
-                raise SpireCommandError(
-                    f"SPIRE server not healthy on {self.socket_path} after {timeout:.0f} s"
-                )
-            time.sleep(0.3)
+        if not poll(self.healthy, timeout, interval=0.3):
+            raise SpireCommandError(
+                f"SPIRE server not healthy on {self.socket_path} after {timeout:.0f} s"
+            )
 
     def bundle_pem(self) -> str:
         return self._run("bundle", "show").stdout

@@ -19,6 +19,7 @@ from spiffe.spiffe_id.spiffe_id import TrustDomain
 from spiffe.workloadapi.jwt_source import JwtSource
 
 from flashpods.common.errors import ServiceError
+from flashpods.common.polling import poll
 
 log = logging.getLogger("flashpods.tokens.spire")
 
@@ -46,22 +47,25 @@ class BundleSource:
 
     def wait_for_socket(self, timeout: float) -> bool:
         """Bounded, logged wait for the agent's socket at start-up."""
-        deadline = time.monotonic() + timeout
         next_log = 0.0
-        while not self.socket_path.exists():
-            now = time.monotonic()
-            if now >= deadline:
-                log.warning(
-                    "SPIRE socket %s still missing after %.0f s; serving 503 until it appears",
-                    self.socket_path,
-                    timeout,
-                )
-                return False
-            if now >= next_log:
+
+        def present() -> bool:
+            nonlocal next_log
+            if self.socket_path.exists():
+                return True
+            if time.monotonic() >= next_log:
                 log.info("waiting for the SPIRE agent socket %s", self.socket_path)
-                next_log = now + 5
-            time.sleep(0.2)
-        return True
+                next_log = time.monotonic() + 5
+            return False
+
+        if poll(present, timeout, interval=0.2):
+            return True
+        log.warning(
+            "SPIRE socket %s still missing after %.0f s; serving 503 until it appears",
+            self.socket_path,
+            timeout,
+        )
+        return False
 
     def bundle(self) -> JwtBundle:
         with self._lock:
