@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -13,7 +12,8 @@ from typing import Any
 import requests
 from flashpods.api.runtime import JobOutcome, JobSpec
 from flashpods.api.runtime.podman import PodmanConfig
-from flashpods_testing.localhost import ApiProcess, podman, wait_until
+from flashpods.common.polling import wait_until
+from flashpods_testing.localhost import ApiProcess, podman
 
 INSTANCE = f"test-{uuid.uuid4().hex[:10]}"
 
@@ -97,14 +97,13 @@ class Api(ApiProcess):
         return dict(response.json())
 
     def wait_status(self, job_id: str, statuses: set[str], timeout: float) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while True:
-            job = self.job(job_id)
-            if job["status"] in statuses:
-                return job
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{job_id} stuck in {job['status']}")
-            time.sleep(0.2)
+        wait_until(
+            lambda: self.job(job_id)["status"] in statuses,
+            timeout,
+            f"{job_id} to reach {sorted(statuses)}",
+            interval=0.2,
+        )
+        return self.job(job_id)
 
 
 def post_concurrently(api: Api, bodies: list[dict[str, Any]]) -> list[requests.Response]:

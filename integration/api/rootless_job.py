@@ -14,7 +14,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from datetime import datetime
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Any
 
 from flashpods.api.runtime import ContainerError, JobOutcome, JobSpec
 from flashpods.api.runtime.podman import PodmanConfig, PodmanRuntime
+from flashpods.common.polling import poll, wait_until
 from flashpods.deployment import JOB_IMAGE
 
 WAIT_SECONDS = 60
@@ -80,11 +80,11 @@ def summary(spec: JobSpec, outcome: JobOutcome) -> dict[str, Any]:
 
 
 def wait_for_line(path: Path, line: str) -> None:
-    deadline = time.monotonic() + WAIT_SECONDS
-    while not any(text.endswith(f"] {line}") for text in path.read_text().splitlines()):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"no {line!r} in {path} within {WAIT_SECONDS} s")
-        time.sleep(0.05)
+    wait_until(
+        lambda: any(text.endswith(f"] {line}") for text in path.read_text().splitlines()),
+        WAIT_SECONDS,
+        f"{line!r} in {path}",
+    )
 
 
 def container_facts(socket: str, name: str) -> dict[str, Any]:
@@ -114,9 +114,14 @@ def container_facts(socket: str, name: str) -> dict[str, Any]:
 def containers_after_finalize(runtime: PodmanRuntime) -> list[str]:
     """The instance's containers once the runtime had its moment to remove them (it does
     so right after on_finished, so the first look may still see them)."""
-    deadline = time.monotonic() + 15
-    while (left := runtime.list_job_containers()) and time.monotonic() < deadline:
-        time.sleep(0.1)
+    left = runtime.list_job_containers()
+
+    def gone() -> bool:
+        nonlocal left
+        left = runtime.list_job_containers()
+        return not left
+
+    poll(gone, 15, interval=0.1)
     return [info.job_id for info in left]
 
 

@@ -13,11 +13,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from flashpods.common.polling import wait_until
 from flashpods_testing.localhost import (
     JOB_IMAGE,
     api_environment,
     api_process,
-    wait_until,
     write_token,
 )
 from podman_support import (

@@ -20,7 +20,8 @@ from typing import Any
 
 import pytest
 import requests
-from flashpods_testing.localhost import ApiProcess, api_environment, wait_until, write_token
+from flashpods.common.polling import wait_until
+from flashpods_testing.localhost import ApiProcess, api_environment, write_token
 from podman_support import INSTANCE, container_exists
 
 pytestmark = [pytest.mark.podman, pytest.mark.slow]

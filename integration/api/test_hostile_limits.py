@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from flashpods.api.runtime.podman_cli import PIDS_LIMIT
+from flashpods.common.polling import wait_until
 from flashpods_testing.hostile import (
     DD_3G,
     DD_ROOT,
@@ -24,7 +25,7 @@ from flashpods_testing.hostile import (
     ORPHAN,
     DiskPeak,
 )
-from flashpods_testing.localhost import JOB_IMAGE, api_environment, wait_until, write_token
+from flashpods_testing.localhost import JOB_IMAGE, api_environment, write_token
 from podman_support import INSTANCE, TOKEN, Api, cancel_all, container_exists, post_concurrently
 
 HOST_CPUS = 2

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 from flashpods.api.runtime import ContainerError
 from flashpods.api.runtime.podman import PodmanRuntime, raw_log_path
+from flashpods.common.polling import wait_until
 from flashpods.deployment import JOB_IMAGE
-from flashpods_testing.localhost import podman, wait_until
+from flashpods_testing.localhost import podman
 from podman_support import INSTANCE, container_exists, log_lines, strip_prefix
 
 PREFIX = re.compile(r"^\[\d\d:\d\d:\d\d\.\d{3}\] ")

@@ -20,7 +20,6 @@ import pwd
 import shutil
 import signal
 import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -28,12 +27,12 @@ from pathlib import Path
 from typing import IO
 
 import pytest
+from flashpods.common.polling import poll, wait_until
 from flashpods_testing.localhost import (
     JOB_IMAGE,
     HostError,
     require_podman,
     stop_process,
-    wait_until,
 )
 from podman_support import INSTANCE, strip_prefix
 
@@ -281,9 +280,7 @@ class RootlessUser:
             for pid in user_pids(self.uid):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, sig)
-            deadline = time.monotonic() + 5
-            while user_pids(self.uid) and time.monotonic() < deadline:
-                time.sleep(0.05)
+            poll(lambda: not user_pids(self.uid), 5)
 
 
 @pytest.fixture(scope="module")

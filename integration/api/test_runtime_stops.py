@@ -16,7 +16,8 @@ import pytest
 from flashpods.api.runtime import JobSpec
 from flashpods.api.runtime.joblog import format_size
 from flashpods.api.runtime.podman import PodmanRuntime
-from flashpods_testing.localhost import JOB_IMAGE, PodmanService, wait_until
+from flashpods.common.polling import wait_until
+from flashpods_testing.localhost import JOB_IMAGE, PodmanService
 from podman_support import (
     RecordingHooks,
     container_exists,

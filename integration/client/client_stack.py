@@ -19,6 +19,7 @@ from pathlib import Path
 
 from flashpods.client.retry import RetryPolicy
 from flashpods.client.sdk import Flashpods, PollSchedule, RetryEvent
+from flashpods.common.polling import wait_until
 from flashpods.deployment import values
 from flashpods.lab import rsyncd
 from flashpods_testing.localhost import (
@@ -29,7 +30,6 @@ from flashpods_testing.localhost import (
     free_port,
     instance_containers,
     remove_instance_containers,
-    wait_until,
     write_token,
 )
 

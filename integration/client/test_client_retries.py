@@ -5,20 +5,17 @@ job that left thousands of files)."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 from client_stack import Api
 from flashpods.client.errors import FlashpodsError
 from flashpods.client.retry import RetryPolicy
 from flashpods.client.sdk import Flashpods, RetryEvent
+from flashpods.common.polling import wait_until
 
 
 def _wait_status(client: Flashpods, job_id: str, wanted: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while client.get_job(job_id).status != wanted:
-        assert time.monotonic() < deadline, f"{job_id} never {wanted}"
-        time.sleep(0.1)
+    wait_until(lambda: client.get_job(job_id).status == wanted, timeout, f"{job_id} {wanted}")
 
 
 def test_insufficient_resources_is_retried_until_capacity_returns(api: Api, rsync_url: str) -> None:
@@ -62,10 +59,11 @@ def test_insufficient_resources_is_reported_after_five_tries(api: Api, rsync_url
     finally:
         client.kill(blocker.job_id)
         # Its CPUs are free once the container has stopped (exit code recorded).
-        deadline = time.monotonic() + 30
-        while client.get_job(blocker.job_id).exit_code is None:
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+        wait_until(
+            lambda: client.get_job(blocker.job_id).exit_code is not None,
+            30,
+            "the blocker's exit code",
+        )
 
 
 def test_rate_limited_is_retried_after_retry_after(limited_api: Api) -> None:
@@ -92,17 +90,17 @@ def test_copy_in_progress_503_is_retried_until_the_artifacts_are_ready(
     )
     job = client.create_worker(command, cpus=1, memory_gb=1)
     events.clear()
-    deadline = time.monotonic() + 120
-    while True:
+
+    def collecting() -> bool:
         try:
             listing = client.list_artifacts(job.job_id)
         except FlashpodsError as exc:
             assert exc.code == "artifacts_not_available", exc
-        else:
-            assert listing.copy_in_progress, "the collection ended before it was seen"
-            break
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
+            return False
+        assert listing.copy_in_progress, "the collection ended before it was seen"
+        return True
+
+    wait_until(collecting, 120, "the artifact collection", interval=0.02)
     saved = client.download_artifact(job.job_id, "a-keep.txt", tmp_path)
     assert saved.read_text() == "kept\n"
     assert events and {(e.reason, e.status) for e in events} == {("copy_in_progress", 503)}

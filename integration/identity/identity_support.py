@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 from dataclasses import dataclass
 
+from flashpods.common.polling import poll
 from flashpods.deployment import JOB_IMAGE
 from flashpods_testing.identity_stack import IdentityStack
 
@@ -103,11 +103,13 @@ class Containers:
 
 def wait_until_issued(containers: Containers, timeout: float = 40) -> None:
     """New entries reach the agent after ~10 s: poll until a worker gets its SVID."""
-    deadline = time.monotonic() + timeout
-    while True:
+    last_error = ""
+
+    def issued() -> bool:
+        nonlocal last_error
         proc = containers.fetch_jwt(role="worker")
-        if proc.returncode == 0:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no worker SVID after {timeout:.0f} s: {proc.stderr}")
-        time.sleep(1)
+        last_error = proc.stderr
+        return proc.returncode == 0
+
+    if not poll(issued, timeout, interval=1):
+        raise AssertionError(f"no worker SVID after {timeout:.0f} s: {last_error}")

@@ -11,12 +11,12 @@ import json
 import os
 import stat
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
+from flashpods.common.polling import wait_until
 from flashpods.tokens.client import exchange
-from identity_support import JOB_IMAGE, Containers
+from identity_support import JOB_IMAGE, Containers, wait_until_issued
 
 pytestmark = [pytest.mark.spire, pytest.mark.podman, pytest.mark.slow]
 
@@ -287,10 +287,12 @@ def test_restarts_of_token_service_and_spire_agent(identity: Containers, tmp_pat
             ["sh", "-c", TWICE], role="worker", detach=True, extra=("-v", f"{work}:/work:ro")
         )
     ).stdout.strip()
-    deadline = time.monotonic() + 30
-    while "first=granted" not in identity.podman("logs", started).stdout:
-        assert time.monotonic() < deadline, identity.podman("logs", started).stderr
-        time.sleep(0.3)
+    wait_until(
+        lambda: "first=granted" in identity.podman("logs", started).stdout,
+        30,
+        "the first exchange",
+        interval=0.3,
+    )
 
     stack.restart_token_service()
     resumed = stack.restart_agent()
@@ -322,10 +324,7 @@ def test_evicted_agent_reattests_with_a_new_token(identity: Containers) -> None:
     assert result.resumed_agent_id is None
     assert result.aliases_pruned >= 1  # the evicted agent's node alias
     # The new agent receives the entries again (parent: the node alias) within seconds.
-    deadline = time.monotonic() + 40
-    while (proc := identity.fetch_jwt(role="worker")).returncode != 0:
-        assert time.monotonic() < deadline, proc.stderr
-        time.sleep(1)
+    wait_until_issued(identity)
     assert exchange(stack.token_socket, identity.jwt(role="worker")).status == 200
 
 

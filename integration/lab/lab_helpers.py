@@ -11,12 +11,12 @@ import ctypes
 import json
 import os
 import subprocess
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from flashpods.common.polling import wait_until
 from flashpods.deployment import JOB_IMAGE
 from flashpods.lab import lab
 from flashpods.lab.proc import in_netns
@@ -162,11 +162,7 @@ class Laptop:
 
 
 def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.1)
+    wait_until(cond, timeout, what, interval=0.1)
 
 
 def unit_status() -> dict[str, Any]:

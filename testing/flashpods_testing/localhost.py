@@ -3,7 +3,7 @@
 The pieces the real-component tests (integration/api, integration/client,
 integration/identity) and the bench/ scripts share, with no pytest in here:
 
-- `free_port()` and `wait_until()`;
+- `free_port()`;
 - `PodmanService` / `podman_service()`: a private rootful `podman system service` on
   `<home>/podman.sock`, and on exit the removal of whatever a FLASHPODS_INSTANCE left;
 - `api_environment()` and `ApiProcess`: a real `flashpods-api` against temporary
@@ -21,13 +21,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import requests
+from flashpods.common.polling import wait_until
 from flashpods.deployment import JOB_IMAGE
 
 # The API as `python -m`: the interpreter running the caller, so the same venv's code.
@@ -45,18 +45,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def wait_until(
-    predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.05
-) -> None:
-    """Poll until `predicate()` is true; TimeoutError after `timeout` seconds.
-    Exceptions of the predicate propagate (a probe can tell "died" from "not yet")."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(interval)
 
 
 def podman(*args: str) -> subprocess.CompletedProcess[str]:

@@ -16,7 +16,7 @@ from flashpods.api.runtime.logcapture import (
     inspect_log,
     parse_conmon_time,
 )
-from flashpods_testing.localhost import wait_until
+from flashpods.common.polling import wait_until
 
 T = "2026-11-25T21:34:32.579366452+00:00"
 

@@ -12,10 +12,11 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from flashpods.common.polling import wait_until
 from flashpods.lab.proc import alive
 from flashpods.lab.units import FileMode, Readiness, Unit, save
 
@@ -114,11 +115,8 @@ def _states(state: Path) -> dict[str, object]:
     return {name: info["state"] for name, info in _status(state).items()}
 
 
-def _wait(cond: object, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.05)
+def _wait(cond: Callable[[], bool], timeout: float = 20) -> None:
+    wait_until(cond, timeout, "the supervisor's state")
 
 
 def _ask(sock_path: Path) -> str:

@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 from flashpods import deployment
+from flashpods.common.polling import wait_until
 from flashpods.lab import rsyncd
-from flashpods_testing.localhost import wait_until
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("rsync") is None or shutil.which("unshare") is None,

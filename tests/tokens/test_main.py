@@ -11,10 +11,10 @@ import socket
 import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from flashpods.common.polling import wait_until
 from flashpods.tokens.activation import listen_unix, socket_owner, spawn_with_socket
 from flashpods.tokens.client import UnixHTTPConnection, request
 
@@ -39,18 +39,21 @@ def stop(proc: subprocess.Popen[bytes]) -> bytes:
 
 
 def health(sock: Path, timeout: float = 10) -> dict[str, str]:
-    deadline = time.monotonic() + timeout
-    while True:
+    answer: dict[str, str] = {}
+
+    def answered() -> bool:
         try:
             conn = UnixHTTPConnection(sock, timeout=2)
             try:
-                return request(conn, "/health").body
+                answer.update(request(conn, "/health").body)
+                return True
             finally:
                 conn.close()
         except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
+            return False
+
+    wait_until(answered, timeout, f"GET /health on {sock}")
+    return answer
 
 
 @pytest.mark.parametrize(
@@ -95,17 +98,16 @@ def test_binds_socket_0660_owned_by_flashpods_before_accepting(tmp_path: Path) -
     stale.close()
     proc = subprocess.Popen([SERVICE], env=env_for(tmp_path, secrets), stderr=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 15
-        while True:
-            probe = socket.socket(socket.AF_UNIX)
-            try:
-                probe.connect(str(sock_path))
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "service never listened"
-                time.sleep(0.02)
-            finally:
-                probe.close()
+
+        def accepts() -> bool:
+            with socket.socket(socket.AF_UNIX) as probe:
+                try:
+                    probe.connect(str(sock_path))
+                    return True
+                except OSError:
+                    return False
+
+        wait_until(accepts, 15, "the service to listen", interval=0.02)
         # The first connection succeeded: mode and owner were already final.
         st = os.stat(sock_path)
         assert stat.S_IMODE(st.st_mode) == 0o660
@@ -160,10 +162,7 @@ def test_sighup_rereads_the_secrets_file(tmp_path: Path) -> None:
         assert health(tmp_path / "token.sock")["secrets"] == "ok"
         secrets.write_text("{broken")
         proc.send_signal(signal.SIGHUP)
-        deadline = time.monotonic() + 10
-        while health(tmp_path / "token.sock")["secrets"] == "ok":
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        wait_until(lambda: health(tmp_path / "token.sock")["secrets"] != "ok", 10, "the reload")
     finally:
         log = stop(proc)
     assert b"SIGHUP: re-reading the secrets file" in log

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from flashpods.common.polling import wait_until
 from flashpods.tokens.activation import listen_unix
 from flashpods.tokens.bundles import BundleSource
 from flashpods.tokens.client import Response, UnixHTTPConnection, exchange, request
@@ -20,7 +21,6 @@ from flashpods.tokens.policy import Policy
 from flashpods.tokens.secrets_file import SecretsFile
 from flashpods.tokens.server import TokenServer
 from flashpods.tokens.service import BundleProvider, Exchange
-from flashpods_testing.localhost import wait_until
 from spiffe.bundle.jwt_bundle.jwt_bundle import JwtBundle
 from token_support import AGENT, WORKER, Signer
 
