@@ -91,10 +91,11 @@ class Podman:
         return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
 
     def job_container(
-        self, role: str, network: str, command: list[str], timeout: float = 120
+        self, role: str | None, network: str, command: list[str], timeout: float = 120
     ) -> subprocess.CompletedProcess[str]:
-        """A container like the API's jobs: role label, flashpods uid, the two sockets
-        and the tools, removed afterwards."""
+        """A container like the API's jobs: role label (none when `role` is None),
+        flashpods uid, the two sockets and the tools, removed afterwards."""
+        role_label = [] if role is None else ["--label", f"flashpods-job-type={role}"]
         return self.run(
             [
                 "run",
@@ -103,8 +104,7 @@ class Podman:
                 f"--network={network}",
                 "--label",
                 "flashpods-job=true",
-                "--label",
-                f"flashpods-job-type={role}",
+                *role_label,
                 "--label",
                 "flashpods-instance=lab-test",
                 "--user",

@@ -44,9 +44,27 @@ def test_container_gets_the_svid_of_its_role(podman: Podman, role: str) -> None:
     assert proc.stdout.split() == [f"spiffe://flashpods.local/{role}"]
 
 
-def test_unlabelled_container_gets_no_identity(podman: Podman) -> None:
-    proc = podman.job_container("nobody", "bridge", ["sh", "-c", FETCH_X509 + "; exit 0"])
-    assert "spiffe://" not in proc.stdout
+# The fetch's own exit status, then the IDs it got (dash has no pipefail).
+FETCH_STATUS = (
+    "out=$(/opt/flashpods/bin/spire-agent api fetch x509 -timeout 5s -socketPath "
+    '/run/spire/sockets/agent.sock -output json); echo "fetch=$?"; '
+    """printf %s "$out" | jq -r '.svids[]?.spiffe_id'"""
+)
+
+
+@pytest.mark.parametrize("role", [None, "nobody"])
+def test_a_container_without_a_known_role_gets_no_identity(
+    podman: Podman, role: str | None
+) -> None:
+    denied = podman.job_container(role, "bridge", ["sh", "-c", FETCH_STATUS])
+    # The container ran the fetch (exit 0 is the script's), and the agent refused it.
+    assert denied.returncode == 0, denied.stderr
+    assert denied.stdout.splitlines()[0] not in ("", "fetch=0"), denied.stdout
+    assert denied.stdout.startswith("fetch="), denied.stdout
+    assert "spiffe://" not in denied.stdout
+    # The same script in a worker's container does get its SVID: the check can fail.
+    granted = podman.job_container("worker", "bridge", ["sh", "-c", FETCH_STATUS])
+    assert granted.stdout.split() == ["fetch=0", "spiffe://flashpods.local/worker"], granted
 
 
 def test_token_exchange_gives_an_agent_both_secrets_and_a_worker_only_github(
