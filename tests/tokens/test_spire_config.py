@@ -70,6 +70,7 @@ def test_no_placeholder_is_left_and_unknown_ones_fail() -> None:
     assert render_template("# @DOC@ in a comment\n", {}) == "# @DOC@ in a comment\n"
 
 
+@pytest.mark.spire
 def test_spire_binaries_accept_the_rendered_configs(tmp_path: Path) -> None:
     settings = REAL.under(tmp_path, port=18081, podman_socket=tmp_path / "podman.sock")
     write_configs(settings)
@@ -183,6 +184,7 @@ def test_resume_decision() -> None:
     assert not can_resume(None, now, agent_known=False)
 
 
+@pytest.mark.spire
 def test_tools_dir_is_assembled_idempotently(tmp_path: Path) -> None:
     dest = assemble_tools_dir(tmp_path / "tools", spire_bin_dir(REAL.version))
     names = sorted(p.name for p in (dest / "bin").iterdir())
