@@ -83,7 +83,7 @@ def test_refuses_to_start_with_one_clear_line(
     assert not (tmp_path / "token.sock").exists()
 
 
-def test_binds_socket_0660_owned_by_flashpods_before_accepting(tmp_path: Path) -> None:
+def test_binds_socket_0660_owned_by_flashpods(tmp_path: Path) -> None:
     secrets = tmp_path / "secrets.json"
     secrets.write_text(json.dumps(GOOD))
     sock_path = tmp_path / "token.sock"
@@ -108,7 +108,7 @@ def test_binds_socket_0660_owned_by_flashpods_before_accepting(tmp_path: Path) -
                     return False
 
         wait_until(accepts, 15, "the service to listen", interval=0.02)
-        # The first connection succeeded: mode and owner were already final.
+        # Before listen() already (test_listen_unix_sets_mode_and_owner_before_listen).
         st = os.stat(sock_path)
         assert stat.S_IMODE(st.st_mode) == 0o660
         owner = socket_owner("flashpods")
@@ -120,6 +120,26 @@ def test_binds_socket_0660_owned_by_flashpods_before_accepting(tmp_path: Path) -
     finally:
         log = stop(proc)
     assert b"SECRET" not in log
+
+
+def test_listen_unix_sets_mode_and_owner_before_listen(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nobody can connect before listen(): what the socket file is at that moment is what
+    every connection meets."""
+    path = tmp_path / "token.sock"
+    nobody = pwd.getpwnam("nobody")
+    at_listen: list[tuple[int, int, int]] = []
+    real_listen = socket.socket.listen
+
+    def listen(self: socket.socket, *args: int) -> None:
+        st = os.stat(path)
+        at_listen.append((stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid))
+        real_listen(self, *args)
+
+    monkeypatch.setattr(socket.socket, "listen", listen)
+    listen_unix(path, 0o660, (nobody.pw_uid, nobody.pw_gid)).close()
+    assert at_listen == [(0o660, nobody.pw_uid, nobody.pw_gid)]
 
 
 def test_socket_activation_keeps_the_inode_across_restarts(tmp_path: Path) -> None:
@@ -157,14 +177,21 @@ def test_socket_owner_lookup() -> None:
 def test_sighup_rereads_the_secrets_file(tmp_path: Path) -> None:
     secrets = tmp_path / "secrets.json"
     secrets.write_text(json.dumps(GOOD))
-    proc = subprocess.Popen([SERVICE], env=env_for(tmp_path, secrets), stderr=subprocess.PIPE)
+    log_path = tmp_path / "service.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen([SERVICE], env=env_for(tmp_path, secrets), stderr=log)
     try:
         assert health(tmp_path / "token.sock")["secrets"] == "ok"
         secrets.write_text("{broken")
+        # No request reaches the service from here on (a request would notice the change
+        # by itself): only the signal can make it re-read the file.
         proc.send_signal(signal.SIGHUP)
-        wait_until(lambda: health(tmp_path / "token.sock")["secrets"] != "ok", 10, "the reload")
+        wait_until(
+            lambda: b"unusable: not valid JSON" in log_path.read_bytes(), 10, "the SIGHUP re-read"
+        )
+        assert proc.poll() is None, "SIGHUP ended the service"
     finally:
-        log = stop(proc)
-    assert b"SIGHUP: re-reading the secrets file" in log
-    assert b"unusable: not valid JSON" in log
-    assert b"SECRET" not in log
+        stop(proc)
+    text = log_path.read_bytes()
+    assert b"SIGHUP: re-reading the secrets file" in text
+    assert b"SECRET" not in text

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from flashpods import deployment
+from flashpods.tokens import secrets_file
 from flashpods.tokens.policy import Policy, Secrets, SecretsError, parse_secrets
 from flashpods.tokens.secrets_file import SecretsFile
 from hypothesis import given
@@ -110,10 +111,24 @@ def test_in_place_rewrite_with_same_size_is_seen(tmp_path: Path) -> None:
     assert store.current() == Secrets("bbbb", "hhhh")
 
 
-def test_force_reload(tmp_path: Path) -> None:
+def test_force_reload_reads_the_file_even_when_it_looks_unchanged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """current() re-reads only when the file's stamp changed; force_reload (SIGHUP) always."""
     path = tmp_path / "secrets.json"
     write(path, {"anthropic_api_key": "a", "github_token": "g"})
+    reads: list[Path] = []
+    real_load = secrets_file.load_secrets
+
+    def counting_load(p: Path) -> Secrets:
+        reads.append(p)
+        return real_load(p)
+
+    monkeypatch.setattr(secrets_file, "load_secrets", counting_load)
     store = SecretsFile(path)
     store.load()
+    assert store.current() == Secrets("a", "g")
+    assert len(reads) == 1  # unchanged: served from memory
     store.force_reload()
+    assert len(reads) == 2
     assert store.current() == Secrets("a", "g")
