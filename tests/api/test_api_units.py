@@ -244,27 +244,37 @@ def test_every_state_reaches_cleaned() -> None:
 # --- admission ---------------------------------------------------------------------------
 
 
-@given(
-    jobs=st.lists(st.tuples(st.integers(1, 8), st.integers(1, 16)), max_size=10),
-    cpus=st.integers(1, 8),
-    memory=st.integers(1, 16),
-    host_cpus=st.integers(1, 64),
-    host_memory=st.integers(1, 256),
+# Host: 8 CPUs, 16 GB. Expected answers worked out by hand, not by the code's formula.
+@pytest.mark.parametrize(
+    ("jobs", "cpus", "memory", "admitted", "available"),
+    [
+        ([], 8, 16, True, None),  # an empty host takes a job of its whole size
+        ([(6, 10)], 2, 6, True, None),  # exactly full afterwards
+        ([(6, 10)], 3, 1, False, (2, 6)),  # one CPU too many
+        ([(2, 4), (2, 4)], 1, 9, False, (4, 8)),  # one GB too many
+        ([(4, 8), (4, 8)], 1, 1, False, (0, 0)),  # full
+        ([(8, 1)], 1, 1, False, (0, 15)),  # CPUs gone, memory left
+        ([(1, 1)] * 7, 1, 1, True, None),
+    ],
 )
-def test_admission_never_overcommits(
-    jobs: list[tuple[int, int]], cpus: int, memory: int, host_cpus: int, host_memory: int
+def test_admission_admits_what_fits_and_says_what_is_left(
+    jobs: list[tuple[int, int]],
+    cpus: int,
+    memory: int,
+    admitted: bool,
+    available: tuple[int, int] | None,
 ) -> None:
     used = admission.usage_of(jobs)
-    try:
-        admission.check(used, cpus, memory, host_cpus, host_memory)
-    except ServiceError as error:
-        assert error.status == 429 and error.code == "insufficient_resources"
-        details = error.details
-        assert details["running_jobs"] == len(jobs)
-        assert details["available"]["cpus"] == max(0, host_cpus - used.cpus)
-        assert used.cpus + cpus > host_cpus or used.memory_gb + memory > host_memory
-    else:
-        assert used.cpus + cpus <= host_cpus and used.memory_gb + memory <= host_memory
+    if admitted:
+        admission.check(used, cpus, memory, 8, 16)
+        return
+    with pytest.raises(ServiceError) as info:
+        admission.check(used, cpus, memory, 8, 16)
+    assert (info.value.status, info.value.code) == (429, "insufficient_resources")
+    assert info.value.details["running_jobs"] == len(jobs)
+    assert info.value.details["requested"] == {"cpus": cpus, "memory_gb": memory}
+    assert available is not None
+    assert info.value.details["available"] == {"cpus": available[0], "memory_gb": available[1]}
 
 
 @given(st.lists(st.tuples(st.integers(1, 8), st.integers(1, 16)), max_size=30))
