@@ -130,3 +130,13 @@ def test_unset_model_settings_leave_the_clis_defaults(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     env = dict(line.split("=", 1) for line in (record / "env").read_text().splitlines())
     assert "ANTHROPIC_BASE_URL" not in env and "CLAUDE_CODE_MAX_RETRIES" not in env
+
+
+def test_git_and_cli_files_stay_out_of_work_even_when_home_is_work(tmp_path: Path) -> None:
+    # podman sets HOME to the working directory for a uid without a passwd entry.
+    proc, record, artifacts = run_entrypoint(tmp_path, DONE, HOME=str(tmp_path / "work"))
+    assert proc.returncode == 0, proc.stderr
+    env = dict(line.split("=", 1) for line in (record / "env").read_text().splitlines())
+    assert not env["HOME"].startswith(str(tmp_path / "work"))
+    assert not (tmp_path / "work" / ".gitconfig").exists()
+    assert ".gitconfig" not in (artifacts / "changes.patch").read_text()
