@@ -72,10 +72,21 @@ def test_units_carry_the_modules_environments_users_and_order() -> None:
     assert (tokens.socket.path, tokens.socket.mode) == ("/run/flashpods/token.sock", "0660")
     for name, after in values["serviceOrder"].items():
         assert units[name].after == tuple(after)
-    # every unit runs in the host netns except the lab's stand-in for the internet
+    # every unit runs in the host netns except the lab's stand-ins for the internet
     for unit in units.values():
-        ns = "internet" if unit.name == "internet-http" else "host"
+        ns = "internet" if unit.name.startswith("internet-") else "host"
         assert unit.argv[:2] == ("nsenter", f"--net=/var/run/netns/{ns}")
+
+
+def test_agents_reach_the_scripted_model_service_through_deployment_settings() -> None:
+    units = {u.name: u for u in _lab_units()}
+    api, model = units["flashpods-api"], units["internet-model"]
+    topo = from_deployment(deployment.values())
+    assert api.env["FLASHPODS_MODEL_BASE_URL"] == f"http://198.51.100.2:{topo.model_port}"
+    assert model.ready.port == topo.model_port and model.ready.netns == "internet"
+    # The endpoint checks keys against the file the token service hands them out from.
+    secrets = units["flashpods-token-service"].env["FLASHPODS_SECRETS_FILE"]
+    assert model.argv[model.argv.index("--secrets-file") + 1] == secrets
 
 
 def test_topology_takes_wireguard_from_the_deployment() -> None:

@@ -68,10 +68,10 @@ def _shell(args: argparse.Namespace) -> int:
     return 1  # not reached
 
 
-def _demo(_: argparse.Namespace) -> int:
+def _demo(args: argparse.Namespace) -> int:
     from flashpods.lab import demo
 
-    return demo.main()
+    return demo.main(agent=args.agent)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,7 +82,11 @@ def main(argv: list[str] | None = None) -> int:
     st = sub.add_parser("status", help="units, pids, WireGuard")
     st.add_argument("--json", action="store_true")
     st.set_defaults(func=_status)
-    sub.add_parser("demo", help="a real job end to end from the laptop").set_defaults(func=_demo)
+    demo = sub.add_parser("demo", help="a real job end to end from the laptop")
+    demo.add_argument(
+        "--agent", action="store_true", help="a sub-agent (real Claude Code CLI) pushing a branch"
+    )
+    demo.set_defaults(func=_demo)
     sh = sub.add_parser("shell", help="a shell in a lab namespace (default: laptop)")
     sh.add_argument("netns", nargs="?", default="laptop", choices=("laptop", "host", "internet"))
     sh.add_argument("command", nargs=argparse.REMAINDER, help="run this instead of a shell")

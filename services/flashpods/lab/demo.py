@@ -1,20 +1,29 @@
-"""`flashpods-lab demo`: a real job end to end, from the laptop namespace.
+"""`flashpods-lab demo [--agent]`: a real job end to end, from the laptop namespace.
 
 With the project's own SDK: rsync a small sample project, finalize it, start a worker
 that reads /work, obtains its GITHUB_TOKEN through SPIRE and the token service (and
 prints only that it got one), writes an artifact; follow its log; download the
 artifact; print a summary with the time of each phase.
+
+`--agent`: the sample project as a git repository whose origin is a bare repository on
+the lab's git server; a sub-agent job runs the real Claude Code CLI against the lab's
+scripted model service, which edits /work through the CLI's tools; the entrypoint
+commits and pushes the branch; the demo prints the artifacts and the pushed commit.
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import tempfile
 import textwrap
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from flashpods.lab.topology import GIT_DIR, Topology
 
 SAMPLE_FILES = {
     "README.md": "# sample\n\nA tiny project the Flashpods demo uploads.\n",
@@ -57,6 +66,71 @@ def write_sample(root: Path) -> None:
         path = root / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
+
+
+AGENT_TASK = "Write down notes about this project and count their lines."
+AGENT_BRANCH = "flashpods/demo-notes"
+
+
+def git(*args: str, cwd: Path | None = None) -> str:
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "Lab laptop",
+        "GIT_AUTHOR_EMAIL": "laptop@lab.invalid",
+        "GIT_COMMITTER_NAME": "Lab laptop",
+        "GIT_COMMITTER_EMAIL": "laptop@lab.invalid",
+    }
+    proc = subprocess.run(
+        ["git", *args], cwd=cwd, env=env, capture_output=True, text=True, check=False
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"git {' '.join(args)} failed: {proc.stderr.strip()}")
+    return proc.stdout
+
+
+def sample_repository(root: Path, topo: Topology) -> tuple[Path, Path]:
+    """The sample project as a git repository (one commit on main) whose origin is a new
+    bare repository on the lab's git server. Returns (project, bare repository)."""
+    name = f"demo-{uuid.uuid4().hex[:12]}.git"
+    bare = GIT_DIR / name
+    git("init", "-q", "--bare", "--initial-branch=main", str(bare))
+    project = root / "project"
+    write_sample(project)
+    git("init", "-q", "--initial-branch=main", cwd=project)
+    git("add", "-A", cwd=project)
+    git("commit", "-q", "-m", "the sample project", cwd=project)
+    git("remote", "add", "origin", topo.git_url(name), cwd=project)
+    # The laptop shares the lab's filesystem: publish main without the network.
+    git("push", "-q", str(bare), "main", cwd=project)
+    return project, bare
+
+
+def run_agent_demo(out: Path) -> int:
+    """Inside the laptop namespace, with FLASHPODS_HOST and FLASHPODS_API_TOKEN set."""
+    from flashpods.client.sdk import Flashpods
+    from flashpods.client.upload import AGENT_EXCLUDES
+    from flashpods.lab import lab
+
+    with Flashpods.from_config() as fp, tempfile.TemporaryDirectory() as tmp:
+        project, bare = sample_repository(Path(tmp), lab.topology())
+        upload = fp.upload(project, excludes=AGENT_EXCLUDES)
+        print(f"uploaded the repository ({upload.file_count} files, .git included)")
+        created = fp.create_agent(AGENT_TASK, AGENT_BRANCH, files_id=upload.upload_id)
+        print(f"started sub-agent {created.job_id} on {AGENT_BRANCH}; its log:")
+        job = fp.follow(
+            created.job_id, lambda s: print("  | " + s.rstrip("\n").replace("\n", "\n  | "))
+        )
+        print(f"job {job.id} {job.status} (exit {job.exit_code})")
+        paths = fp.download_artifacts(created.job_id, out / created.job_id)
+    for path in paths:
+        print(f"artifact {path} ({path.stat().st_size} bytes):")
+        print(textwrap.indent(path.read_text().rstrip("\n"), "  "))
+    pushed = ""
+    if job.status == "completed":
+        pushed = git("--git-dir", str(bare), "log", "-1", "--stat", AGENT_BRANCH)
+        print(f"pushed to {bare.name} {AGENT_BRANCH}:")
+        print(textwrap.indent(pushed.rstrip("\n"), "  "))
+    return 0 if pushed and paths else 1
 
 
 def run_demo(out: Path) -> int:
@@ -112,16 +186,18 @@ def run_demo(out: Path) -> int:
     return 0 if job.status == "completed" and paths else 1
 
 
-def main() -> int:
+def main(agent: bool = False) -> int:
     """From the root namespace: re-run this module inside the laptop namespace."""
     from flashpods.lab import lab
     from flashpods.lab.proc import LabError
 
     if os.environ.get("FLASHPODS_LAB_NETNS") == "laptop":
-        return run_demo(Path(os.environ.get("FLASHPODS_DEMO_OUT", "flashpods-artifacts")))
+        out = Path(os.environ.get("FLASHPODS_DEMO_OUT", "flashpods-artifacts"))
+        return run_agent_demo(out) if agent else run_demo(out)
     if not lab.status().get("supervisor_running"):
         raise LabError("the lab is not up; run flashpods-lab up first")
-    argv = lab.shell_argv("laptop", [sys.executable, "-m", "flashpods.lab.demo"])
+    argv = [sys.executable, "-m", "flashpods.lab.demo", *(["--agent"] if agent else [])]
+    argv = lab.shell_argv("laptop", argv)
     env = lab.shell_env("laptop")
     env.setdefault("FLASHPODS_DEMO_OUT", str(Path.cwd() / "flashpods-artifacts"))
     os.execvpe(argv[0], argv, env)
@@ -129,4 +205,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(main(agent=sys.argv[1:] == ["--agent"]))

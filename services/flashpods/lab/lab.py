@@ -19,7 +19,7 @@ from flashpods.common.polling import poll
 from flashpods.deployment import JOB_IMAGE
 from flashpods.lab import host, network, preflight, pyenv, rsyncd, services, units
 from flashpods.lab.proc import LabError, alive, in_netns, run
-from flashpods.lab.topology import INSTANCE, LOG_DIR, STATE_DIR, Topology
+from flashpods.lab.topology import GIT_DIR, INSTANCE, LOG_DIR, STATE_DIR, Topology
 from flashpods.lab.topology import from_deployment as topology_from_deployment
 
 UP_TIMEOUT = 240.0
@@ -208,6 +208,7 @@ def _write_service_inputs(
 
     inputs.rsyncd_conf.write_text(rsyncd.render(values["rsyncd"]))
     inputs.www_dir.mkdir(parents=True, exist_ok=True)
+    GIT_DIR.mkdir(exist_ok=True)
     (inputs.www_dir / "index.html").write_text("hello from the internet\n")
     write_configs(SpireSettings.from_deployment())
     try:

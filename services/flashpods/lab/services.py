@@ -2,7 +2,8 @@
 
 Environments, users, paths and the start order come from flashpods.nix; the only
 lab differences are named here and in docs/lab.md: podman is rootful (cgroup v1, see
-lab.md), the API gets the lab's image/pull/tools/instance settings, restarts come
+lab.md), the API gets the lab's image/pull/tools/instance settings and the scripted model
+service (with few retries and a short timeout, so a failing agent fails fast), restarts come
 after 1 s instead of 5 s, and rsyncd also honours `address` (nixos-24.05 ignores it;
 the firewall carries that restriction there) by --address.
 """
@@ -15,7 +16,7 @@ from typing import Any
 
 from flashpods.deployment import JOB_IMAGE
 from flashpods.lab.proc import as_user, in_netns
-from flashpods.lab.topology import INSTANCE, STATE_DIR, Topology
+from flashpods.lab.topology import GIT_DIR, INSTANCE, STATE_DIR, Topology
 from flashpods.lab.units import FileMode, Readiness, Unit
 
 BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -140,6 +141,9 @@ def build(values: dict[str, Any], topo: Topology, inputs: LabInputs) -> list[Uni
         "FLASHPODS_PULL_POLICY": "never",
         "FLASHPODS_TOOLS_DIR": str(inputs.tools_dir),
         "FLASHPODS_INSTANCE": INSTANCE,
+        "FLASHPODS_MODEL_BASE_URL": topo.model_url,
+        "FLASHPODS_MODEL_MAX_RETRIES": "1",
+        "FLASHPODS_MODEL_TIMEOUT_MS": "30000",
     }
     api = Unit(
         name="flashpods-api",
@@ -199,7 +203,54 @@ def build(values: dict[str, Any], topo: Topology, inputs: LabInputs) -> list[Uni
         after=("network.target",),
         ready=Readiness("listen", netns=topo.internet_ns, port=topo.http_port),
     )
-    return [internet, rsyncd, podman, spire_server, spire_agent, token_service, api]
+    model = Unit(
+        name="internet-model",
+        description="lab only: the scripted stand-in for the model service",
+        argv=tuple(
+            in_netns(
+                topo.internet_ns,
+                [
+                    py,
+                    "-m",
+                    "flashpods.lab.model_endpoint",
+                    "--bind",
+                    topo.up_inet_addr,
+                    "--port",
+                    str(topo.model_port),
+                    "--secrets-file",
+                    values["tokenServiceEnvironment"]["FLASHPODS_SECRETS_FILE"],
+                ],
+            )
+        ),
+        env=root_env,
+        after=("network.target",),
+        ready=Readiness("listen", netns=topo.internet_ns, port=topo.model_port),
+    )
+    git = Unit(
+        name="internet-git",
+        description="lab only: a git server (fetch and push) for agents' branches",
+        argv=tuple(
+            in_netns(
+                topo.internet_ns,
+                [
+                    "git",
+                    "daemon",
+                    "--reuseaddr",
+                    "--export-all",
+                    "--enable=receive-pack",
+                    "--informative-errors",
+                    f"--listen={topo.up_inet_addr}",
+                    f"--port={topo.git_port}",
+                    f"--base-path={GIT_DIR}",
+                    str(GIT_DIR),
+                ],
+            )
+        ),
+        env=root_env,
+        after=("network.target",),
+        ready=Readiness("listen", netns=topo.internet_ns, port=topo.git_port),
+    )
+    return [internet, model, git, rsyncd, podman, spire_server, spire_agent, token_service, api]
 
 
 def default_inputs(service_bin: Path, spire_bin: Path) -> LabInputs:

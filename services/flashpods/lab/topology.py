@@ -2,8 +2,9 @@
 
 The WireGuard addresses come from the deployment data; the rest is the lab's own
 stand-in for the world around the host: a veth "internet" between laptop and host
-(TEST-NET-1, 192.0.2.0/24) and an "internet" namespace with an HTTP server behind
-the host's default route (TEST-NET-2, 198.51.100.0/24) to prove containers' egress.
+(TEST-NET-1, 192.0.2.0/24) and an "internet" namespace behind the host's default route
+(TEST-NET-2, 198.51.100.0/24) with an HTTP server (to prove containers' egress), the
+scripted model service and a git server.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ LOG_DIR = Path("/var/log/flashpods-lab")
 LAPTOP_KEY = Path("/var/lib/flashpods-lab/wireguard/laptop.key")
 HOST_KEY = Path("/etc/wireguard/private.key")
 INSTANCE = "lab"
+# Bare repositories the lab's git server offers (read and push) to laptops and jobs.
+GIT_DIR = STATE_DIR / "git"
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,17 @@ class Topology:
     up_host_addr: str = "198.51.100.1"
     up_inet_addr: str = "198.51.100.2"
     http_port: int = 80
+    # More of the world, also in the internet namespace: the scripted model service
+    # (model_endpoint.py) and a git server for agents' pushes (git daemon).
+    model_port: int = 8000
+    git_port: int = 9418
+
+    @property
+    def model_url(self) -> str:
+        return f"http://{self.up_inet_addr}:{self.model_port}"
+
+    def git_url(self, repo: str) -> str:
+        return f"git://{self.up_inet_addr}:{self.git_port}/{repo}"
 
     @property
     def namespaces(self) -> tuple[str, str, str]:

@@ -1,0 +1,216 @@
+"""The real agent end to end: `spawn_sub_agent` through the MCP server (stdio, in the
+laptop namespace) on an uploaded git repository; SPIRE attests the container, the token
+exchange gives both secrets, the real Claude Code CLI (in the job image) talks to the
+lab's scripted model service and edits /work with its own tools; the entrypoint commits
+and pushes the branch to the repository's origin on the lab's git server.
+
+And the agent failing for real: a key the model service refuses, the model service down.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from flashpods.lab import lab
+from flashpods.lab.demo import AGENT_BRANCH, git, sample_repository
+from flashpods.lab.model_endpoint import NOTES_NAME, NOTES_TEXT, SUMMARY
+from flashpods.lab.proc import in_netns
+from flashpods.lab.topology import LOG_DIR, Topology
+from lab_helpers import Laptop, secrets_file
+from mcp import ClientSession, StdioServerParameters, stdio_client
+
+TERMINAL = ("completed", "failed", "timed_out", "cancelled")
+BRANCH = "agent/notes"
+
+
+def mcp_session(topo: Topology, downloads: Path, calls: list[tuple[str, dict[str, Any]]]) -> Any:
+    """Run `flashpods-mcp` in the laptop namespace and make the calls in order; a call
+    named "wait" polls get_job_status of the spawned job until it ends."""
+    mcp = shutil.which("flashpods-mcp", path=str(Path(sys.executable).parent))
+    assert mcp is not None
+    argv = in_netns(topo.laptop_ns, [mcp])
+    params = StdioServerParameters(
+        command=argv[0],
+        args=argv[1:],
+        env={**os.environ, **lab.laptop_env(), "FLASHPODS_DOWNLOAD_DIR": str(downloads)},
+        cwd=str(downloads),
+    )
+
+    async def session_run() -> list[Any]:
+        answers: list[Any] = []
+        async with stdio_client(params) as (read, write), ClientSession(read, write) as session:
+            await session.initialize()
+
+            async def call(name: str, args: dict[str, Any]) -> Any:
+                result = await session.call_tool(name, args)
+                body = json.loads(result.content[0].text)
+                assert not result.is_error, (name, body)
+                return body
+
+            job_id = ""
+            for name, args in calls:
+                if name == "wait":
+                    deadline = time.monotonic() + 240
+                    while True:
+                        status = await call("get_job_status", {"job_id": job_id})
+                        if status["status"] in TERMINAL:
+                            break
+                        assert time.monotonic() < deadline, status
+                        await anyio.sleep(0.5)
+                    answers.append(status)
+                    continue
+                answer = await call(name, {"job_id": job_id, **args} if job_id else args)
+                job_id = job_id or answer.get("job_id", "")
+                answers.append(answer)
+        return answers
+
+    return anyio.run(session_run)
+
+
+def test_sub_agent_edits_work_with_the_real_cli_and_pushes_its_branch(
+    lab_up: lab.UpReport, topo: Topology, values: dict[str, Any], tmp_path: Path
+) -> None:
+    project, bare = sample_repository(tmp_path, topo)
+    base = git("rev-parse", "HEAD", cwd=project).strip()
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    _, status, output, artifacts, summary, patch = mcp_session(
+        topo,
+        downloads,
+        [
+            (
+                "spawn_sub_agent",
+                {
+                    "task": "Write down notes about this project and count their lines.",
+                    "git_branch": BRANCH,
+                    "files": str(project),
+                    "timeout_minutes": 5,
+                },
+            ),
+            ("wait", {}),
+            ("get_job_output", {"tail": 500}),
+            ("get_job_artifacts", {}),
+            ("download_artifact", {"artifact_name": "summary.md"}),
+            ("download_artifact", {"artifact_name": "changes.patch"}),
+        ],
+    )
+    log = output["output"]
+    assert (status["status"], status["exit_code"]) == ("completed", 0), log
+    assert sorted(a["name"] for a in artifacts["artifacts"]) == ["changes.patch", "summary.md"]
+
+    # The real CLI ran: its JSON result (three model turns) is in the job's log.
+    result = next(
+        json.loads(line.split("] ", 1)[1]) for line in log.splitlines() if '"type":"result"' in line
+    )
+    assert (result["is_error"], result["num_turns"], result["result"]) == (False, 3, SUMMARY)
+    assert result["permission_denials"] == []
+
+    # The branch was pushed to the repository's origin, on top of the uploaded history,
+    # with what the CLI's Write and Bash tools did in /work.
+    assert git("--git-dir", str(bare), "rev-parse", f"{BRANCH}^").strip() == base
+    assert git("--git-dir", str(bare), "show", f"{BRANCH}:{NOTES_NAME}") == NOTES_TEXT
+    lines = git("--git-dir", str(bare), "show", f"{BRANCH}:AGENT_NOTES.lines")
+    assert lines.strip() == str(NOTES_TEXT.count("\n"))
+    subject = git("--git-dir", str(bare), "log", "-1", "--format=%s", BRANCH)
+    assert subject.startswith("flashpods: Write down notes")
+
+    summary_text = Path(summary["path"]).read_text()
+    patch_text = Path(patch["path"]).read_text()
+    assert f"pushed to origin/{BRANCH}" in summary_text and SUMMARY in summary_text
+    assert f"+{NOTES_TEXT.splitlines()[-1]}" in patch_text
+    assert f"b/{NOTES_NAME}" in patch_text and "b/AGENT_NOTES.lines" in patch_text
+
+    # The model service answered only the key the token service handed out (it refuses
+    # any other), and no secret leaked.
+    secrets = secrets_file(values)
+    for text in (log, summary_text, patch_text):
+        assert secrets["anthropic_api_key"] not in text and secrets["github_token"] not in text
+
+
+@pytest.fixture
+def rotated_api_key(values: dict[str, Any]) -> Iterator[None]:
+    """The token service hands out an Anthropic key the model service does not know."""
+    path = Path(values["tokenServiceEnvironment"]["FLASHPODS_SECRETS_FILE"])
+    original = path.read_text()
+    data = json.loads(original)
+    data["anthropic_api_key"] = "sk-ant-lab-rotated-" + "x" * 40
+    path.write_text(json.dumps(data))
+    try:
+        yield
+    finally:
+        path.write_text(original)
+
+
+@pytest.fixture
+def model_service_down() -> Iterator[None]:
+    lab.control({"cmd": "stop", "unit": "internet-model"})
+    try:
+        yield
+    finally:
+        lab.control({"cmd": "start", "unit": "internet-model"})
+
+
+def _failed_agent(laptop: Laptop, tmp_path: Path, topo: Topology) -> tuple[Any, str]:
+    project, _ = sample_repository(tmp_path, topo)
+
+    def flow() -> tuple[Any, str]:
+        with laptop.client() as fp:
+            upload = fp.upload(project)
+            created = fp.create_agent(
+                "Write notes.", BRANCH, files_id=upload.upload_id, timeout_minutes=3
+            )
+            job = fp.wait(created.job_id, timeout=240)
+            return job, fp.get_output(created.job_id, tail=500).output
+
+    return laptop.call(flow)
+
+
+@pytest.mark.usefixtures("rotated_api_key")
+def test_a_key_the_model_service_refuses_fails_the_job_with_the_agents_code(
+    laptop: Laptop, topo: Topology, tmp_path: Path
+) -> None:
+    job, log = _failed_agent(laptop, tmp_path, topo)
+    assert (job.status, job.exit_code) == ("failed", 1), log
+    assert "flashpods-agent: the agent failed (exit 1): Invalid API key" in log
+    assert "flashpods-failure: agent_failed" in log
+    assert "refused a request" in (LOG_DIR / "internet-model.log").read_text()
+
+
+@pytest.mark.usefixtures("model_service_down")
+def test_the_model_service_down_fails_the_job_before_its_timeout(
+    laptop: Laptop, topo: Topology, tmp_path: Path
+) -> None:
+    job, log = _failed_agent(laptop, tmp_path, topo)
+    # failed (the agent's own exit code), not timed_out: nothing hung.
+    assert (job.status, job.exit_code) == ("failed", 1), log
+    assert "flashpods-agent: the agent failed (exit 1): API Error: Unable to connect" in log
+    assert "flashpods-failure: agent_failed" in log
+
+
+def test_demo_agent_prints_the_pushed_commit(lab_up: lab.UpReport, tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "flashpods.lab.cli", "demo", "--agent"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    out = proc.stdout
+    assert proc.returncode == 0, out + proc.stderr
+    pushed = out.split("pushed to ", 1)[1]
+    assert pushed.startswith("demo-") and f" {AGENT_BRANCH}:" in pushed.splitlines()[0]
+    assert "commit " in pushed and f"{NOTES_NAME} " in pushed  # git log -1 --stat
+    assert SUMMARY in out  # summary.md, printed
+    (summary,) = (tmp_path / "flashpods-artifacts").glob("job_*/summary.md")
+    assert f"pushed to origin/{AGENT_BRANCH}" in summary.read_text()
