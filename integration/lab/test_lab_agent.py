@@ -208,8 +208,8 @@ def test_demo_agent_prints_the_pushed_commit(lab_up: lab.UpReport, tmp_path: Pat
     )
     out = proc.stdout
     assert proc.returncode == 0, out + proc.stderr
-    pushed = out.split("pushed to ", 1)[1]
-    assert pushed.startswith("demo-") and f" {AGENT_BRANCH}:" in pushed.splitlines()[0]
+    pushed = out.split("\npushed commit: ", 1)[1]
+    assert pushed.startswith(f"{AGENT_BRANCH} of demo-")
     assert "commit " in pushed and f"{NOTES_NAME} " in pushed  # git log -1 --stat
     assert SUMMARY in out  # summary.md, printed
     (summary,) = (tmp_path / "flashpods-artifacts").glob("job_*/summary.md")

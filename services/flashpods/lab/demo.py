@@ -128,7 +128,7 @@ def run_agent_demo(out: Path) -> int:
     pushed = ""
     if job.status == "completed":
         pushed = git("--git-dir", str(bare), "log", "-1", "--stat", AGENT_BRANCH)
-        print(f"pushed to {bare.name} {AGENT_BRANCH}:")
+        print(f"pushed commit: {AGENT_BRANCH} of {bare.name}, its origin on the lab's git server:")
         print(textwrap.indent(pushed.rstrip("\n"), "  "))
     return 0 if pushed and paths else 1
 
