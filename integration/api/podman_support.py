@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import threading
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import requests
 from flashpods.api.runtime import JobOutcome, JobSpec
 from flashpods.api.runtime.podman import PodmanConfig
 from flashpods.common.polling import wait_until
-from flashpods_testing.localhost import ApiProcess, podman
+from flashpods_testing.localhost import ApiProcess, api_environment, podman, write_token
 
 INSTANCE = f"test-{uuid.uuid4().hex[:10]}"
 
@@ -104,6 +106,27 @@ class Api(ApiProcess):
             interval=0.2,
         )
         return self.job(job_id)
+
+
+A = TypeVar("A", bound=Api)
+
+
+@contextmanager
+def running_api(cls: type[A], root: Path, podman_socket: Path, **overrides: str) -> Iterator[A]:
+    """`flashpods-api` on this session's podman socket and instance, everything under
+    `root`, rate limit off, reconciling every 2 s; `overrides` (FLASHPODS_*) win."""
+    write_token(root / "api-token", TOKEN)
+    settings = {
+        "FLASHPODS_RATE_LIMIT_PER_SECOND": "0",
+        "FLASHPODS_RECONCILE_INTERVAL_SECONDS": "2",
+        **overrides,
+    }
+    process = cls(root, api_environment(root, podman_socket, INSTANCE, **settings))
+    process.start()
+    try:
+        yield process
+    finally:
+        process.stop()
 
 
 def post_concurrently(api: Api, bodies: list[dict[str, Any]]) -> list[requests.Response]:

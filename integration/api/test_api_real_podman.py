@@ -27,25 +27,16 @@ from podman_support import (
     cancel_all,
     container_exists,
     post_concurrently,
+    running_api,
 )
 
 
 @pytest.fixture
 def api(tmp_path: Path, podman_socket: Path) -> Iterator[Api]:
-    write_token(tmp_path / "api-token", TOKEN)
-    env = api_environment(
-        tmp_path,
-        podman_socket,
-        INSTANCE,
-        FLASHPODS_HOST_CPUS="4",
-        FLASHPODS_HOST_MEMORY_GB="16",
-        FLASHPODS_RATE_LIMIT_PER_SECOND="0",
-        FLASHPODS_RECONCILE_INTERVAL_SECONDS="2",
-    )
-    process = Api(tmp_path, env)
-    process.start()
-    yield process
-    process.stop()
+    with running_api(
+        Api, tmp_path, podman_socket, FLASHPODS_HOST_CPUS="4", FLASHPODS_HOST_MEMORY_GB="16"
+    ) as process:
+        yield process
 
 
 def test_sigkill_mid_job_then_restart_ends_the_job_right(api: Api) -> None:

@@ -19,44 +19,24 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 from flashpods.common.polling import wait_until
-from flashpods_testing.localhost import ApiProcess, api_environment, write_token
-from podman_support import INSTANCE, container_exists
+from podman_support import Api, container_exists, running_api
 
 pytestmark = [pytest.mark.podman, pytest.mark.slow]
 
-TOKEN = "h" * 64
 HOST_CPUS = 2
 FINAL = {"completed", "failed", "timed_out", "cancelled"}
 TABLE: list[str] = []
 
 
-class Api(ApiProcess):
-    def call(self, method: str, path: str, **kwargs: Any) -> requests.Response:
-        headers = {"Authorization": f"Bearer {TOKEN}", **kwargs.pop("headers", {})}
-        return requests.request(method, self.url + path, headers=headers, timeout=30, **kwargs)
+class HostileApi(Api):
+    """The API process, plus what the hostile cases ask of it."""
 
     def create(self, command: str) -> str:
         body = {"type": "worker", "command": command, "cpus": HOST_CPUS, "memory_gb": 1}
         response = self.call("POST", "/jobs", json=body)
         assert response.status_code == 201, response.text
         return str(response.json()["job_id"])
-
-    def job(self, job_id: str) -> dict[str, Any]:
-        response = self.call("GET", f"/jobs/{job_id}")
-        assert response.status_code == 200, response.text
-        return dict(response.json())
-
-    def wait_status(self, job_id: str, statuses: set[str], timeout: float) -> dict[str, Any]:
-        found: dict[str, Any] = {}
-
-        def reached() -> bool:
-            found.update(self.job(job_id))
-            return found["status"] in statuses
-
-        wait_until(reached, timeout, f"{job_id} to reach {sorted(statuses)}", interval=0.2)
-        return found
 
     def log(self, job_id: str) -> str:
         return str(
@@ -69,21 +49,15 @@ class Api(ApiProcess):
 
 
 @pytest.fixture
-def api(tmp_path: Path, podman_socket: Path) -> Iterator[Api]:
-    write_token(tmp_path / "api-token", TOKEN)
-    env = api_environment(
+def api(tmp_path: Path, podman_socket: Path) -> Iterator[HostileApi]:
+    with running_api(
+        HostileApi,
         tmp_path,
         podman_socket,
-        INSTANCE,
         FLASHPODS_HOST_CPUS=str(HOST_CPUS),
         FLASHPODS_HOST_MEMORY_GB="16",
-        FLASHPODS_RATE_LIMIT_PER_SECOND="0",
-        FLASHPODS_RECONCILE_INTERVAL_SECONDS="2",
-    )
-    process = Api(tmp_path, env)
-    process.start()
-    yield process
-    process.stop()
+    ) as process:
+        yield process
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -96,7 +70,7 @@ def table() -> Iterator[None]:
         print(row)
 
 
-def host_state(api: Api, job_id: str) -> dict[str, tuple[int, int, int]]:
+def host_state(api: HostileApi, job_id: str) -> dict[str, tuple[int, int, int]]:
     """Mode, size and mtime of everything the API keeps outside this job's own
     directories, plus the host paths a link could point at."""
     state = {}
@@ -115,7 +89,7 @@ def host_state(api: Api, job_id: str) -> dict[str, tuple[int, int, int]]:
     return state
 
 
-def finish(api: Api, case: str, command: str, *, expect: tuple[str, str | None],
+def finish(api: HostileApi, case: str, command: str, *, expect: tuple[str, str | None],
            timeout: float = 120) -> tuple[str, dict[str, Any]]:  # fmt: skip
     """Run the hostile job to its end and check what every case must hold."""
     begun = time.monotonic()
@@ -138,7 +112,7 @@ def job_end(job: dict[str, Any]) -> float:
     return datetime.fromisoformat(job["completed_at"].replace("Z", "+00:00")).timestamp()
 
 
-def released_capacity(api: Api) -> bool:
+def released_capacity(api: HostileApi) -> bool:
     """A job needing every CPU of the host is admitted (and runs to its end)."""
     follow_up = api.call(
         "POST", "/jobs", json={"type": "worker", "command": "true", "cpus": HOST_CPUS}
@@ -149,7 +123,7 @@ def released_capacity(api: Api) -> bool:
     return True
 
 
-def test_a_700_deep_folder(api: Api) -> None:
+def test_a_700_deep_folder(api: HostileApi) -> None:
     command = (
         "echo ok > /artifacts/top.txt; d=/artifacts; for i in $(seq 700); do d=$d/x; done; "
         "mkdir -p $d; echo hi > $d/f"
@@ -159,7 +133,7 @@ def test_a_700_deep_folder(api: Api) -> None:
     assert "deeper than 32 directory levels" in api.log(job_id)
 
 
-def test_a_name_that_is_not_utf8(api: Api) -> None:
+def test_a_name_that_is_not_utf8(api: HostileApi) -> None:
     command = (
         "echo ok > /artifacts/good.txt; python3 -c \"open(b'/artifacts/bad\\xff', 'w').write('x')\""
     )
@@ -168,7 +142,7 @@ def test_a_name_that_is_not_utf8(api: Api) -> None:
     assert "'bad\\udcff' skipped: name is not valid UTF-8" in api.log(job_id)
 
 
-def test_200000_files(api: Api) -> None:
+def test_200000_files(api: HostileApi) -> None:
     command = (
         "python3 -c \"import os; os.mkdir('/artifacts/many'); "
         "[open('/artifacts/many/f%06d' % i, 'w').close() for i in range(200000)]\""
@@ -182,7 +156,7 @@ def test_200000_files(api: Api) -> None:
     assert log.count("warning:") == 51
 
 
-def test_a_fifo_and_a_socket(api: Api) -> None:
+def test_a_fifo_and_a_socket(api: HostileApi) -> None:
     command = (
         'mkfifo /artifacts/fifo; echo ok > /artifacts/ok.txt; python3 -c "import socket; '
         "socket.socket(socket.AF_UNIX).bind('/artifacts/sock')\""
@@ -192,7 +166,7 @@ def test_a_fifo_and_a_socket(api: Api) -> None:
     assert sorted(os.listdir(api.root / "artifacts" / job_id)) == ["ok.txt"]
 
 
-def test_symlink_loops_and_a_link_to_the_root(api: Api) -> None:
+def test_symlink_loops_and_a_link_to_the_root(api: HostileApi) -> None:
     command = (
         "cd /artifacts; ln -s / root; ln -s a b; ln -s b a; ln -s . self; "
         "ln -s self/self/self/keep.txt alias; ln -s root/etc/passwd passwd; "
@@ -208,7 +182,7 @@ def test_symlink_loops_and_a_link_to_the_root(api: Api) -> None:
     assert (directory / "alias").read_text() == "keep\n"
 
 
-def test_chmod_000_on_artifacts(api: Api) -> None:
+def test_chmod_000_on_artifacts(api: HostileApi) -> None:
     command = "echo r > /artifacts/r.txt; chmod 000 /artifacts/r.txt /artifacts"
     job_id, _ = finish(api, "chmod 000 /artifacts", command, expect=("completed", None))
     assert api.artifact_names(job_id) == ["r.txt"]
@@ -217,7 +191,7 @@ def test_chmod_000_on_artifacts(api: Api) -> None:
     assert api.call("GET", f"/jobs/{job_id}/artifacts/r.txt").content == b"r\n"
 
 
-def test_container_removed_behind_the_apis_back(api: Api) -> None:
+def test_container_removed_behind_the_apis_back(api: HostileApi) -> None:
     begun = time.monotonic()
     job_id = api.create("sleep 600")
     api.wait_status(job_id, {"running"}, 30)
@@ -235,7 +209,7 @@ def test_container_removed_behind_the_apis_back(api: Api) -> None:
                  f"- | y |")  # fmt: skip
 
 
-def test_exited_while_the_api_was_down_with_a_hostile_tree(api: Api) -> None:
+def test_exited_while_the_api_was_down_with_a_hostile_tree(api: HostileApi) -> None:
     command = (
         "sleep 2; d=/artifacts; for i in $(seq 700); do d=$d/x; done; mkdir -p $d; "
         "python3 -c \"open(b'/artifacts/bad\\xff', 'w')\"; echo r > /artifacts/r.txt; exit 7"
