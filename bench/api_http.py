@@ -29,6 +29,7 @@ from pathlib import Path
 # Test and benchmark scaffolding lives with the tests, outside the installed package.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "testing"))
 
+from flashpods.api import jobstate
 from flashpods.api.db import Store
 from flashpods_testing.localhost import api_environment, api_process, write_token
 
@@ -53,12 +54,28 @@ def seed(root: Path, artifact_mb: int) -> dict[str, str]:
     write_token(Path(env["FLASHPODS_TOKEN_FILE"]), TOKEN)
     store = Store(Path(env["FLASHPODS_DB_PATH"]))
     now = time.time()
-    store.execute(
-        "INSERT INTO jobs (id, type, status, final_status, command, image, cpus, memory_gb, "
-        "timeout_minutes, exit_code, created_at, started_at, completed_at, updated_at) "
-        "VALUES (?, 'worker', 'completed', 'completed', 'make test', 'ubuntu:22.04', 2, 4, 30, 0, "
-        "?, ?, ?, ?)",
-        (JOB_ID, now - 60, now - 59, now, now),
+    # A completed job, written the only way a job's status is written (api/jobstate.py).
+    jobstate.insert(
+        store,
+        id=JOB_ID,
+        type="worker",
+        command="make test",
+        image="ubuntu:22.04",
+        cpus=2,
+        memory_gb=4,
+        timeout_minutes=30,
+        created_at=now - 60,
+        updated_at=now - 60,
+    )
+    jobstate.transition(store, JOB_ID, "starting")
+    jobstate.transition(
+        store,
+        JOB_ID,
+        "completed",
+        final_status="completed",
+        exit_code=0,
+        started_at=now - 59,
+        completed_at=now,
     )
     with open(Path(env["FLASHPODS_LOGS_PATH"]) / f"{JOB_ID}.log", "wb") as log:
         log.write(LINE * (50 * 1024 * 1024 // len(LINE)))
