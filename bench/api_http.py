@@ -3,7 +3,9 @@
 - req/s, p50 and p99 of GET /health and GET /jobs/{id} with 1, 8 and 32 concurrent
   keep-alive clients (rate limit off);
 - GET /jobs/{id}/output?tail=100 on a 50 MB log;
-- artifact download throughput against reading the same file from disk.
+- artifact download through curl against Debian's nginx (`sendfile on`, started here on
+  loopback) serving the same file through the same curl, in the same run (median of
+  --downloads each, alternating), and reading the file from the page cache.
 
 The server is the real console script (`python -m flashpods.api.main`) in its own
 process, with a throwaway database, log and artifact seeded before it starts; podman is
@@ -19,11 +21,16 @@ from __future__ import annotations
 import argparse
 import http.client
 import os
+import pwd
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 # Test and benchmark scaffolding lives with the tests, outside the installed package.
@@ -31,7 +38,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "testing"))
 
 from flashpods.api import jobstate
 from flashpods.api.db import Store
-from flashpods_testing.localhost import api_environment, api_process, write_token
+from flashpods_testing.localhost import (
+    api_environment,
+    api_process,
+    free_port,
+    stop_process,
+    write_token,
+)
 
 TOKEN = "b" * 64
 JOB_ID = "job_0123456789abcdef"
@@ -130,17 +143,73 @@ def load(
     return len(flat) / elapsed, statistics.median(flat) * 1000, p99 * 1000
 
 
-def download_mb_s(host: str, port: int, path: str, size: int) -> float:
-    connection = http.client.HTTPConnection(host, port, timeout=60)
-    begin = time.perf_counter()
-    connection.request("GET", path, headers={"Authorization": f"Bearer {TOKEN}"})
-    response = connection.getresponse()
-    received = 0
-    while chunk := response.read(1024 * 1024):
-        received += len(chunk)
-    elapsed = time.perf_counter() - begin
-    assert received == size, (received, size)
-    return size / elapsed / 1e6
+NGINX_CONF = """\
+daemon off;
+user {user};
+worker_processes 1;
+error_log {root}/error.log warn;
+pid {root}/nginx.pid;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    client_body_temp_path {root}/tmp;
+    proxy_temp_path {root}/tmp;
+    fastcgi_temp_path {root}/tmp;
+    uwsgi_temp_path {root}/tmp;
+    scgi_temp_path {root}/tmp;
+    server {{
+        listen 127.0.0.1:{port};
+        root {docroot};
+    }}
+}}
+"""
+
+
+@contextmanager
+def nginx(docroot: Path, root: Path) -> Iterator[str]:
+    """Debian's nginx serving `docroot` on loopback (its own prefix, pid and logs under
+    `root`; no system nginx is touched); yields its base URL."""
+    if shutil.which("nginx") is None:
+        raise SystemExit("nginx is not installed (or /usr/sbin is not on PATH): scripts/setup.sh")
+    (root / "tmp").mkdir(parents=True)
+    port = free_port()
+    conf = root / "nginx.conf"
+    # Workers as this user (not www-data), so they can read the private temporary files;
+    # nginx ignores the directive when not started as root.
+    user = pwd.getpwuid(os.geteuid()).pw_name
+    conf.write_text(NGINX_CONF.format(root=root, port=port, docroot=docroot, user=user))
+    # -e: the startup error log, before the config is read (default /var/log/nginx).
+    process = subprocess.Popen(
+        ["nginx", "-p", str(root), "-e", str(root / "error.log"), "-c", str(conf)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 10
+        while curl_seconds(f"{url}/nope", {}, allow_error=True) is None:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"nginx did not start: {(root / 'error.log').read_text()}")
+            time.sleep(0.05)
+        yield url
+    finally:
+        stop_process(process, 10)
+
+
+def curl_seconds(url: str, headers: dict[str, str], allow_error: bool = False) -> float | None:
+    """Wall time of one `curl` download to /dev/null as curl itself reports it."""
+    argv = ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code} %{time_total}", url]
+    for name, value in headers.items():
+        argv += ["-H", f"{name}: {value}"]
+    result = subprocess.run(argv, capture_output=True, text=True, check=False)
+    code, _, seconds = result.stdout.partition(" ")
+    if result.returncode != 0 or code != "200":
+        if allow_error:
+            return None if result.returncode != 0 else float(seconds)
+        raise SystemExit(f"curl {url}: exit {result.returncode}, HTTP {code}: {result.stderr}")
+    return float(seconds)
 
 
 def disk_mb_s(path: Path) -> float:
@@ -156,6 +225,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=3.0, help="per load measurement")
     parser.add_argument("--artifact-mb", type=int, default=256)
+    parser.add_argument("--downloads", type=int, default=15, help="curl runs per server")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="flashpods-bench-") as tmp:
         env = seed(Path(tmp), args.artifact_mb)
@@ -186,19 +256,45 @@ def main() -> None:
             artifact = Path(env["FLASHPODS_ARTIFACTS_PATH"]) / JOB_ID / "blob.bin"
             size = artifact.stat().st_size
             disk_mb_s(artifact)  # warm the page cache so both read from memory
-            http_rate = max(
-                download_mb_s(host, port, f"/jobs/{JOB_ID}/artifacts/blob.bin", size)
-                for _ in range(3)
-            )
+            ours_url = f"http://{host}:{port}/jobs/{JOB_ID}/artifacts/blob.bin"
+            auth = {"Authorization": f"Bearer {TOKEN}"}
+            ours: list[float] = []
+            theirs: list[float] = []
+            with nginx(artifact.parent, Path(tmp) / "nginx") as nginx_url:
+                for _ in range(args.downloads):  # alternating, so drift hits both
+                    ours.append(curl_seconds(ours_url, auth) or 0.0)
+                    theirs.append(curl_seconds(f"{nginx_url}/blob.bin", {}) or 0.0)
             disk_rate = max(disk_mb_s(artifact) for _ in range(3))
-            rows.append((f"artifact download {size >> 20} MiB", f"{http_rate:,.0f} MB/s", "", ""))
+            ours_s, theirs_s = statistics.median(ours), statistics.median(theirs)
+            mib = size >> 20
+            rows.append(
+                (
+                    f"artifact download {mib} MiB (curl)",
+                    f"{size / ours_s / 1e6:,.0f} MB/s",
+                    f"{ours_s * 1000:.0f}",
+                    "",
+                )
+            )
+            rows.append(
+                (
+                    "nginx sendfile, same file (curl)",
+                    f"{size / theirs_s / 1e6:,.0f} MB/s",
+                    f"{theirs_s * 1000:.0f}",
+                    "",
+                )
+            )
             rows.append(("same file read from disk (cached)", f"{disk_rate:,.0f} MB/s", "", ""))
+            ratio = theirs_s / ours_s
     print(f"{'measurement':<40} {'throughput':>16} {'p50 ms':>8} {'p99 ms':>8}")
     print("-" * 75)
     for name, throughput, p50_text, p99_text in rows:
         print(f"{name:<40} {throughput:>16} {p50_text:>8} {p99_text:>8}")
     cpus = os.cpu_count()
     print(f"\n{cpus} CPUs; clients and server share them; {args.seconds:.0f} s per load row.")
+    print(
+        f"download: {ratio:.2f}x nginx's throughput (medians of {args.downloads} curl runs each; "
+        "p50 column = median ms per download)"
+    )
 
 
 if __name__ == "__main__":

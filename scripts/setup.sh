@@ -5,10 +5,11 @@ source "$(dirname "$0")/lib.sh"
 
 # Exactly what a brand-new machine gets (--no-install-recommends), so every program the
 # project or podman runs (flashpods.host_programs) must come from here: integration/setup
-# checks that on a minimal Debian root.
+# checks that on a minimal Debian root. nginx: bench/api_http.py's yardstick for artifact
+# downloads (the bench starts its own, on loopback).
 DEB_PACKAGES=(podman catatonit runc uidmap slirp4netns wireguard-go wireguard-tools nftables rsync
   iproute2 iputils-ping curl jq git nix-bin busybox-static debootstrap procps psmisc openssl
-  python3 python3-venv nodejs systemd)
+  python3 python3-venv nodejs systemd nginx)
 # npm installs the agent CLI into the job image (build-image.sh). Debian's comes as its own
 # package; a nodejs from elsewhere (e.g. NodeSource) brings its own npm.
 command -v npm >/dev/null || DEB_PACKAGES+=(npm)
@@ -21,6 +22,16 @@ if [ "${#missing[@]}" -gt 0 ]; then
   log "installing Debian packages: ${missing[*]}"
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  if [[ " ${missing[*]} " == *" nginx "* ]]; then
+    # Debian starts and enables a system nginx on port 80 where an init system lets it;
+    # only the benchmark's own instance is wanted.
+    if [ -d /run/systemd/system ]; then
+      systemctl disable --now nginx.service >/dev/null 2>&1 || true
+    else
+      service nginx stop >/dev/null 2>&1 || true
+      update-rc.d nginx disable >/dev/null 2>&1 || true
+    fi
+  fi
 fi
 command -v go >/dev/null || die "Go (>= 1.25.3) is needed to build SPIRE; install it first"
 

@@ -60,6 +60,7 @@ TESTS_AND_SETUP = (
     "debootstrap",
     "git",
     "mount",
+    "nginx",  # bench/api_http.py's yardstick
     "python3",
     "sleep",
     # tests/nix: the measured hardening exposure, rsync in a private network namespace

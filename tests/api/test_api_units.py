@@ -3,7 +3,10 @@ limiter, Range parsing and log tails, with hypothesis over their input spaces.""
 
 from __future__ import annotations
 
+import os
+import socket
 import string
+import threading
 import uuid
 from pathlib import Path
 from typing import Any
@@ -11,6 +14,7 @@ from typing import Any
 import pytest
 from flashpods.api import admission
 from flashpods.api.artifacts import parse_range
+from flashpods.api.http import FileShrankError, send_file
 from flashpods.api.ids import (
     is_job_id,
     is_request_id,
@@ -500,3 +504,47 @@ def test_tail_of_one_enormous_line_is_bounded(tmp_path: Path) -> None:
     tail = tail_file(path, 3)
     assert len(tail.lines) == 1 and tail.lines[0].endswith("end")
     assert len(tail.lines[0]) == MAX_TAIL_BYTES - 1 and "start" not in tail.lines[0]
+
+
+def _pair() -> tuple[socket.socket, socket.socket]:
+    sender, receiver = socket.socketpair()
+    sender.settimeout(7.0)  # as a request handler's connection
+    return sender, receiver
+
+
+def test_send_file_sends_the_range_and_restores_the_socket(tmp_path: Path) -> None:
+    data = os.urandom(3 << 20)
+    (tmp_path / "f").write_bytes(data)
+    sender, receiver = _pair()
+    got = bytearray()
+    reader = threading.Thread(
+        target=lambda: [got.extend(c) for c in iter(lambda: receiver.recv(1 << 16), b"")]
+    )
+    reader.start()
+    with open(tmp_path / "f", "rb") as handle:
+        send_file(sender, handle.fileno(), 12345, len(data) - 12345 - 7, 5)
+    assert sender.gettimeout() == 7.0
+    sender.close()
+    reader.join(10)
+    receiver.close()
+    assert bytes(got) == data[12345:-7]
+
+
+def test_send_file_gives_up_on_a_client_that_reads_nothing(tmp_path: Path) -> None:
+    (tmp_path / "f").write_bytes(os.urandom(16 << 20))  # more than both socket buffers
+    sender, receiver = _pair()
+    with open(tmp_path / "f", "rb") as handle, pytest.raises(TimeoutError):
+        send_file(sender, handle.fileno(), 0, 16 << 20, 0.2)
+    assert sender.gettimeout() == 7.0
+    sender.close()
+    receiver.close()
+
+
+def test_send_file_refuses_to_send_less_than_promised(tmp_path: Path) -> None:
+    (tmp_path / "f").write_bytes(b"short")
+    sender, receiver = _pair()
+    with open(tmp_path / "f", "rb") as handle, pytest.raises(FileShrankError):
+        send_file(sender, handle.fileno(), 0, 100, 5)
+    assert receiver.recv(100) == b"short"
+    sender.close()
+    receiver.close()

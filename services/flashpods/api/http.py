@@ -10,9 +10,11 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import os
 import re
 import socket
 import sqlite3
+import struct
 import time
 import uuid
 from collections.abc import Callable
@@ -217,6 +219,41 @@ def check_auth(header: str | None, token: str) -> None:
         raise ServiceError(401, "invalid_token", "The bearer token is not valid")
 
 
+class FileShrankError(Exception):
+    """The file ended before the bytes promised in Content-Length."""
+
+
+def send_file(sock: socket.socket, fd: int, offset: int, count: int, stall_seconds: float) -> None:
+    """`count` bytes of `fd` from `offset` to `sock`, zero-copy from the page cache.
+
+    os.sendfile on the socket in blocking mode: each call moves as much as the kernel
+    takes, where socket.sendfile on a socket with a timeout polls and calls sendfile
+    once per send buffer's worth (measured 0.8x nginx's throughput that way). A stalled
+    client cannot hold the thread: SO_SNDTIMEO ends a call that moves nothing for
+    `stall_seconds` (EAGAIN, raised as TimeoutError).
+    """
+    previous = sock.gettimeout()
+    sock.settimeout(None)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(stall_seconds))
+    try:
+        while count > 0:
+            try:
+                sent = os.sendfile(sock.fileno(), fd, offset, count)
+            except BlockingIOError:
+                raise TimeoutError(f"the client took nothing for {stall_seconds:g} s") from None
+            if sent == 0:
+                raise FileShrankError(f"{count} bytes missing at offset {offset}")
+            offset += sent
+            count -= sent
+    finally:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(0))
+        sock.settimeout(previous)
+
+
+def _timeval(seconds: float) -> bytes:
+    return struct.pack("ll", int(seconds), int(seconds % 1 * 1_000_000))
+
+
 # --- the request handler ----------------------------------------------------------------
 
 
@@ -389,7 +426,12 @@ class RequestHandler(JsonRequestHandler):
             self.wfile.flush()  # the headers, before sendfile writes past the buffer
             if download.length:
                 try:
-                    # Zero-copy from the page cache to the socket; never the whole file in memory.
-                    self.connection.sendfile(handle, download.start, download.length)
-                except (TimeoutError, BrokenPipeError, ConnectionResetError):
+                    send_file(
+                        self.connection,
+                        handle.fileno(),
+                        download.start,
+                        download.length,
+                        self.timeout,
+                    )
+                except (TimeoutError, ConnectionError, FileShrankError):
                     self.close_connection = True
