@@ -38,11 +38,17 @@ class RecordingHooks:
 
     events: list[tuple[str, str, object]] = field(default_factory=list)
     outcomes: dict[str, JobOutcome] = field(default_factory=dict)
+    outputs: dict[str, int] = field(default_factory=dict)  # on_output calls per job
     _cond: threading.Condition = field(default_factory=threading.Condition)
 
     def on_running(self, job_id: str, started_at: datetime) -> None:
         with self._cond:
             self.events.append(("running", job_id, started_at))
+            self._cond.notify_all()
+
+    def on_output(self, job_id: str) -> None:
+        with self._cond:
+            self.outputs[job_id] = self.outputs.get(job_id, 0) + 1
             self._cond.notify_all()
 
     def on_copying_artifacts(self, job_id: str) -> None:

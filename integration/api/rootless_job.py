@@ -37,6 +37,9 @@ class Hooks:
     def on_running(self, job_id: str, started_at: datetime) -> None:
         pass
 
+    def on_output(self, job_id: str) -> None:
+        pass
+
     def on_copying_artifacts(self, job_id: str) -> None:
         pass
 

@@ -160,3 +160,29 @@ def test_podman_failure_body_is_scrubbed_and_the_log_line_keeps_the_path(tmp_pat
     [line] = [line for line in log_text.splitlines() if f"request {request_id}: " in line]
     assert "container_error: job " + job_id in line
     assert str(socket) in line  # podman's own words: "dial unix <the socket>: connect: ..."
+
+
+def test_a_followed_log_is_pushed_while_the_job_runs_and_ends_with_it(api: Api) -> None:
+    # The job prints, then waits for the test's go-ahead (a file it sees in /artifacts):
+    # its first line must reach the follower while it is still running.
+    command = (
+        "echo first; while [ ! -e /artifacts/go ]; do sleep 0.05; done; echo second >&2; exit 3"
+    )
+    created = api.call("POST", "/jobs", json={"type": "worker", "command": command})
+    assert created.status_code == 201, created.text
+    job_id = created.json()["job_id"]
+    response = api.call("GET", f"/jobs/{job_id}/output", params={"follow": "true"}, stream=True)
+    assert response.status_code == 200
+    chunks = response.iter_content(chunk_size=None)
+    received = b""
+    while b"first" not in received:
+        received += next(chunks)
+    assert api.job(job_id)["status"] == "running"
+    (api.root / "artifacts" / job_id / "go").write_text("")
+    received += b"".join(chunks)  # ends by itself once the job has ended
+    assert api.job(job_id)["status"] == "failed"
+    log = (api.root / "logs" / f"{job_id}.log").read_bytes()
+    assert received == log
+    assert [line[15:] for line in log.decode().splitlines()[:2]] == ["first", "second"]
+    final = api.call("GET", f"/jobs/{job_id}/output", params={"follow": "true", "offset": len(log)})
+    assert (final.headers["X-Log-Complete"], final.content) == ("true", b"")

@@ -39,9 +39,15 @@ class FakeRuntime:
     removed: list[str] = field(default_factory=list)
     foreign: list[ContainerInfo] = field(default_factory=list)  # containers without a job
     auto_run: bool = False  # report on_running as soon as start() returns
+    # When set: start() waits for it before the container exists (a slow create), and
+    # cancel() waits for it before the container has stopped (a job trapping SIGTERM).
+    start_gate: threading.Event | None = None
+    stop_gate: threading.Event | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def start(self, spec: JobSpec, hooks: JobHooks) -> None:
+        if self.start_gate is not None:
+            self.start_gate.wait(30)
         if self.fail_start is not None:
             raise ContainerError(self.fail_start, self.fail_cause)
         with self.lock:
@@ -58,9 +64,12 @@ class FakeRuntime:
         container.hooks.on_running(job_id, container.started_at)
 
     def log(self, job_id: str, *lines: str) -> None:
-        with open(self.containers[job_id].spec.log_path, "a") as handle:
+        """As the real log capture: lines appended, then on_output."""
+        container = self.containers[job_id]
+        with open(container.spec.log_path, "a") as handle:
             for line in lines:
                 handle.write(f"{log_prefix(datetime.now(UTC))}{line}\n")
+        container.hooks.on_output(job_id)
 
     def finish(
         self,
@@ -90,6 +99,8 @@ class FakeRuntime:
 
     def cancel(self, job_id: str) -> None:
         self.cancelled.append(job_id)
+        if self.stop_gate is not None:
+            self.stop_gate.wait(30)
         if job_id in self.containers:
             self.finish(job_id, 143, status="cancelled")
 

@@ -50,6 +50,9 @@ class Hooks:
     def on_running(self, job_id: str, started_at: datetime) -> None:
         self.calls.append("running")
 
+    def on_output(self, job_id: str) -> None:
+        pass
+
     def on_copying_artifacts(self, job_id: str) -> None:
         self.calls.append("copying")
 

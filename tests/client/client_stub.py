@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 from flashpods.client.retry import RetryPolicy
 from flashpods.client.sdk import Flashpods, PollSchedule, RetryEvent
@@ -34,10 +35,36 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
     drop: bool = False  # close the connection without answering
     cut_after: int | None = None  # send only this many body bytes, then close
+    chunks: list[bytes] | None = None  # body sent chunked, piece by piece (as a follow)
+    unfinished: bool = False  # chunked: close before the last chunk (a broken stream)
 
 
 def error(status: int, code: str, **headers: str) -> Reply:
     return Reply(status, {"error": code, "message": f"{code} happened"}, headers)
+
+
+def log_piece(*chunks: bytes, complete: bool = False, unfinished: bool = False) -> Reply:
+    """One answer to GET .../output?follow=true: chunks, then the end of the body (or, if
+    unfinished, the connection closes before it)."""
+    headers = {"X-Log-Complete": "true"} if complete else {}
+    return Reply(200, None, headers, chunks=list(chunks), unfinished=unfinished)
+
+
+def output_replies(tail: Reply | None, *follow: Reply) -> Callable[[Seen], Reply]:
+    """GET .../output: `tail` for a tail request, the `follow` replies in order (the last
+    repeats) for follow=true."""
+    queue = list(follow)
+
+    def reply(seen: Seen) -> Reply:
+        if "follow=true" not in seen.path:
+            return tail or error(404, "not_found")
+        return queue.pop(0) if len(queue) > 1 else queue[0]
+
+    return reply
+
+
+def query(seen: Seen) -> dict[str, str]:
+    return dict(parse_qsl(urlsplit(seen.path).query))
 
 
 class Script:
@@ -85,6 +112,9 @@ class _Handler(BaseHTTPRequestHandler):
             if isinstance(reply.body, bytes)
             else (b"" if reply.body is None else json.dumps(reply.body).encode())
         )
+        if reply.chunks is not None:
+            self._send_chunked(reply)
+            return
         self.send_response(reply.status)
         if not isinstance(reply.body, bytes):
             self.send_header("Content-Type", "application/json")
@@ -98,6 +128,20 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return
         self.wfile.write(payload)
+
+    def _send_chunked(self, reply: Reply) -> None:
+        self.send_response(reply.status)
+        self.send_header("Transfer-Encoding", "chunked")
+        for key, value in reply.headers.items():
+            self.send_header(key, value)
+        self.end_headers()
+        for piece in reply.chunks or []:
+            self.wfile.write(b"%x\r\n%b\r\n" % (len(piece), piece))
+            self.wfile.flush()
+        if reply.unfinished:
+            self.close_connection = True
+            return
+        self.wfile.write(b"0\r\n\r\n")
 
     do_GET = do_POST = do_DELETE = _serve
 

@@ -7,7 +7,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from client_stub import Reply, Stub, error
+from client_stub import Reply, Stub, error, log_piece, output_replies, query
 from flashpods.client.cli import main
 from flashpods.client.sdk import Flashpods, RetryEvent
 
@@ -61,12 +61,15 @@ def _script_job(stub: Stub) -> None:
     stub.script.on(
         "POST", "/jobs", Reply(201, {"job_id": JOB_ID, "status": "pending", "created": True})
     )
-    stub.script.on("GET", JOB, _job("pending"), _job("running"), _job("running"), _job("failed", 3))
+    stub.script.on("GET", JOB, _job("pending"), _job("failed", 3))
     stub.script.on(
         "GET",
         JOB + "/output",
-        _output("[10:00:00.000] one\n"),
-        _output("[10:00:00.000] one\n[10:00:01.000] two\n"),
+        output_replies(
+            _output("[10:00:00.000] one\n"),
+            log_piece(b"[10:00:00.000] one\n"),
+            log_piece(b"[10:00:01.000] two\n", complete=True),
+        ),
     )
     stub.script.on(
         "GET",
@@ -105,6 +108,8 @@ def test_run_follows_the_log_downloads_artifacts_and_exits_with_the_jobs_code(
     )
     assert code == 3
     assert out == "[10:00:00.000] one\n[10:00:01.000] two\n"
+    follows = [query(s) for s in stub.script.requests("GET", JOB + "/output")]
+    assert [(q["follow"], q["offset"]) for q in follows] == [("true", "0"), ("true", "19")]
     assert (tmp_path / JOB_ID / "res" / "out.txt").read_bytes() == b"hello"
     body = stub.script.requests("POST", "/jobs")[0].body
     assert (body["type"], body["command"], body["cpus"]) == ("worker", "sh -c 'exit 3'", 1)
@@ -115,6 +120,8 @@ def test_run_follows_the_log_downloads_artifacts_and_exits_with_the_jobs_code(
 def test_ctrl_c_while_following_cancels_the_job(stub: Stub, tmp_path: Path) -> None:
     _script_job(stub)
     stub.script.on("GET", JOB, _job("running"), _job("cancelled", 137))
+    # Told to wait before following: Ctrl-C arrives during that wait.
+    stub.script.on("GET", JOB + "/output", output_replies(None, error(503, "too_many_followers")))
     stub.script.on(
         "DELETE",
         JOB,
@@ -176,10 +183,14 @@ def test_a_flashpods_failure_in_run_exits_125(stub: Stub) -> None:
 
 def test_logs_tail_and_follow(stub: Stub) -> None:
     stub.script.on("GET", JOB, _job("running"), _job("completed", 0))
-    stub.script.on("GET", JOB + "/output", _output("a\n"), _output("a\nb\n"))
+    stub.script.on(
+        "GET", JOB + "/output", output_replies(_output("a\n"), log_piece(b"b\n", complete=True))
+    )
     code, out, _ = _cli(stub, ["logs", JOB_ID, "-f", "--tail", "5"])
     assert (code, out) == (0, "a\nb\n")
-    assert "tail=5" in stub.script.requests("GET", JOB + "/output")[0].path
+    tail, follow = [query(s) for s in stub.script.requests("GET", JOB + "/output")]
+    assert tail == {"tail": "5"}
+    assert (follow["follow"], follow["offset"]) == ("true", "2")  # after what was shown
 
 
 def test_jobs_kill_artifacts_health(stub: Stub, tmp_path: Path) -> None:
@@ -241,10 +252,16 @@ def test_agent_sends_task_branch_and_context_from_a_file(stub: Stub, tmp_path: P
 
 
 def test_logs_follow_waits_for_a_job_that_has_not_started(stub: Stub) -> None:
-    stub.script.on("GET", JOB, _job("pending"), _job("running"), _job("completed", 0))
-    stub.script.on("GET", JOB + "/output", error(404, "logs_not_available"), _output("x\n"))
+    stub.script.on("GET", JOB, _job("pending"), _job("completed", 0))
+    stub.script.on(
+        "GET",
+        JOB + "/output",
+        output_replies(error(404, "logs_not_available"), log_piece(b"x\n", complete=True)),
+    )
     code, out, _ = _cli(stub, ["logs", JOB_ID, "-f"])
     assert (code, out) == (0, "x\n")
+    follow = query(stub.script.requests("GET", JOB + "/output")[1])
+    assert follow["offset"] == "0"  # all of it: it had not started
     stub.script.on("GET", "/jobs/job_missing/output", error(404, "job_not_found"))
     code, _, err = _cli(stub, ["logs", "job_missing", "-f"])
     assert code == 1 and "404 job_not_found" in err

@@ -9,10 +9,11 @@ from typing import Any
 
 import anyio
 import pytest
-from client_stub import Reply, Stub, error
+from client_stub import Reply, Stub, error, log_piece, output_replies, query
 from flashpods.api import logs, validation
 from flashpods.api.http import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT
 from flashpods.client.mcp_server import FlashpodsTools, build_server
+from flashpods.common.limits import MAX_FOLLOW_SECONDS
 from mcp import Client
 
 JOB_ID = "job_0123456789abcdef"
@@ -22,6 +23,7 @@ TOOLS = {
     "spawn_sub_agent",
     "get_job_status",
     "get_job_output",
+    "follow_job_output",
     "get_job_artifacts",
     "download_artifact",
     "list_jobs",
@@ -39,7 +41,7 @@ def _calls(stub: Stub, root: Path, *calls: tuple[str, dict[str, Any]]) -> list[A
     return anyio.run(go)
 
 
-def test_the_eight_tools_with_their_limits(stub: Stub, tmp_path: Path) -> None:
+def test_the_nine_tools_with_their_limits(stub: Stub, tmp_path: Path) -> None:
     server = build_server(FlashpodsTools(stub.client, tmp_path))
 
     async def go() -> dict[str, Any]:
@@ -70,6 +72,11 @@ def test_the_eight_tools_with_their_limits(stub: Stub, tmp_path: Path) -> None:
     assert schemas["get_job_output"]["properties"]["tail"]["maximum"] == logs.MAX_TAIL
     list_limit = schemas["list_jobs"]["properties"]["limit"]
     assert (list_limit["maximum"], list_limit["default"]) == (MAX_LIST_LIMIT, DEFAULT_LIST_LIMIT)
+    follow = schemas["follow_job_output"]["properties"]
+    assert (follow["offset"]["minimum"], follow["wait_seconds"]["maximum"]) == (
+        0,
+        MAX_FOLLOW_SECONDS,
+    )
     assert "running" in schemas["list_jobs"]["properties"]["status"]["enum"]
     assert schemas["download_artifact"]["required"] == ["job_id", "artifact_name"]
 
@@ -120,10 +127,33 @@ def test_arguments_outside_the_limits_never_reach_the_api(stub: Stub, tmp_path: 
         ("spawn_worker", {"command": ""}),
         ("spawn_worker", {"command": "x", "timeout_minutes": 121}),
         ("get_job_output", {"job_id": JOB_ID, "tail": 0}),
+        ("follow_job_output", {"job_id": JOB_ID, "offset": -1}),
+        ("follow_job_output", {"job_id": JOB_ID, "wait_seconds": 301}),
         ("get_job_status", {"job_id": "../../etc"}),
     )
     assert all(r.is_error for r in results)
     assert stub.script.seen == []
+
+
+def test_follow_job_output_returns_what_arrived_and_where_to_go_on(
+    stub: Stub, tmp_path: Path
+) -> None:
+    stub.script.on(
+        "GET",
+        JOB + "/output",
+        output_replies(None, log_piece(b"[10:00:00.000] hi\n", complete=True)),
+    )
+    (result,) = _calls(
+        stub, tmp_path, ("follow_job_output", {"job_id": JOB_ID, "offset": 7, "wait_seconds": 5})
+    )
+    assert result.structured_content == {
+        "output": "[10:00:00.000] hi\n",
+        "offset": 7,
+        "next_offset": 7 + 18,
+        "complete": True,
+    }
+    sent = query(stub.script.requests("GET", JOB + "/output")[0])
+    assert (sent["follow"], sent["offset"], sent["timeout"]) == ("true", "7", "5")
 
 
 @pytest.mark.parametrize(

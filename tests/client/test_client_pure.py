@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from flashpods.client.cli import job_exit_code, worker_command
 from flashpods.client.errors import FlashpodsError
-from flashpods.client.models import Job, JobOutput
+from flashpods.client.models import Job
 from flashpods.client.retry import RetryPolicy, parse_retry_after
-from flashpods.client.sdk import OutputFollower
+from flashpods.client.sdk import _utf8_prefix
 from flashpods.client.upload import (
     DEFAULT_EXCLUDES,
     classify_failure,
@@ -98,48 +98,15 @@ def test_progress2_lines_parse() -> None:
     assert parse_progress("sending incremental file list") is None
 
 
-def _out(text: str, total: int | None = None) -> JobOutput:
-    data = text.encode()
-    return JobOutput(text, text.count("\n"), False, len(data) if total is None else total, {})
-
-
-def test_follower_shows_each_new_line_once() -> None:
-    f = OutputFollower()
-    assert f.feed(_out("a\n")) == "a\n"
-    assert f.feed(_out("a\n")) == ""
-    assert f.feed(_out("a\nb\nc\n")) == "b\nc\n"
-    # Only the tail is returned once the log is long: offsets still line up.
-    assert f.feed(_out("c\nd\n", total=8)) == "d\n"
-
-
-def test_follower_marks_output_it_could_not_see() -> None:
-    f = OutputFollower()
-    assert f.feed(_out("a\n")) == "a\n"
-    text = f.feed(_out("y\nz\n", total=2 + 100))
-    assert text == "[... 96 bytes of output skipped ...]\ny\nz\n"
-
-
-def test_follower_waits_for_a_line_read_mid_write() -> None:
-    f = OutputFollower()
-    assert f.feed(_out("a\n")) == "a\n"
-    # The log held "a\nbc" (5 bytes); the API answered "a\nbc\n" (a newline added).
-    assert f.feed(_out("a\nbc\n", total=4)) == ""
-    assert f.feed(_out("a\nbcd\n")) == "bcd\n"
-
-
-def test_follower_shows_a_misaligned_region_once_the_log_stops_changing() -> None:
-    f = OutputFollower()
-    f.feed(_out("a\n"))
-    odd = _out("a\n\ufffd\n", total=4)  # one invalid byte, replaced by 3 bytes
-    assert f.feed(odd) == ""
-    assert f.feed(odd) == "\ufffd\n"  # best effort rather than never
-    assert f.feed(odd) == ""
-
-
-def test_follower_multibyte_text_is_not_split() -> None:
-    f = OutputFollower()
-    assert f.feed(_out("héllo\n")) == "héllo\n"
-    assert f.feed(_out("héllo\nwörld\n")) == "wörld\n"
+def test_utf8_prefix_never_cuts_a_character() -> None:
+    text = "aé€😀".encode()  # 1, 2, 3 and 4 bytes
+    for cut in range(len(text) + 1):
+        kept = _utf8_prefix(text[:cut])
+        assert text.startswith(kept)
+        kept.decode("utf-8")  # whole characters only
+        assert cut - len(kept) < 4
+    assert _utf8_prefix(text) == text
+    assert _utf8_prefix(b"\xff\xfe") == b"\xff\xfe"  # not UTF-8: left as it is
 
 
 def _job(status: str, exit_code: int | None) -> Job:

@@ -7,7 +7,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from client_stub import TOKEN, Reply, Stub, error
+from client_stub import TOKEN, Reply, Stub, error, log_piece, output_replies, query
 from flashpods.client.errors import FlashpodsError
 from flashpods.client.sdk import Flashpods
 
@@ -276,3 +276,65 @@ def test_short_body_is_an_error_not_a_file(stub: Stub, tmp_path: Path) -> None:
         stub.client().download_artifact(JOB[6:], "x", tmp_path)
     assert err.value.code in ("network_error", "invalid_response")
     assert list(tmp_path.iterdir()) == []
+
+
+def _job_reply(status: str) -> Reply:
+    return Reply(200, {"id": "job_0123456789abcdef", "type": "worker", "status": status})
+
+
+def test_follow_resumes_a_broken_stream_at_the_byte_where_it_broke(stub: Stub) -> None:
+    stub.script.on("GET", JOB, _job_reply("running"), _job_reply("completed"))
+    text = "héllo wörld\n".encode()
+    stub.script.on(
+        "GET",
+        JOB + "/output",
+        output_replies(
+            None,
+            log_piece(text[:2], unfinished=True),  # breaks inside the two bytes of "é"
+            log_piece(text[2:5], text[5:8]),  # the API's timeout ended this one
+            log_piece(text[8:], complete=True),
+        ),
+    )
+    written: list[str] = []
+    final = stub.client().follow("job_0123456789abcdef", written.append)
+    assert final.status == "completed"
+    assert "".join(written) == "héllo wörld\n"
+    offsets = [query(s)["offset"] for s in stub.script.requests("GET", JOB + "/output")]
+    assert offsets == ["0", "2", "8"]
+    assert [r.reason for r in stub.retries] == ["network_error"]
+
+
+def test_follow_of_a_deleted_log_ends_with_the_job(stub: Stub) -> None:
+    stub.script.on("GET", JOB, _job_reply("cleaned"))
+    stub.script.on("GET", JOB + "/output", output_replies(None, error(410, "logs_deleted")))
+    written: list[str] = []
+    assert stub.client().follow("job_0123456789abcdef", written.append).status == "cleaned"
+    assert written == []
+
+
+def test_read_output_returns_a_piece_and_where_to_go_on(stub: Stub) -> None:
+    stub.script.on(
+        "GET",
+        JOB + "/output",
+        output_replies(None, log_piece(b"ab"), log_piece("cdé".encode(), complete=True)),
+    )
+    piece = stub.client().read_output("job_0123456789abcdef", 10, wait_seconds=30)
+    assert (piece.output, piece.offset, piece.next_offset, piece.complete) == (
+        "abcdé",
+        10,
+        16,
+        True,
+    )
+    assert [query(s)["offset"] for s in stub.script.requests("GET", JOB + "/output")] == [
+        "10",
+        "12",
+    ]
+
+
+def test_read_output_stops_at_max_bytes_on_a_character_boundary(stub: Stub) -> None:
+    stub.script.on(
+        "GET", JOB + "/output", output_replies(None, log_piece("aé€z".encode(), complete=True))
+    )
+    piece = stub.client().read_output("job_0123456789abcdef", 0, max_bytes=4)
+    # 4 bytes would cut "€" (3 bytes, starting at byte 3): it comes with the next piece.
+    assert (piece.output, piece.next_offset, piece.complete) == ("aé", 3, False)

@@ -18,7 +18,7 @@ from flashpods.api import jobstate
 from flashpods.api.config import Config
 from flashpods.api.db import Store
 from flashpods.api.ids import is_job_id, is_upload_id
-from flashpods.api.jobstate import ACTIVE, ENDED, status_in
+from flashpods.api.jobstate import ACTIVE, ENDED, settled, status_in
 from flashpods.api.logs import log_path
 from flashpods.api.uploads import Uploads, remove_tree
 
@@ -126,7 +126,7 @@ class Cleaner:
         for row in live:
             if total <= self.config.logs_total_max_bytes:
                 break
-            if _settled(row):
+            if settled(row):
                 self._delete_log(row["id"], report)
                 total -= sizes[row["id"]]
 
@@ -159,7 +159,7 @@ class Cleaner:
         for row in live:
             if total <= self.config.artifacts_total_max_bytes:
                 break
-            if _settled(row):
+            if settled(row):
                 self._delete_artifacts(row["id"], report)
                 total -= row["size"]
 
@@ -199,14 +199,6 @@ class Cleaner:
             ):
                 Path(entry.path).unlink(missing_ok=True)
                 report.orphans_removed += 1
-
-
-def _settled(row: dict[str, Any]) -> bool:
-    return (
-        (row["status"] in ENDED or row["status"] == "cleaning")
-        and not row["cancel_requested"]
-        and not row["copy_in_progress"]
-    )
 
 
 def _entries(directory: Path) -> list[os.DirEntry[str]]:

@@ -107,6 +107,8 @@ class Config:
     cleanup_interval: float = 60.0
     reconcile_interval: float = 60.0
     max_body_bytes: int = 1 * MIB
+    # Concurrent GET /jobs/{id}/output?follow=true; each holds a server thread.
+    max_log_followers: int = 64
 
 
 _INT_KNOBS: dict[str, str] = {
@@ -123,6 +125,7 @@ _INT_KNOBS: dict[str, str] = {
     "FLASHPODS_ARTIFACT_MAX_JOB_BYTES": "artifact_max_job_bytes",
     "FLASHPODS_ARTIFACT_MAX_FILES": "artifact_max_files",
     "FLASHPODS_RATE_LIMIT_BURST": "rate_limit_burst",
+    "FLASHPODS_MAX_LOG_FOLLOWERS": "max_log_followers",
 }
 _FLOAT_KNOBS: dict[str, str] = {
     "FLASHPODS_RATE_LIMIT_PER_SECOND": "rate_limit_per_second",

@@ -26,6 +26,7 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 from flashpods.api.artifacts import Download, check_name
 from flashpods.api.ids import is_request_id
 from flashpods.api.jobstate import STATUS_FILTERS
+from flashpods.api.logfollow import LogStream, open_follow, parse_follow
 from flashpods.api.logs import job_output, log_path, parse_tail
 from flashpods.common.errors import ServiceError
 from flashpods.common.jsonhttp import JsonRequestHandler, bearer_credential
@@ -78,6 +79,7 @@ class Response:
     body: dict[str, Any] | None = None
     headers: dict[str, str] = field(default_factory=dict)
     download: Download | None = None
+    stream: LogStream | None = None  # sent chunked, as it is produced
 
 
 Handler = Callable[["App", Request], Response]
@@ -158,9 +160,17 @@ def cancel_job(app: App, request: Request) -> Response:
 
 
 def job_output_route(app: App, request: Request) -> Response:
-    count = parse_tail(request.arg("tail"))
-    row = app.jobs.require(request.params["job_id"])
-    return Response(200, job_output(row, log_path(app.config, row["id"]), count))
+    follow = parse_follow(request.query)
+    if follow is None:
+        count = parse_tail(request.arg("tail"))
+        row = app.jobs.require(request.params["job_id"])
+        return Response(200, job_output(row, log_path(app.config, row["id"]), count))
+    job_id = request.params["job_id"]
+    row = app.jobs.require(job_id)
+    stream, headers = open_follow(
+        app.logbus, row, log_path(app.config, job_id), follow, lambda: app.jobs.row(job_id)
+    )
+    return Response(200, headers=headers, stream=stream)
 
 
 def list_artifacts(app: App, request: Request) -> Response:
@@ -341,6 +351,8 @@ class RequestHandler(JsonRequestHandler):
         headers = {**limit_headers, **response.headers}
         if response.download is not None:
             self._send_download(response.status, response.download, headers, request_id)
+        elif response.stream is not None:
+            self._send_stream(response.status, response.stream, headers, request_id)
         else:
             self._send_json(response.status, response.body, headers, request_id)
         log.info(
@@ -405,6 +417,35 @@ class RequestHandler(JsonRequestHandler):
         self, status: int, body: dict[str, Any] | None, headers: dict[str, str], request_id: str
     ) -> None:
         self.send_json(status, body, self._common_headers(request_id, headers))
+
+    def _send_stream(
+        self, status: int, stream: LogStream, headers: dict[str, str], request_id: str
+    ) -> None:
+        """Chunked transfer: each piece goes out as soon as it exists (TCP_NODELAY)."""
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "text/plain; charset=utf-8")
+            self.send_header("Transfer-Encoding", "chunked")
+            for name, value in self._common_headers(request_id, headers).items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.flush()
+            if self.command == "HEAD":
+                return
+            for data in stream:
+                self.wfile.write(b"%x\r\n%b\r\n" % (len(data), data))
+                self.wfile.flush()
+            self.wfile.write(b"0\r\n\r\n")
+            self.wfile.flush()
+        except (TimeoutError, ConnectionError):
+            self.close_connection = True  # the client went away; its place is freed below
+        except Exception:
+            # Headers are out: all that is left is to end the connection mid-body, which
+            # the client sees as a broken stream and resumes from its offset.
+            log.exception("request %s: following the log failed", request_id)
+            self.close_connection = True
+        finally:
+            stream.close()
 
     def _send_download(
         self, status: int, download: Download, headers: dict[str, str], request_id: str

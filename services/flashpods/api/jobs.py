@@ -16,6 +16,7 @@ from flashpods.api.config import Config
 from flashpods.api.db import Store
 from flashpods.api.ids import is_upload_id, new_job_id
 from flashpods.api.jobstate import ENDED, HOLDING_SQL, WITH_CONTAINER
+from flashpods.api.logbus import LogBus
 from flashpods.api.logs import log_path
 from flashpods.api.runtime import ContainerError, JobOutcome, JobSpec, Runtime
 from flashpods.api.uploads import Uploads
@@ -70,11 +71,14 @@ class Jobs:
     """Job lifecycle; also the runtime's JobHooks (thread-safe: every write is one
     statement or one transaction on the shared Store)."""
 
-    def __init__(self, config: Config, store: Store, uploads: Uploads, runtime: Runtime) -> None:
+    def __init__(
+        self, config: Config, store: Store, uploads: Uploads, runtime: Runtime, logbus: LogBus
+    ) -> None:
         self.config = config
         self.store = store
         self.uploads = uploads
         self.runtime = runtime
+        self.logbus = logbus  # told of every status change and every new log byte
         # Spans idempotency lookup, admission and insert, so concurrent creations neither
         # duplicate a client_job_id nor overcommit the host.
         self.create_lock = threading.Lock()
@@ -292,7 +296,10 @@ class Jobs:
         self, job_id: str, target: str, only_from: tuple[str, ...] | None = None, **fields: Any
     ) -> bool:
         """Move to `target` if the current state allows it; False if it does not."""
-        return jobstate.transition(self.store, job_id, target, only_from, **fields)
+        moved = jobstate.transition(self.store, job_id, target, only_from, **fields)
+        if moved:
+            self.logbus.notify(job_id, status=True)  # log followers re-check the job
+        return moved
 
     def _fail_start(self, job_id: str, error: str) -> None:
         """No container exists. A DELETE may have made the job `cancelled` meanwhile: it
@@ -380,6 +387,9 @@ class Jobs:
         self.uploads.consume(job_id)
         log.info("job %s running", job_id)
 
+    def on_output(self, job_id: str) -> None:
+        self.logbus.notify(job_id)
+
     def on_copying_artifacts(self, job_id: str) -> None:
         self.store.execute(
             "UPDATE jobs SET copy_in_progress = 1, updated_at = ? WHERE id = ?",
@@ -429,5 +439,6 @@ class Jobs:
                 "WHERE id = ?",
                 (time.time(), job_id),
             )
+        self.logbus.notify(job_id, status=True)  # the log is complete now
         self.uploads.release(job_id)
         log.info("job %s finished: %s (exit %s)", job_id, outcome.status, outcome.exit_code)

@@ -64,6 +64,18 @@ def holds_resources(row: dict[str, Any]) -> bool:
     )
 
 
+def settled(row: dict[str, Any]) -> bool:
+    """The job has ended and nothing about it is still happening: its log is complete
+    and its artifacts are in place. An ended status alone is not enough: a cancelled job
+    is `cancelled` from the DELETE on while its container is still being stopped (and
+    printing); on_finished clears cancel_requested and copy_in_progress at the very end."""
+    return (
+        row["status"] in (*ENDED, "cleaning", "cleaned")
+        and not row["cancel_requested"]
+        and not row["copy_in_progress"]
+    )
+
+
 _writer = threading.local()
 
 

@@ -81,11 +81,19 @@ def parse_tail(raw: str | None) -> int:
     return count
 
 
+def logs_gone(row: dict[str, Any]) -> bool:
+    return row["status"] == "cleaned" or row["logs_deleted_at"] is not None
+
+
+def logs_deleted() -> ServiceError:
+    return ServiceError(410, "logs_deleted", "The job's log has been deleted (retention)")
+
+
 def job_output(row: dict[str, Any], log_path: Path, count: int) -> dict[str, Any]:
     if row["status"] == "pending":
         raise ServiceError(404, "logs_not_available", "The job has not started; no log yet")
-    if row["status"] == "cleaned" or row["logs_deleted_at"] is not None:
-        raise ServiceError(410, "logs_deleted", "The job's log has been deleted (retention)")
+    if logs_gone(row):
+        raise logs_deleted()
     tail = tail_file(log_path, count)
     output = "\n".join(tail.lines) + ("\n" if tail.lines else "")
     return {

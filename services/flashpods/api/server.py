@@ -24,6 +24,7 @@ from flashpods.api.config import Config
 from flashpods.api.db import Store
 from flashpods.api.http import RequestHandler
 from flashpods.api.jobs import Jobs
+from flashpods.api.logfollow import LogBus
 from flashpods.api.ratelimit import RateLimiter
 from flashpods.api.recovery import Reconciler
 from flashpods.api.runtime import ContainerError, Runtime
@@ -44,13 +45,15 @@ class App:
     limiter: RateLimiter
     cleaner: Cleaner
     reconciler: Reconciler
+    logbus: LogBus
     started: float = field(default_factory=time.monotonic)
 
 
 def build_app(config: Config, runtime: Runtime) -> App:
     store = Store(config.db_path)
     uploads = Uploads(config, store)
-    jobs = Jobs(config, store, uploads, runtime)
+    logbus = LogBus(config.max_log_followers)
+    jobs = Jobs(config, store, uploads, runtime, logbus)
     return App(
         config=config,
         store=store,
@@ -61,6 +64,7 @@ def build_app(config: Config, runtime: Runtime) -> App:
         limiter=RateLimiter(config.rate_limit_per_second, config.rate_limit_burst),
         cleaner=Cleaner(config, store, uploads),
         reconciler=Reconciler(store, jobs, runtime),
+        logbus=logbus,
     )
 
 
@@ -158,6 +162,7 @@ class FlashpodsHTTPServer(ThreadingHTTPServer):
         self.shutdown()  # serve_forever returns, no new connections are accepted
         self.socket.close()
         self.stop_event.set()
+        self.app.logbus.close()  # log followers end their responses; clients resume later
         deadline = time.monotonic() + grace
         with self.connections_lock:
             for handler, busy in list(self.connections.items()):

@@ -25,7 +25,7 @@ from typing import Any, TextIO
 from flashpods.client.errors import FlashpodsError
 from flashpods.client.models import Job
 from flashpods.client.progress import Progress, human_bytes
-from flashpods.client.sdk import Flashpods, OutputFollower, RetryEvent
+from flashpods.client.sdk import Flashpods, RetryEvent
 from flashpods.client.upload import AGENT_EXCLUDES, DEFAULT_EXCLUDES
 from flashpods.common.limits import LIMITS, MAX_TAIL
 
@@ -275,12 +275,12 @@ def cmd_logs(ctx: Context) -> int:
     except FlashpodsError as exc:
         if exc.code != "logs_not_available":
             raise
-        follower = OutputFollower()  # not started yet: all of its log is still to come
+        offset = 0  # not started yet: all of its log is still to come
     else:
         write(shown.output)
-        follower = OutputFollower.after(shown)
+        offset = shown.total_bytes
     try:
-        fp.follow(args.job_id, write, follower=follower)
+        fp.follow(args.job_id, write, offset=offset)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED  # stop following; the job keeps running
     return 0

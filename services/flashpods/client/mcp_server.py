@@ -32,6 +32,7 @@ from flashpods.common.limits import (
     MAX_BRANCH,
     MAX_COMMAND,
     MAX_CONTEXT,
+    MAX_FOLLOW_SECONDS,
     MAX_IMAGE,
     MAX_LIST_LIMIT,
     MAX_TAIL,
@@ -163,6 +164,11 @@ class FlashpodsTools:
     def get_job_output(self, job_id: str, tail: int = 100) -> dict[str, Any]:
         return self.client().get_output(job_id, tail=tail).raw
 
+    def follow_job_output(
+        self, job_id: str, offset: int = 0, wait_seconds: int = 30
+    ) -> dict[str, Any]:
+        return self.client().read_output(job_id, offset, wait_seconds=wait_seconds).to_dict()
+
     def get_job_artifacts(self, job_id: str) -> dict[str, Any]:
         return self.client().list_artifacts(job_id).raw
 
@@ -212,10 +218,11 @@ def build_server(tools: FlashpodsTools) -> MCPServer:
         name="flashpods",
         instructions=(
             "Flashpods runs commands and sub-agents in ephemeral containers on a remote "
-            "host. spawn_worker/spawn_sub_agent return a job_id at once; poll "
-            "get_job_status until status is completed, failed, timed_out or cancelled, "
-            "then read get_job_output and fetch files with get_job_artifacts and "
-            "download_artifact. Files a job writes to /artifacts are kept for 1 hour."
+            "host. spawn_worker/spawn_sub_agent return a job_id at once; watch it with "
+            "follow_job_output (returns new output as it arrives, complete=true once the "
+            "job has ended) or get_job_status, read get_job_output, and fetch files with "
+            "get_job_artifacts and download_artifact. Files a job writes to /artifacts "
+            "are kept for 1 hour."
         ),
     )
 
@@ -311,6 +318,24 @@ def build_server(tools: FlashpodsTools) -> MCPServer:
     ) -> CallToolResult:
         """The last `tail` lines of a job's stdout+stderr, each prefixed [HH:MM:SS.mmm]."""
         return _answer(lambda: tools.get_job_output(job_id, tail))
+
+    @server.tool()
+    def follow_job_output(
+        job_id: JobId,
+        offset: Annotated[
+            int, Field(ge=0, description="Byte offset to start at: 0, or the last next_offset")
+        ] = 0,
+        wait_seconds: Annotated[
+            int,
+            Field(
+                ge=1, le=MAX_FOLLOW_SECONDS, description="Wait at most this long for more output"
+            ),
+        ] = 30,
+    ) -> CallToolResult:
+        """A job's stdout+stderr from `offset` on, pushed as the job prints, for up to
+        `wait_seconds` (at most 1 MiB per call). Returns output, next_offset (pass it as
+        offset next time) and complete (true: the job has ended and its whole log is read)."""
+        return _answer(lambda: tools.follow_job_output(job_id, offset, wait_seconds))
 
     @server.tool()
     def get_job_artifacts(job_id: JobId) -> CallToolResult:

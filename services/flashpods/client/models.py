@@ -123,6 +123,24 @@ class JobOutput:
 
 
 @dataclass(frozen=True)
+class OutputPiece:
+    """A stretch of a job's log (Flashpods.read_output)."""
+
+    output: str
+    offset: int  # byte offset of its start in the log
+    next_offset: int  # where the next piece starts
+    complete: bool  # the job has ended and this piece runs to the end of its log
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "output": self.output,
+            "offset": self.offset,
+            "next_offset": self.next_offset,
+            "complete": self.complete,
+        }
+
+
+@dataclass(frozen=True)
 class Artifact:
     name: str
     size_bytes: int

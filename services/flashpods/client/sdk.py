@@ -9,7 +9,9 @@ fp.download_artifacts(job.job_id, Path("out"))
 
 from __future__ import annotations
 
+import codecs
 import logging
+import math
 import os
 import tempfile
 import time
@@ -33,15 +35,15 @@ from flashpods.client.models import (
     Job,
     JobList,
     JobOutput,
+    OutputPiece,
     Upload,
 )
 from flashpods.client.retry import THROTTLED_STATUSES, RetryPolicy, parse_retry_after
 from flashpods.client.upload import DEFAULT_EXCLUDES, new_upload_id, run_rsync
-from flashpods.common.limits import MAX_TAIL
+from flashpods.common.limits import DEFAULT_FOLLOW_SECONDS
 
 log = logging.getLogger("flashpods.client")
 
-# The API's maximum tail; following a log reads this much per poll.
 _CHUNK = 1 << 16
 
 
@@ -350,30 +352,57 @@ class Flashpods:
         write: Callable[[str], None],
         *,
         on_status: Callable[[Job], None] | None = None,
-        follower: OutputFollower | None = None,
+        offset: int = 0,
     ) -> Job:
-        """Stream the job's log through `write` until the job ends; returns the final job.
-        A follower that has already seen part of the log continues after that part."""
-        follower = follower or OutputFollower()
-        last = None
-        for delay in self.poll.intervals():
-            job = self.get_job(job_id)
-            if job.status != last and on_status is not None:
-                on_status(job)
-            last = job.status
-            if job.status != "pending":
-                try:
-                    text = follower.feed(self.get_output(job_id, tail=MAX_TAIL), job.ended)
-                except FlashpodsError as exc:
-                    if exc.code not in ("logs_not_available", "logs_deleted"):
-                        raise
-                    text = ""
+        """Write the job's log from byte `offset` through `write` as the API pushes it,
+        until the log is complete (the job ended); returns the final job. A pending job
+        is waited for. on_status sees the job before and after."""
+        job = self.get_job(job_id)
+        if on_status is not None:
+            on_status(job)
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        try:
+            for data in self._log_bytes(job_id, offset, deadline=None):
+                text = decoder.decode(data)
                 if text:
                     write(text)
-            if job.ended:
-                return job
-            self.sleep(delay)
-        raise AssertionError("unreachable: intervals() is infinite")
+        except FlashpodsError as exc:
+            if exc.code != "logs_deleted":
+                raise
+        rest = decoder.decode(b"", final=True)
+        if rest:
+            write(rest)
+        final = self.get_job(job_id)
+        if on_status is not None and final.status != job.status:
+            on_status(final)
+        return final
+
+    def read_output(
+        self, job_id: str, offset: int = 0, *, wait_seconds: float = 30, max_bytes: int = 1 << 20
+    ) -> OutputPiece:
+        """The log from byte `offset` as far as it gets within `wait_seconds` (at most
+        `max_bytes`, cut at a character boundary); `complete` once nothing more will come.
+        Continue with offset=piece.next_offset."""
+        deadline = time.monotonic() + wait_seconds
+        received = bytearray()
+        complete = False
+        pieces = self._log_bytes(job_id, offset, deadline)
+        try:
+            for data in pieces:
+                received += data
+                if len(received) >= max_bytes:
+                    break
+            else:
+                complete = pieces.complete
+        finally:
+            pieces.close()
+        kept = _utf8_prefix(bytes(received[:max_bytes]))
+        if len(kept) < len(received):
+            complete = False
+        return OutputPiece(kept.decode("utf-8", "replace"), offset, offset + len(kept), complete)
+
+    def _log_bytes(self, job_id: str, offset: int, deadline: float | None) -> _LogBytes:
+        return _LogBytes(self, f"/jobs/{_seg(job_id)}/output", offset, deadline)
 
     # ------------------------------------------------------------------ artifacts
 
@@ -447,45 +476,70 @@ class Flashpods:
         ]
 
 
-class OutputFollower:
-    """Turns successive tails of a growing log into the text not yet shown.
+class _LogBytes:
+    """The log's bytes from an offset across as many follow responses as it takes: each
+    ends after DEFAULT_FOLLOW_SECONDS or when the log is complete; a connection that breaks
+    mid-body is resumed at the byte where it broke. `complete` says whether the
+    iteration ended because the log is complete (rather than at the deadline)."""
 
-    GET /jobs/{id}/output returns the last lines plus `total_bytes`, the log's size.
-    The log only grows, by whole lines, so what is new since the last poll is the last
-    (total_bytes - seen) bytes of the tail; if more was written than one tail holds, a
-    marker says how much was skipped. A new region that does not start at a line
-    boundary means the log was read mid-write (the API completes a partial last line
-    with a newline): it is left for the next poll, unless the log stopped changing, in
-    which case it is shown as it is rather than never.
-    """
+    def __init__(self, client: Flashpods, path: str, offset: int, deadline: float | None) -> None:
+        self.client = client
+        self.path = path
+        self.offset = offset
+        self.deadline = deadline
+        self.complete = False
+        self._iterator = self._run()
 
-    def __init__(self, seen: int = 0) -> None:
-        self.seen = seen
-        self._held_at: int | None = None  # total_bytes of a poll we held back
+    def __iter__(self) -> Iterator[bytes]:
+        return self._iterator
 
-    @classmethod
-    def after(cls, shown: JobOutput) -> OutputFollower:
-        """A follower for a log whose tail `shown` was already displayed."""
-        return cls(seen=shown.total_bytes)
+    def close(self) -> None:
+        self._iterator.close()  # type: ignore[attr-defined]
 
-    def feed(self, out: JobOutput, final: bool = False) -> str:
-        new = out.total_bytes - self.seen
-        if new <= 0:
-            return ""
-        data = out.output.encode()
-        if new > len(data):
-            self.seen = out.total_bytes
-            skipped = new - len(data)
-            text = data.decode(errors="replace")
-            return f"[... {skipped} bytes of output skipped ...]\n{text}"
-        start = len(data) - new
-        aligned = start == 0 or data[start - 1 : start] == b"\n"
-        if not aligned and not final and self._held_at != out.total_bytes:
-            self._held_at = out.total_bytes
-            return ""
-        self._held_at = None
-        self.seen = out.total_bytes
-        return data[start:].decode(errors="replace")
+    def _timeout(self) -> int | None:
+        if self.deadline is None:
+            return DEFAULT_FOLLOW_SECONDS
+        left = self.deadline - time.monotonic()
+        return None if left <= 0 else max(1, min(DEFAULT_FOLLOW_SECONDS, math.ceil(left)))
+
+    def _run(self) -> Iterator[bytes]:
+        breaks = 0
+        while (timeout := self._timeout()) is not None:
+            params = {"follow": "true", "offset": self.offset, "timeout": timeout}
+            resp = self.client._send("GET", self.path, params=params, stream=True)
+            with resp:
+                complete = resp.headers.get("X-Log-Complete") == "true"
+                try:
+                    for data in resp.iter_content(chunk_size=None):
+                        breaks = 0
+                        self.offset += len(data)
+                        yield data
+                except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
+                    breaks += 1
+                    delay = self.client.retry.network_delay(breaks)
+                    if delay is None:
+                        raise FlashpodsError(
+                            "network_error", f"following {self.path} broke {breaks} times: {exc}"
+                        ) from exc
+                    self.client._before_retry(
+                        "GET", self.path, breaks, delay, "network_error", None
+                    )
+                    continue
+            if complete:
+                self.complete = True
+                return
+
+
+def _utf8_prefix(data: bytes) -> bytes:
+    """`data` without a UTF-8 sequence cut off at its end (it comes with the next piece)."""
+    for back in range(1, min(4, len(data)) + 1):
+        byte = data[-back]
+        if byte < 0x80 or byte >= 0xF8:
+            return data  # ASCII, or not UTF-8 at all: nothing to keep together
+        if byte >= 0xC0:  # a lead byte: is its sequence whole?
+            need = 2 if byte < 0xE0 else 3 if byte < 0xF0 else 4
+            return data if back >= need else data[:-back]
+    return data
 
 
 def _seg(value: str) -> str:

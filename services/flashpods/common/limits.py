@@ -31,5 +31,8 @@ MAX_CONTEXT = 100_000
 MAX_IMAGE = 255
 MAX_BRANCH = 255
 MAX_TAIL = 10_000  # lines of GET /jobs/{id}/output?tail=
+# GET /jobs/{id}/output?follow=true&timeout=: seconds one follow response lasts at most.
+DEFAULT_FOLLOW_SECONDS = 30  # below the clients' read timeout (60 s)
+MAX_FOLLOW_SECONDS = 300
 DEFAULT_LIST_LIMIT = 20  # jobs per GET /jobs without ?limit=
 MAX_LIST_LIMIT = 100

@@ -79,6 +79,9 @@ class JobHooks(Protocol):
     def on_running(self, job_id: str, started_at: datetime) -> None:
         """The container reached `running` (the upload is consumed now)."""
 
+    def on_output(self, job_id: str) -> None:
+        """New bytes are in the job's log (wakes whoever follows it; must be cheap)."""
+
     def on_copying_artifacts(self, job_id: str) -> None:
         """The container ended; artifacts are being copied (copy_in_progress)."""
 

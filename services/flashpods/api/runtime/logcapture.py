@@ -15,21 +15,25 @@ Capture runs in a process of its own (`python -m flashpods.api.runtime.logcaptur
 per job: a job printing hundreds of MB keeps that process busy, never the API's GIL (in
 a thread, /health's p99 went to 240-450 ms during a 300 MB flood). The API tells it that
 the container has ended by writing one byte to its stdin; end of file without that byte
-(the API stopped or died) ends it at once, and the next API resumes from the files.
+(the API stopped or died) ends it at once, and the next API resumes from the files. It
+tells the API of every write to the job log by a byte on its stdout (never blocking: a
+byte the API has not read yet already says "grew"), which wakes the log's followers.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import select
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO, BinaryIO
 
 from flashpods.api.runtime import joblog
 from flashpods.common.timefmt import log_prefix, utc_now
@@ -41,6 +45,7 @@ MAX_LINE_BYTES = 256 * 1024
 POLL_SECONDS = 0.1
 READ_BYTES = 1 << 20
 ENDED = b"E"  # parent → capture process: the container has exited, drain and stop
+GREW = b"."  # capture process → parent: the job log has new bytes
 PREFIX_CACHE_SIZE = 4096
 
 
@@ -203,8 +208,23 @@ def _control(fd: int, timeout: float) -> bytes | None:
     return os.read(fd, 1)
 
 
-def follow(raw_path: Path, log_path: Path, limit_bytes: int, control_fd: int) -> None:
-    """The capture process: follow `raw_path` into `log_path` until told to stop."""
+def _tell_grew(notify_fd: int | None) -> None:
+    if notify_fd is None:
+        return
+    # Full pipe: unread notifications already say it; broken: the API is gone.
+    with contextlib.suppress(BlockingIOError, BrokenPipeError):
+        os.write(notify_fd, GREW)
+
+
+def follow(
+    raw_path: Path,
+    log_path: Path,
+    limit_bytes: int,
+    control_fd: int,
+    notify_fd: int | None = None,
+) -> None:
+    """The capture process: follow `raw_path` into `log_path` until told to stop; a byte
+    to `notify_fd` (non-blocking) after each write to the job log."""
     previous = inspect_log(log_path, limit_bytes)
     if previous.truncated:
         return
@@ -217,6 +237,7 @@ def follow(raw_path: Path, log_path: Path, limit_bytes: int, control_fd: int) ->
                 chunk = raw.read(READ_BYTES) if raw else b""
                 if chunk:
                     out.write(state.feed(chunk))
+                    _tell_grew(notify_fd)
                     if state.full:
                         return
                     continue
@@ -226,6 +247,7 @@ def follow(raw_path: Path, log_path: Path, limit_bytes: int, control_fd: int) ->
                     # e.g. a rootful conmon recreated it as root: what follows cannot be read.
                     log.warning("raw log of %s no longer readable", log_path.name)
                     out.write(joblog.truncation_line(limit_bytes, utc_now()))
+                    _tell_grew(notify_fd)
                     return
                 if rotated is not None:
                     if raw:
@@ -234,6 +256,7 @@ def follow(raw_path: Path, log_path: Path, limit_bytes: int, control_fd: int) ->
                     continue
                 if ended:
                     out.write(state.finish())
+                    _tell_grew(notify_fd)
                     return
                 message = _control(control_fd, POLL_SECONDS)
                 if message == b"":
@@ -276,10 +299,17 @@ def _child_environment() -> dict[str, str]:
 class LogCapture:
     """Follows one container's raw log into its job log, in a process of its own."""
 
-    def __init__(self, raw_path: Path, log_path: Path, limit_bytes: int) -> None:
+    def __init__(
+        self,
+        raw_path: Path,
+        log_path: Path,
+        limit_bytes: int,
+        on_growth: Callable[[], None] = lambda: None,
+    ) -> None:
         self.raw_path = raw_path
         self.log_path = log_path
         self.limit_bytes = limit_bytes
+        self.on_growth = on_growth  # the job log has new bytes (wakes its followers)
         self._process: subprocess.Popen[bytes] | None = None
         self._lock = threading.Lock()
 
@@ -294,9 +324,25 @@ class LogCapture:
                 str(self.limit_bytes),
             ],
             stdin=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
             env=_child_environment(),
         )
+        threading.Thread(
+            target=self._relay_growth,
+            args=(self._process.stdout,),
+            name=f"grew-{self.log_path.stem}",
+            daemon=True,
+        ).start()
+
+    def _relay_growth(self, pipe: IO[bytes]) -> None:
+        """The child's "grew" bytes become on_growth calls (one per read: a burst of
+        writes is one wake-up); ends when the child does."""
+        with pipe:
+            while os.read(pipe.fileno(), 4096):
+                try:
+                    self.on_growth()
+                except Exception:
+                    log.exception("log growth of %s: on_growth failed", self.log_path.name)
 
     def finish(self, timeout: float = 60.0) -> None:
         """The container has exited: read what conmon wrote, flush partial lines, stop."""
@@ -332,7 +378,8 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="logcapture: %(levelname)s %(message)s")
     raw_path, log_path, limit = Path(argv[0]), Path(argv[1]), int(argv[2])
     try:
-        follow(raw_path, log_path, limit, sys.stdin.fileno())
+        os.set_blocking(sys.stdout.fileno(), False)
+        follow(raw_path, log_path, limit, sys.stdin.fileno(), sys.stdout.fileno())
     except Exception:
         log.exception("log capture of %s failed", log_path.name)
         return 1

@@ -279,7 +279,12 @@ class PodmanRuntime:
         ops = ContainerOps(
             wait=self._wait, stop=self._stop, inspect=self.inspect, finalize=self._finalize
         )
-        capture = LogCapture(raw_log_path(spec), spec.log_path, self.config.log_max_bytes)
+        capture = LogCapture(
+            raw_log_path(spec),
+            spec.log_path,
+            self.config.log_max_bytes,
+            on_growth=lambda: hooks.on_output(spec.job_id),
+        )
         sup = JobSupervisor(spec, hooks, ops, capture, self.config.artifact_limits, self._forget)
         with self._lock:
             self._jobs[spec.job_id] = sup
