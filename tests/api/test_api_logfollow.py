@@ -12,7 +12,7 @@ import requests
 from api_fakes import FakeRuntime
 from api_harness import Api, start_api, with_config
 from flashpods.api.config import Config
-from flashpods_testing.localhost import wait_until
+from flashpods.common.polling import wait_until
 
 
 def _job(api: Api, runtime: FakeRuntime, run: bool = True) -> str:
