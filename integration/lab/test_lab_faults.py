@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
@@ -95,7 +94,7 @@ def test_kill_9_mid_job_the_job_completes(laptop: Laptop, unit: str, tmp_path: P
 
 
 def test_kill_9_rsyncd_mid_upload_the_upload_completes(
-    laptop: Laptop, tmp_path: Path, topo: Topology
+    laptop: Laptop, tmp_path: Path, topo: Topology, values: dict[str, Any]
 ) -> None:
     project = tmp_path / "big"
     project.mkdir()
@@ -118,8 +117,13 @@ def test_kill_9_rsyncd_mid_upload_the_upload_completes(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
-    time.sleep(1.5)
-    assert slow.poll() is None, "the slow upload ended before the fault"
+    landing = Path(values["apiEnvironment"]["FLASHPODS_UPLOADS_PATH"]) / upload_id
+
+    def under_way() -> bool:
+        assert slow.poll() is None, "the slow upload ended before the fault"
+        return landing.is_dir() and any(landing.iterdir())  # rsync's temporary file
+
+    wait_until(under_way, 30, "the slow upload to be under way", interval=0.1)
     kill9_and_wait_restart("rsyncd")
     assert slow.wait(timeout=60) != 0
 

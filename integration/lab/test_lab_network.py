@@ -9,11 +9,15 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
+from flashpods.client.upload import new_upload_id
 from flashpods.lab.proc import in_netns, run
 from flashpods.lab.topology import Topology
 from lab_helpers import CONTAINER_PROBE, Podman, ns_sh, parse_probe, tcp_probe
@@ -77,10 +81,29 @@ def test_containers_cannot_reach_api_or_rsync_but_reach_the_internet(
     assert result == dict.fromkeys(targets, "dropped")
 
 
-def test_rsync_lists_and_accepts_uploads_from_the_laptop(topo: Topology, tmp_path) -> None:
+def test_rsync_lists_and_accepts_uploads_from_the_laptop(
+    topo: Topology, tmp_path: Path, values: dict[str, Any]
+) -> None:
     listing = ns_sh(topo.laptop_ns, f"rsync rsync://{topo.host_addr}/")
     assert listing.returncode == 0, listing.stderr
     assert listing.stdout.split()[0] == "uploads"
+    project = tmp_path / "project"
+    (project / "sub").mkdir(parents=True)
+    (project / "sub" / "hello.txt").write_text("hello from the laptop\n")
+    upload_id = new_upload_id()
+    landed = Path(values["apiEnvironment"]["FLASHPODS_UPLOADS_PATH"]) / upload_id
+    try:
+        sent = run(
+            in_netns(
+                topo.laptop_ns,
+                ["rsync", "-r", f"{project}/", f"rsync://{topo.host_addr}/uploads/{upload_id}/"],
+            ),
+            check=False,
+        )
+        assert sent.returncode == 0, sent.stderr
+        assert (landed / "sub" / "hello.txt").read_text() == "hello from the laptop\n"
+    finally:
+        shutil.rmtree(landed, ignore_errors=True)
 
 
 @pytest.mark.parametrize("where", ["veth", "internet", "host"])
