@@ -10,8 +10,10 @@ import subprocess
 from dataclasses import dataclass
 
 from flashpods.common.polling import poll
+from flashpods.common.programs import run_program
 from flashpods.deployment import JOB_IMAGE
 from flashpods_testing.identity_stack import IdentityStack
+from flashpods_testing.localhost import as_assertion
 
 AUDIENCE = "flashpods-token-service"
 TEST_UID = 62001
@@ -28,10 +30,7 @@ class Containers:
         self, *args: str, check: bool = True, timeout: float = 120
     ) -> subprocess.CompletedProcess[str]:
         cmd = ["podman", "--url", f"unix://{self.stack.podman_socket}", *args]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-        if check and proc.returncode != 0:
-            raise AssertionError(f"{cmd} failed ({proc.returncode}): {proc.stderr}")
-        return proc
+        return run_program(cmd, fail=as_assertion, check=check, timeout=timeout)
 
     def run_args(
         self,

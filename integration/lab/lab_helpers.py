@@ -17,22 +17,20 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from flashpods.common.polling import wait_until
+from flashpods.common.programs import run_program
 from flashpods.deployment import JOB_IMAGE
 from flashpods.lab import lab
 from flashpods.lab.proc import in_netns
 from flashpods.lab.topology import Topology
+from flashpods_testing.localhost import as_assertion
 
 T = TypeVar("T")
 CLONE_NEWNET = 0x40000000
 
 
 def ns_sh(ns: str, script: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        in_netns(ns, ["sh", "-c", script]),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
+    return run_program(
+        in_netns(ns, ["sh", "-c", script]), fail=as_assertion, check=False, timeout=timeout
     )
 
 
@@ -88,7 +86,7 @@ class Podman:
 
     def run(self, args: list[str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
         argv = in_netns(self.host_ns, ["podman", "--url", f"unix://{self.socket}", *args])
-        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+        return run_program(argv, fail=as_assertion, check=False, timeout=timeout)
 
     def job_container(
         self, role: str | None, network: str, command: list[str], timeout: float = 120

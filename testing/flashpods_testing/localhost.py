@@ -28,6 +28,7 @@ from pathlib import Path
 
 import requests
 from flashpods.common.polling import wait_until
+from flashpods.common.programs import ProgramFailure, run_program
 from flashpods.deployment import JOB_IMAGE
 
 # The API as `python -m`: the interpreter running the caller, so the same venv's code.
@@ -47,8 +48,14 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def podman(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["podman", *args], capture_output=True, text=True, check=False)
+def as_assertion(failure: ProgramFailure) -> AssertionError:
+    """A program a test relies on failed: the test fails, saying what it said."""
+    return AssertionError(f"{failure.command} failed ({failure.reason}): {failure.output}")
+
+
+def podman(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """The machine's podman (not a private service); its exit status is the caller's to judge."""
+    return run_program(["podman", *args], fail=as_assertion, check=False, timeout=timeout)
 
 
 def require_podman(image: str = JOB_IMAGE) -> None:

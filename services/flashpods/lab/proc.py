@@ -12,6 +12,7 @@ import os
 import subprocess
 from collections.abc import Sequence
 
+from flashpods.common.programs import ProgramFailure, run_program
 from flashpods.lab.topology import NETNS_DIR
 
 
@@ -34,20 +35,17 @@ def run(
     argv: Sequence[str], *, check: bool = True, input: str | None = None, timeout: float = 60
 ) -> subprocess.CompletedProcess[str]:
     """Run and capture; a failure becomes a LabError naming the command and its stderr."""
-    try:
-        proc = subprocess.run(
-            list(argv), capture_output=True, text=True, input=input, timeout=timeout, check=False
-        )
-    except FileNotFoundError as exc:
-        raise LabError(f"missing program: {argv[0]} (run scripts/setup.sh)") from exc
-    except subprocess.TimeoutExpired as exc:
-        raise LabError(f"timed out after {timeout:.0f} s: {' '.join(argv)}") from exc
-    if check and proc.returncode != 0:
-        detail = (proc.stderr or proc.stdout).strip().splitlines()
-        raise LabError(
-            f"{' '.join(argv)} failed ({proc.returncode}): {detail[-1] if detail else 'no output'}"
-        )
-    return proc
+    return run_program(argv, fail=_lab_error, check=check, input=input, timeout=timeout)
+
+
+def _lab_error(failure: ProgramFailure) -> LabError:
+    if failure.reason == "not found":
+        return LabError(f"missing program: {failure.argv[0]} (run scripts/setup.sh)")
+    if failure.returncode is None:
+        return LabError(f"{failure.reason}: {failure.command}")
+    return LabError(
+        f"{failure.command} failed ({failure.returncode}): {failure.last_line or 'no output'}"
+    )
 
 
 def ns_run(

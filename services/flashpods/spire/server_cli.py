@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from flashpods.common.polling import poll
+from flashpods.common.programs import ProgramFailure, run_program
 
 
 class SpireCommandError(RuntimeError):
@@ -47,13 +48,14 @@ class SpireServerCli:
 
     def _run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         cmd = [str(self.binary), *args, "-socketPath", str(self.socket_path)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=self.timeout)
-        if check and proc.returncode != 0:
-            raise SpireCommandError(
-                f"spire-server {args[0]} {args[1] if len(args) > 1 else ''} failed: "
-                f"{(proc.stderr or proc.stdout).strip()}"
+
+        def failed(failure: ProgramFailure) -> SpireCommandError:
+            return SpireCommandError(
+                f"spire-server {' '.join(args[:2])} failed ({failure.reason}): "
+                f"{failure.output.strip()}"
             )
-        return proc
+
+        return run_program(cmd, fail=failed, check=check, timeout=self.timeout)
 
     def _json(self, *args: str) -> dict[str, Any]:
         result: dict[str, Any] = json.loads(self._run(*args, "-output", "json").stdout)

@@ -12,6 +12,7 @@ import logging
 import os
 import subprocess
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -23,6 +24,7 @@ from flashpods.api.runtime import podman_cli as cli
 from flashpods.api.runtime.artifacts_copy import ArtifactLimits
 from flashpods.api.runtime.logcapture import LogCapture, parse_conmon_time
 from flashpods.api.runtime.supervisor import ContainerOps, JobSupervisor
+from flashpods.common.programs import ProgramFailure, run_program
 from flashpods.common.timefmt import utc_now
 
 log = logging.getLogger(__name__)
@@ -137,20 +139,9 @@ class PodmanRuntime:
     ) -> subprocess.CompletedProcess[str]:
         argv = cli.base(self.config.socket_path, self.config.podman_binary) + args
         full_env = None if env is None else {**os.environ, **env}
-        try:
-            return subprocess.run(
-                argv,
-                capture_output=True,
-                text=True,
-                env=full_env,
-                timeout=timeout,
-                stdin=subprocess.DEVNULL,
-                check=False,
-            )
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise ContainerError(
-                f"podman {args[0]} failed: {type(exc).__name__}", f"podman {args[0]}: {exc}"
-            ) from exc
+        return run_program(
+            argv, fail=_podman_error(args[0]), check=False, env=full_env, timeout=timeout
+        )
 
     def _checked(
         self,
@@ -159,15 +150,9 @@ class PodmanRuntime:
         env: dict[str, str] | None = None,
         timeout: float = PODMAN_TIMEOUT_SECONDS,
     ) -> str:
-        result = self._podman(args, env=env, timeout=timeout)
-        if result.returncode != 0:
-            said = result.stderr.strip()
-            text = cli.scrub_paths(said.splitlines()[-1] if said else "")
-            raise ContainerError(
-                f"podman {args[0]} failed: {text or 'exit ' + str(result.returncode)}",
-                f"podman {args[0]} exited {result.returncode}: {cli.one_line(said)}",
-            )
-        return result.stdout
+        argv = cli.base(self.config.socket_path, self.config.podman_binary) + args
+        full_env = None if env is None else {**os.environ, **env}
+        return run_program(argv, fail=_podman_error(args[0]), env=full_env, timeout=timeout).stdout
 
     def container_user(self) -> cli.ContainerUser:
         if self._user is None:
@@ -398,3 +383,22 @@ class PodmanRuntime:
         for sup in jobs:
             sup.abandon()
         self._closed.set()
+
+
+def _podman_error(operation: str) -> Callable[[ProgramFailure], ContainerError]:
+    """podman's failure as a ContainerError: the last line, host paths scrubbed, to show;
+    everything it said, for the service's own log."""
+
+    def error(failure: ProgramFailure) -> ContainerError:
+        if failure.returncode is None:  # it did not run to the end
+            return ContainerError(
+                f"podman {operation} failed: {failure.reason}",
+                f"podman {operation}: {failure.reason} {failure.output}".strip(),
+            )
+        said = cli.scrub_paths(failure.last_line)
+        return ContainerError(
+            f"podman {operation} failed: {said or failure.reason}",
+            f"podman {operation} exited {failure.returncode}: {cli.one_line(failure.output)}",
+        )
+
+    return error
