@@ -83,6 +83,28 @@ def test_refuses_to_start_with_one_clear_line(
     assert not (tmp_path / "token.sock").exists()
 
 
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        ("soon", "must be a number, got 'soon'"),
+        ("-1", "must not be negative, got '-1'"),
+        ("nan", "must be a finite number, got 'nan'"),
+    ],
+)
+def test_a_bad_environment_value_is_one_line_not_a_traceback(
+    tmp_path: Path, value: str, reason: str
+) -> None:
+    secrets = tmp_path / "secrets.json"
+    secrets.write_text(json.dumps(GOOD))
+    env = {**env_for(tmp_path, secrets), "FLASHPODS_SPIRE_WAIT_SECONDS": value}
+    proc = subprocess.run([SERVICE], env=env, capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"flashpods-token-service: cannot start: FLASHPODS_SPIRE_WAIT_SECONDS {reason}"
+    ]
+    assert not (tmp_path / "token.sock").exists()
+
+
 def test_binds_socket_0660_owned_by_flashpods(tmp_path: Path) -> None:
     secrets = tmp_path / "secrets.json"
     secrets.write_text(json.dumps(GOOD))

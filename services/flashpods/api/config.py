@@ -14,14 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from flashpods.common import envconfig
+from flashpods.common.envconfig import ConfigError, parse_number
 from flashpods.common.numbers import parse_decimal
 
 MIB = 1024 * 1024
 GIB = 1024 * MIB
-
-
-class ConfigError(Exception):
-    """A configuration problem; str() is the one line printed before exiting."""
 
 
 @dataclass(frozen=True)
@@ -57,7 +55,7 @@ def parse_model_service(env: Mapping[str, str]) -> ModelService:
     numbers: dict[str, int | None] = {}
     for name in ("FLASHPODS_MODEL_MAX_RETRIES", "FLASHPODS_MODEL_TIMEOUT_MS"):
         raw = env.get(name)
-        numbers[name] = int(_positive_number(name, raw, int)) if raw else None
+        numbers[name] = int(parse_number(name, raw, int)) if raw else None
     if numbers["FLASHPODS_MODEL_TIMEOUT_MS"] == 0:
         raise ConfigError("FLASHPODS_MODEL_TIMEOUT_MS must be at least 1")
     return ModelService(
@@ -80,9 +78,9 @@ class Config:
     host_memory_gb: int
     instance: str = "default"
     default_image: str = "ubuntu:22.04"
-    pull_policy: str = "missing"
-    spire_socket_dir: Path = Path("/run/spire/sockets")
-    token_socket: Path = Path("/run/flashpods/token.sock")
+    pull_policy: str = envconfig.DEFAULT_PULL_POLICY
+    spire_socket_dir: Path = envconfig.SPIRE_SOCKET_DIR
+    token_socket: Path = envconfig.TOKEN_SOCKET
     tools_dir: Path | None = None
     agent_command: str = "claude"
     model_service: ModelService = field(default_factory=ModelService)
@@ -140,13 +138,12 @@ _STR_KNOBS: dict[str, str] = {
 }
 
 DEFAULT_PATHS = {
-    "FLASHPODS_DB_PATH": "/var/lib/flashpods/db/flashpods.db",
-    "FLASHPODS_UPLOADS_PATH": "/tmp/flashpods/uploads",
-    "FLASHPODS_ARTIFACTS_PATH": "/var/lib/flashpods/artifacts",
-    "FLASHPODS_LOGS_PATH": "/var/log/flashpods",
-    "FLASHPODS_LISTEN_ADDR": "10.0.0.1:8080",
-    "FLASHPODS_TOKEN_FILE": "/etc/flashpods/api-token",
-    "FLASHPODS_PODMAN_SOCKET": "/run/flashpods/podman.sock",
+    "FLASHPODS_DB_PATH": envconfig.DB_PATH,
+    "FLASHPODS_UPLOADS_PATH": envconfig.UPLOADS_PATH,
+    "FLASHPODS_ARTIFACTS_PATH": envconfig.ARTIFACTS_PATH,
+    "FLASHPODS_LOGS_PATH": envconfig.LOGS_PATH,
+    "FLASHPODS_TOKEN_FILE": envconfig.API_TOKEN_FILE,
+    "FLASHPODS_PODMAN_SOCKET": envconfig.PODMAN_SOCKET,
 }
 
 
@@ -176,8 +173,8 @@ def read_token(env: Mapping[str, str]) -> str:
     if cred_dir and (Path(cred_dir) / "api-token").exists():
         label, path = "systemd credential api-token", Path(cred_dir) / "api-token"
     else:
-        token_file = env.get("FLASHPODS_TOKEN_FILE") or DEFAULT_PATHS["FLASHPODS_TOKEN_FILE"]
-        label, path = f"token file {token_file}", Path(token_file)
+        path = envconfig.path(env, "FLASHPODS_TOKEN_FILE", envconfig.API_TOKEN_FILE)
+        label = f"token file {path}"
     try:
         token = path.read_text().strip()
     except FileNotFoundError:
@@ -189,24 +186,16 @@ def read_token(env: Mapping[str, str]) -> str:
     return token
 
 
-def _positive_number(name: str, raw: str, kind: type) -> int | float:
-    try:
-        value = kind(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
-    if value < 0:
-        raise ConfigError(f"{name} must not be negative, got {raw!r}")
-    return value  # type: ignore[no-any-return]
-
-
 def load_config(env: Mapping[str, str] | None = None) -> Config:
     """Read and validate; raise ConfigError with one line on the first problem."""
     env = os.environ if env is None else env
 
     def path(name: str) -> Path:
-        return Path(env.get(name) or DEFAULT_PATHS[name])
+        return envconfig.path(env, name, DEFAULT_PATHS[name])
 
-    host, port = parse_listen_addr(env.get("FLASHPODS_LISTEN_ADDR") or "10.0.0.1:8080")
+    host, port = parse_listen_addr(
+        envconfig.text(env, "FLASHPODS_LISTEN_ADDR", envconfig.LISTEN_ADDR)
+    )
     uploads = path("FLASHPODS_UPLOADS_PATH")
     snapshots = Path(env.get("FLASHPODS_SNAPSHOTS_PATH") or uploads.parent / "snapshots")
     tools = env.get("FLASHPODS_TOOLS_DIR")
@@ -220,8 +209,10 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
         "listen_port": port,
         "token": read_token(env),
         "podman_socket": path("FLASHPODS_PODMAN_SOCKET"),
-        "spire_socket_dir": Path(env.get("FLASHPODS_SPIRE_SOCKET_DIR") or "/run/spire/sockets"),
-        "token_socket": Path(env.get("FLASHPODS_TOKEN_SOCKET") or "/run/flashpods/token.sock"),
+        "spire_socket_dir": envconfig.path(
+            env, "FLASHPODS_SPIRE_SOCKET_DIR", envconfig.SPIRE_SOCKET_DIR
+        ),
+        "token_socket": envconfig.path(env, "FLASHPODS_TOKEN_SOCKET", envconfig.TOKEN_SOCKET),
         "tools_dir": Path(tools) if tools else None,
         "model_service": parse_model_service(env),
     }
@@ -231,7 +222,7 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
     ):
         raw = env.get(name)
         if raw:
-            number = _positive_number(name, raw, int)
+            number = int(parse_number(name, raw, int))
             if number < 1:
                 raise ConfigError(f"{name} must be at least 1, got {raw!r}")
             values[key] = number
@@ -239,15 +230,16 @@ def load_config(env: Mapping[str, str] | None = None) -> Config:
     values.setdefault("host_memory_gb", machine_memory_gb())
     for name, key in _INT_KNOBS.items():
         if env.get(name):
-            values[key] = _positive_number(name, env[name], int)
+            values[key] = int(parse_number(name, env[name], int))
     for name, key in _FLOAT_KNOBS.items():
         if env.get(name):
-            values[key] = _positive_number(name, env[name], float)
+            values[key] = parse_number(name, env[name], float)
     for name, key in _STR_KNOBS.items():
         if env.get(name):
             values[key] = env[name]
-    if values.get("pull_policy", "missing") not in ("always", "missing", "never", "newer"):
-        raise ConfigError("FLASHPODS_PULL_POLICY must be always, missing, never or newer")
+    values["pull_policy"] = envconfig.choice(
+        env, "FLASHPODS_PULL_POLICY", envconfig.DEFAULT_PULL_POLICY, envconfig.PULL_POLICIES
+    )
     config = Config(**values)  # type: ignore[arg-type]
     check_storage(config)
     return config

@@ -6,10 +6,13 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
+from flashpods.common import envconfig
+from flashpods.common.envconfig import ConfigError
 from flashpods.common.logsetup import configure_logging
 from flashpods.tokens.activation import inherited_socket, listen_unix, socket_owner
 from flashpods.tokens.bundles import BundleSource
@@ -32,21 +35,28 @@ class Config:
     spire_wait_seconds: float
 
     @classmethod
-    def from_env(cls, env: dict[str, str]) -> Config:
+    def from_env(cls, env: Mapping[str, str]) -> Config:
+        """Raises ConfigError (one line) on a bad value."""
         return cls(
-            secrets_file=Path(env.get("FLASHPODS_SECRETS_FILE", "/etc/flashpods/secrets.json")),
-            socket_path=Path(env.get("FLASHPODS_SOCKET_PATH", "/run/flashpods/token.sock")),
-            spire_socket=Path(env.get("FLASHPODS_SPIRE_SOCKET", "/run/spire/sockets/agent.sock")),
-            trust_domain=env.get("FLASHPODS_TRUST_DOMAIN", "flashpods.local"),
-            audience=env.get("FLASHPODS_TOKEN_AUDIENCE", "flashpods-token-service"),
-            socket_user=env.get("FLASHPODS_SOCKET_USER", "flashpods"),
-            spire_wait_seconds=float(env.get("FLASHPODS_SPIRE_WAIT_SECONDS", "30")),
+            secrets_file=envconfig.path(env, "FLASHPODS_SECRETS_FILE", envconfig.SECRETS_FILE),
+            socket_path=envconfig.path(env, "FLASHPODS_SOCKET_PATH", envconfig.TOKEN_SOCKET),
+            spire_socket=envconfig.path(
+                env, "FLASHPODS_SPIRE_SOCKET", envconfig.SPIRE_AGENT_SOCKET
+            ),
+            trust_domain=envconfig.text(env, "FLASHPODS_TRUST_DOMAIN", "flashpods.local"),
+            audience=envconfig.text(env, "FLASHPODS_TOKEN_AUDIENCE", "flashpods-token-service"),
+            socket_user=envconfig.text(env, "FLASHPODS_SOCKET_USER", "flashpods"),
+            spire_wait_seconds=envconfig.number(env, "FLASHPODS_SPIRE_WAIT_SECONDS", 30),
         )
 
 
 def main() -> int:
     log = configure_logging(SERVICE)
-    config = Config.from_env(dict(os.environ))
+    try:
+        config = Config.from_env(os.environ)
+    except ConfigError as err:
+        print(f"{SERVICE}: cannot start: {err}", file=sys.stderr)
+        return 2
     secrets = SecretsFile(config.secrets_file)
     try:
         secrets.load()

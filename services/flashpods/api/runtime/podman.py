@@ -24,6 +24,7 @@ from flashpods.api.runtime import podman_cli as cli
 from flashpods.api.runtime.artifacts_copy import ArtifactLimits
 from flashpods.api.runtime.logcapture import LogCapture, parse_conmon_time
 from flashpods.api.runtime.supervisor import ContainerOps, JobSupervisor
+from flashpods.common import envconfig
 from flashpods.common.programs import ProgramFailure, run_program
 from flashpods.common.timefmt import utc_now
 
@@ -39,12 +40,12 @@ RAW_LOG_MIN_BYTES = 8 << 20
 
 @dataclass(frozen=True)
 class PodmanConfig:
-    socket_path: Path = Path("/run/flashpods/podman.sock")
+    socket_path: Path = envconfig.PODMAN_SOCKET
     instance: str = "default"
-    pull_policy: str = "missing"
+    pull_policy: str = envconfig.DEFAULT_PULL_POLICY
     log_max_bytes: int = DEFAULT_LOG_MAX_BYTES
-    spire_socket_dir: Path = Path("/run/spire/sockets")
-    token_socket: Path = Path("/run/flashpods/token.sock")
+    spire_socket_dir: Path = envconfig.SPIRE_SOCKET_DIR
+    token_socket: Path = envconfig.TOKEN_SOCKET
     tools_dir: Path | None = None
     agent_command: str = "claude"
     model_service: ModelService = field(default_factory=ModelService)

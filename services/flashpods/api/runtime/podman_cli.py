@@ -16,13 +16,13 @@ from pathlib import Path
 
 from flashpods.api.config import ModelService
 from flashpods.api.runtime import JobSpec
+from flashpods.common.envconfig import PULL_POLICIES
 
 LABEL_JOB = "flashpods-job"
 LABEL_JOB_ID = "flashpods-job-id"
 LABEL_JOB_TYPE = "flashpods-job-type"
 LABEL_INSTANCE = "flashpods-instance"
 
-PULL_POLICIES = ("always", "missing", "never", "newer")
 AGENT_ENTRYPOINT = "/opt/flashpods/bin/flashpods-agent-entrypoint"
 STOP_GRACE_SECONDS = 10
 # Processes and threads per container: a fork bomb ends at EAGAIN inside its own job
