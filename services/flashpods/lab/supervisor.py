@@ -32,6 +32,7 @@ from typing import Any
 from flashpods.common.polling import poll
 from flashpods.lab.proc import in_netns
 from flashpods.lab.units import FileMode, Unit, load, start_order
+from flashpods.tokens.activation import activation_env, listen_pid_script, listen_unix
 
 # The socket a `socket` unit receives sits at this fd in the supervisor and is moved to
 # fd 3 by a one-line sh wrapper that also sets LISTEN_PID to the final pid (sh, nsenter
@@ -50,14 +51,9 @@ def _apply_mode(spec: FileMode) -> None:
 
 
 def make_listen_socket(spec: FileMode) -> socket.socket:
-    """Bound, owned and moded before listen(): no client can connect too early."""
-    path = Path(spec.path)
-    path.unlink(missing_ok=True)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.bind(spec.path)
-    _apply_mode(spec)
-    sock.listen(64)
-    return sock
+    """The token service's own listen_unix: owned and moded before listen()."""
+    owner = (pwd.getpwnam(spec.user).pw_uid, grp.getgrnam(spec.group).gr_gid)
+    return listen_unix(Path(spec.path), int(spec.mode, 8), owner)
 
 
 def _probe(unit: Unit, proc: subprocess.Popen[bytes]) -> bool:
@@ -131,14 +127,8 @@ class Supervisor:
         pass_fds: tuple[int, ...] = ()
         env = dict(unit.env)
         if unit.socket is not None:
-            argv = [
-                "sh",
-                "-c",
-                f'exec 3<&{HELD_FD} {HELD_FD}<&-; LISTEN_PID=$$; export LISTEN_PID; exec "$@"',
-                unit.name,
-                *argv,
-            ]
-            env.update({"LISTEN_FDS": "1", "LISTEN_FDNAMES": Path(unit.socket.path).name})
+            argv = ["sh", "-c", listen_pid_script(HELD_FD), unit.name, *argv]
+            env.update(activation_env(Path(unit.socket.path).name))
             pass_fds = (HELD_FD,)
         with open(self.log_dir / f"{unit.name}.log", "ab") as log:
             log.write(

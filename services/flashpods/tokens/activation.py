@@ -70,6 +70,21 @@ def listen_unix(
     return sock
 
 
+def activation_env(name: str) -> dict[str, str]:
+    """What systemd sets besides LISTEN_PID for one passed socket named `name`."""
+    return {"LISTEN_FDS": "1", "LISTEN_FDNAMES": name}
+
+
+def listen_pid_script(held_fd: int = SD_LISTEN_FDS_START) -> str:
+    """`sh -c` script (run with the service's argv as "$@"): the socket held at `held_fd`
+    becomes fd 3 and LISTEN_PID the service's own pid: `sh` sets it to `$$` and execs in
+    place (so do nsenter and setpriv after it). dash knows fds 0-9 only."""
+    if not 0 <= held_fd <= 9:
+        raise ValueError(f"fd {held_fd}: sh redirects only fds 0-9")
+    move = "" if held_fd == SD_LISTEN_FDS_START else f"exec 3<&{held_fd} {held_fd}<&-; "
+    return f'{move}LISTEN_PID=$$; export LISTEN_PID; exec "$@"'
+
+
 def spawn_with_socket(
     argv: Sequence[str], sock: socket.socket, env: Mapping[str, str], **popen: object
 ) -> subprocess.Popen[bytes]:
@@ -85,10 +100,9 @@ def spawn_with_socket(
         os.dup2(fd, SD_LISTEN_FDS_START)
         os.set_inheritable(SD_LISTEN_FDS_START, True)
 
-    script = 'LISTEN_PID=$$ LISTEN_FDS=1 exec "$@"'
     return subprocess.Popen(  # type: ignore[call-overload,no-any-return]
-        ["/bin/sh", "-c", script, "sh", *argv],
-        env=dict(env),
+        ["/bin/sh", "-c", listen_pid_script(), "sh", *argv],
+        env={**env, **activation_env(Path(sock.getsockname()).name)},
         close_fds=False,
         preexec_fn=as_fd_3,
         **popen,
