@@ -29,6 +29,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "testing"))
 
 import requests
+from flashpods.common.polling import wait_until
 from flashpods_testing.hostile import (
     DD_3G,
     DD_ROOT,
@@ -43,7 +44,6 @@ from flashpods_testing.localhost import (
     api_process,
     free_port,
     podman_service,
-    wait_until,
     write_token,
 )
 
