@@ -6,6 +6,7 @@ import os
 import pwd
 import shutil
 import socket
+import stat
 import tempfile
 import tracemalloc
 from pathlib import Path
@@ -182,6 +183,43 @@ def test_collector_maps_an_unreadable_directory_to_permission() -> None:
         with os.fdopen(read_end) as result:
             assert result.read() == "artifact_copy_permission"
         assert (root / "private" / "secret.txt").exists()  # nothing removed on the way out
+    finally:
+        shutil.rmtree(base)
+
+
+def test_the_service_user_opens_up_what_it_owns_without_privileges() -> None:
+    """As `nobody` (no CAP_DAC_OVERRIDE, like the API's user): a job's `chmod 000` on
+    /artifacts, a subdirectory and a file it owns is undone through O_PATH descriptors."""
+    base = Path(tempfile.mkdtemp(prefix="fp-artifacts-"))
+    try:
+        base.chmod(0o755)
+        root = base / "artifacts"
+        (root / "sub").mkdir(parents=True)
+        (root / "sub" / "f.txt").write_text("x")
+        for path in (root, root / "sub", root / "sub" / "f.txt"):
+            os.chown(path, NOBODY.pw_uid, NOBODY.pw_gid)
+        for path in (root / "sub" / "f.txt", root / "sub", root):
+            path.chmod(0)
+        read_end, write_end = os.pipe()
+        child = os.fork()
+        if child == 0:  # pragma: no cover - runs in the child
+            os.close(read_end)
+            answer = "error"
+            try:
+                os.setgid(NOBODY.pw_gid)
+                os.setuid(NOBODY.pw_uid)
+                records = collect_artifacts(root, ArtifactLimits(), lambda _: None)
+                answer = ",".join(r.name for r in records)
+            finally:
+                os.write(write_end, answer.encode())
+                os._exit(0)
+        os.close(write_end)
+        os.waitpid(child, 0)
+        with os.fdopen(read_end) as result:
+            assert result.read() == "sub/f.txt"
+        assert stat.S_IMODE(root.stat().st_mode) == 0o700
+        assert stat.S_IMODE((root / "sub").stat().st_mode) == 0o700
+        assert stat.S_IMODE((root / "sub" / "f.txt").stat().st_mode) == 0o600
     finally:
         shutil.rmtree(base)
 
