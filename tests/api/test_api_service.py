@@ -22,6 +22,7 @@ from api_harness import TOKEN, Api, make_env, start_api
 from flashpods.api.config import Config, ConfigError, load_config
 from flashpods.api.http import ROUTES
 from flashpods.common.jsonhttp import HTTP_SERVER_ERROR_CODES
+from flashpods.common.polling import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -186,7 +187,7 @@ def test_graceful_stop_finishes_requests_in_flight(api: Api) -> None:
     api.runtime.run(job_id)
     stopper = threading.Thread(target=api.server.stop, kwargs={"grace": 10})
     stopper.start()
-    time.sleep(0.2)
+    wait_until(lambda: api.server.closing, 10, "the stop to begin")
     release.set()
     in_flight.join(10)
     stopper.join(10)
@@ -212,16 +213,17 @@ def test_sigterm_stops_the_real_process(tmp_path: Path) -> None:
         [sys.executable, "-m", "flashpods.api.main"], env=env, stderr=subprocess.PIPE, text=True
     )
     try:
-        for _ in range(100):
+
+        def healthy() -> bool:
             try:
                 connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
                 connection.request("GET", "/health")
-                assert connection.getresponse().status == 200
-                break
+                return connection.getresponse().status == 200
             except OSError:
-                time.sleep(0.1)
-        else:
-            pytest.fail("server did not come up")
+                assert process.poll() is None, process.stderr.read() if process.stderr else ""
+                return False
+
+        wait_until(healthy, 10, "flashpods-api to serve /health", interval=0.1)
         process.send_signal(signal.SIGTERM)
         assert process.wait(30) == 0
     finally:
