@@ -29,6 +29,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "testing"))
 
 import requests
+from flashpods.api.jobstate import ENDED
 from flashpods.common.polling import wait_until
 from flashpods_testing.hostile import (
     DD_3G,
@@ -49,7 +50,6 @@ from flashpods_testing.localhost import (
 
 TOKEN = "d" * 64
 HOST_CPUS = 2
-ENDED = ("completed", "failed", "timed_out", "cancelled")
 TRIVIAL_SERVER = """
 import http.server, sys
 class H(http.server.BaseHTTPRequestHandler):

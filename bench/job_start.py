@@ -28,6 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "testing"))
 
 import requests
+from flashpods.api.jobstate import ENDED
 from flashpods_testing.localhost import (
     JOB_IMAGE,
     api_environment,
@@ -53,7 +54,7 @@ def api_run(session: requests.Session, url: str) -> tuple[float, float, float]:
         now = time.perf_counter() - start
         if job["status"] == "running" and t_running != t_running:
             t_running = now
-        if job["status"] in ("completed", "failed", "timed_out", "cancelled"):
+        if job["status"] in ENDED:
             if job["status"] != "completed":
                 raise SystemExit(f"job ended {job['status']}: {job}")
             return t_created, t_running, now

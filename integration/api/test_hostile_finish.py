@@ -19,13 +19,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from flashpods.api.jobstate import ENDED
 from flashpods.common.polling import wait_until
 from podman_support import Api, container_exists, running_api
 
 pytestmark = [pytest.mark.podman, pytest.mark.slow]
 
 HOST_CPUS = 2
-FINAL = {"completed", "failed", "timed_out", "cancelled"}
+FINAL = set(ENDED)
 TABLE: list[str] = []
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from flashpods.api.jobstate import ENDED
 from flashpods.api.runtime.podman_cli import PIDS_LIMIT
 from flashpods.common.polling import wait_until
 from flashpods_testing.hostile import (
@@ -29,7 +30,6 @@ from flashpods_testing.localhost import JOB_IMAGE, api_environment, write_token
 from podman_support import INSTANCE, TOKEN, Api, cancel_all, container_exists, post_concurrently
 
 HOST_CPUS = 2
-ENDED = {"completed", "failed", "timed_out", "cancelled"}
 LOG_LIMIT = 8 << 20
 
 
