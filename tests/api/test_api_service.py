@@ -336,10 +336,10 @@ def test_binds_before_its_address_exists(config: Config) -> None:
 
 def test_every_job_error_code_is_documented() -> None:
     from flashpods.api.recovery import Action
-    from flashpods.api.runtime import artifacts_copy, supervisor
+    from flashpods.api.runtime import artifacts_collect, supervisor
 
     codes = {action.value for action in Action if action.name.startswith("FAIL_")}
-    codes |= set(artifacts_copy._ERRNO_CODES.values()) | {artifacts_copy.COPY_TIMEOUT}
+    codes |= set(artifacts_collect._ERRNO_CODES.values()) | {artifacts_collect.COPY_TIMEOUT}
     codes |= {supervisor.FINISH_FAILED, "oom_killed", "container_lost"}
     for doc in ("openapi.yaml", "runtime.md"):
         text = (REPO / "docs" / doc).read_text()

@@ -12,11 +12,11 @@ import tracemalloc
 from pathlib import Path
 
 import pytest
-from flashpods.api.runtime import artifacts_copy
-from flashpods.api.runtime.artifacts_copy import (
+from flashpods.api.runtime import artifacts_collect
+from flashpods.api.runtime.artifacts_collect import (
     MAX_DEPTH,
     MAX_WARNINGS,
-    ArtifactCopyError,
+    ArtifactCollectionError,
     ArtifactLimits,
     collect_artifacts,
     resolve_in_tree,
@@ -147,7 +147,7 @@ def test_collector_limits(tmp_path: Path) -> None:
 
 
 def test_collector_maps_a_vanished_directory(tmp_path: Path) -> None:
-    with pytest.raises(ArtifactCopyError) as raised:
+    with pytest.raises(ArtifactCollectionError) as raised:
         collect_artifacts(tmp_path / "gone", ArtifactLimits(), lambda _: None)
     assert raised.value.code == "artifact_copy_container_gone"
 
@@ -173,7 +173,7 @@ def test_collector_maps_an_unreadable_directory_to_permission() -> None:
                 os.setgid(NOBODY.pw_gid)
                 os.setuid(NOBODY.pw_uid)
                 collect_artifacts(root, ArtifactLimits(), lambda _: None)
-            except ArtifactCopyError as exc:
+            except ArtifactCollectionError as exc:
                 code = exc.code
             finally:
                 os.write(write_end, code.encode())
@@ -329,7 +329,7 @@ def test_a_directory_made_unreadable_by_the_job_at_the_root_is_opened_up(tmp_pat
 def test_wide_directories_are_read_in_sorted_chunks(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(artifacts_copy, "CHUNK", 7)
+    monkeypatch.setattr(artifacts_collect, "CHUNK", 7)
     root = tmp_path / "job"
     names = [f"d{i:03}" for i in range(40)]
     for name in names:
@@ -382,7 +382,7 @@ def test_the_walk_gives_up_at_its_deadline(tmp_path: Path) -> None:
     root = tmp_path / "job"
     root.mkdir()
     (root / "f").write_text("x")
-    with pytest.raises(ArtifactCopyError) as raised:
+    with pytest.raises(ArtifactCollectionError) as raised:
         collect_artifacts(root, ArtifactLimits(), lambda _: None, seconds=-1)
     assert raised.value.code == "artifact_copy_timeout"
 
@@ -394,9 +394,9 @@ def test_past_the_deadline_with_the_records_settled_the_removal_is_left(
     root.mkdir()
     for i in range(50):
         (root / f"f{i:02}").write_text("x")
-    monkeypatch.setattr(artifacts_copy, "CHUNK", 5)
+    monkeypatch.setattr(artifacts_collect, "CHUNK", 5)
     clock = iter(range(1000))  # one "second" per look at the clock
-    monkeypatch.setattr(artifacts_copy.time, "monotonic", lambda: float(next(clock)))
+    monkeypatch.setattr(artifacts_collect.time, "monotonic", lambda: float(next(clock)))
     warnings: list[str] = []
     records = collect_artifacts(root, ArtifactLimits(max_files=3), warnings.append, seconds=5)
     assert [r.name for r in records] == ["f00", "f01", "f02"]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from flashpods.api.runtime import ContainerInfo, JobOutcome, JobSpec
 from flashpods.api.runtime import supervisor as sup_module
-from flashpods.api.runtime.artifacts_copy import ArtifactLimits
+from flashpods.api.runtime.artifacts_collect import ArtifactLimits
 from flashpods.api.runtime.logcapture import LogCapture
 from flashpods.api.runtime.supervisor import ContainerOps, JobSupervisor
 

@@ -21,7 +21,7 @@ from typing import Any
 from flashpods.api.config import Config, ModelService
 from flashpods.api.runtime import ContainerError, ContainerInfo, JobHooks, JobSpec, joblog
 from flashpods.api.runtime import podman_cli as cli
-from flashpods.api.runtime.artifacts_copy import ArtifactLimits
+from flashpods.api.runtime.artifacts_collect import ArtifactLimits
 from flashpods.api.runtime.logcapture import LogCapture, parse_conmon_time
 from flashpods.api.runtime.supervisor import ContainerOps, JobSupervisor
 from flashpods.common import envconfig

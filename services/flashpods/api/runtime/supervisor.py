@@ -26,8 +26,8 @@ from flashpods.api.runtime import (
     JobSpec,
     joblog,
 )
-from flashpods.api.runtime.artifacts_copy import (
-    ArtifactCopyError,
+from flashpods.api.runtime.artifacts_collect import (
+    ArtifactCollectionError,
     ArtifactLimits,
     collect_artifacts,
 )
@@ -241,7 +241,7 @@ class JobSupervisor:
         records: list[ArtifactRecord] = []
         try:
             records = collect_artifacts(self.spec.artifacts_dir, self.limits, self._warn)
-        except ArtifactCopyError as exc:
+        except ArtifactCollectionError as exc:
             copy_error = exc.code
             self._warn(f"collecting artifacts failed: {exc}")
         except Exception:

@@ -1,7 +1,8 @@
 """Artifacts: the rules of api.md as pure functions, and the collector.
 
-The job's host directory `{artifacts}/{job_id}` is bind-mounted at /artifacts, so the
-"copy" out of the container is done in place once the container has exited: every entry
+The job's host directory `{artifacts}/{job_id}` is bind-mounted at /artifacts, so
+nothing is copied out of the container: the artifacts are collected in place once the
+container has exited (the `artifact_copy_*` error codes keep api.md's names): every entry
 is checked, what breaks a rule is removed with a warning, symlinks that resolve inside
 /artifacts become hard links to their target (a plain file for downloads, no extra
 space), and what stays is reported as records. The job still completes when entries
@@ -56,7 +57,7 @@ class ArtifactLimits:
     max_files: int = 200
 
 
-class ArtifactCopyError(Exception):
+class ArtifactCollectionError(Exception):
     """Collecting failed; `code` is the job's error (api.md)."""
 
     def __init__(self, code: str, detail: str) -> None:
@@ -213,7 +214,7 @@ class _Collector:
         if time.monotonic() <= self.deadline:
             return False
         if not self.full:
-            raise ArtifactCopyError(COPY_TIMEOUT, f"not done after {COLLECT_SECONDS:.0f} s")
+            raise ArtifactCollectionError(COPY_TIMEOUT, f"not done after {COLLECT_SECONDS:.0f} s")
         return True
 
     def drain(self, frame: _Frame) -> bool:
@@ -328,7 +329,7 @@ def collect_artifacts(
 ) -> list[ArtifactRecord]:
     """Apply the rules to the job's (ended) artifacts directory; returns what stays.
 
-    Raises ArtifactCopyError for the documented failures; any other error (a bug, EIO)
+    Raises ArtifactCollectionError for the documented failures; any other error (a bug, EIO)
     propagates and the supervisor ends the job `job_finish_failed`."""
     try:
         root_fd = open_dir(str(root), None, mode=0o700)
@@ -336,7 +337,7 @@ def collect_artifacts(
         code = _ERRNO_CODES.get(exc.errno or 0)
         if code is None:
             raise
-        raise ArtifactCopyError(code, os.strerror(exc.errno or 0)) from exc
+        raise ArtifactCollectionError(code, os.strerror(exc.errno or 0)) from exc
     collector = _Collector(root_fd, limits, warn, time.monotonic() + seconds)
     try:
         collector.walk()
@@ -344,7 +345,7 @@ def collect_artifacts(
         code = _ERRNO_CODES.get(exc.errno or 0)
         if code is None:
             raise
-        raise ArtifactCopyError(code, os.strerror(exc.errno or 0)) from exc
+        raise ArtifactCollectionError(code, os.strerror(exc.errno or 0)) from exc
     finally:
         os.close(root_fd)
     return collector.records
