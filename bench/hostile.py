@@ -107,7 +107,17 @@ def percentiles(values: list[float]) -> str:
     )
 
 
-def flood(api: Client, trivial_url: str) -> None:
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """(the process's own CPU, its reaped children's CPU), seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    own = (int(fields[11]) + int(fields[12])) / tick
+    children = (int(fields[13]) + int(fields[14])) / tick
+    return own, children
+
+
+def flood(api: Client, trivial_url: str, api_pid: int) -> None:
+    cpu_before = cpu_seconds(api_pid)
     created = api.post_job({"type": "worker", "command": FLOOD, "cpus": 1, "memory_gb": 1})
     job_id = created.json()["job_id"]
     started = time.perf_counter()
@@ -123,7 +133,10 @@ def flood(api: Client, trivial_url: str) -> None:
             break
         time.sleep(0.01)
     seconds = time.perf_counter() - started
+    # Ended means the capture process has been waited for (LogCapture.finish comes first).
+    own, children = (a - b for a, b in zip(cpu_seconds(api_pid), cpu_before, strict=True))
     print(f"flood `{FLOOD}`: {job['status']} after {seconds:.1f} s, probing alternately:")
+    print(f"  CPU of the API process {own:.1f} s, of its log capture processes {children:.1f} s")
     print(f"  API /health          {percentiles(health)}")
     print(f"  API GET /jobs/{{id}}   {percentiles(job_get)}")
     print(f"  trivial HTTP server  {percentiles(trivial)}")
@@ -215,7 +228,8 @@ def main() -> None:
                     trivial_url = f"http://127.0.0.1:{port}/health"
                     wait_until(lambda: _up(trivial_url), 10, "trivial server")
                     if not args.skip_flood:
-                        flood(api, trivial_url)
+                        assert process.proc is not None
+                        flood(api, trivial_url, process.proc.pid)
                     if not args.skip_table:
                         table(api, root, sock)
         finally:
