@@ -136,7 +136,7 @@ def flood(api: Client, trivial_url: str, api_pid: int) -> None:
     # Ended means the capture process has been waited for (LogCapture.finish comes first).
     own, children = (a - b for a, b in zip(cpu_seconds(api_pid), cpu_before, strict=True))
     print(f"flood `{FLOOD}`: {job['status']} after {seconds:.1f} s, probing alternately:")
-    print(f"  CPU of the API process {own:.1f} s, of its log capture processes {children:.1f} s")
+    print(f"  CPU: the API process {own:.1f} s, its children (capture, podman) {children:.1f} s")
     print(f"  API /health          {percentiles(health)}")
     print(f"  API GET /jobs/{{id}}   {percentiles(job_get)}")
     print(f"  trivial HTTP server  {percentiles(trivial)}")
