@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -77,11 +78,22 @@ def mcp_session(topo: Topology, downloads: Path, calls: list[tuple[str, dict[str
     return anyio.run(session_run)
 
 
+def agent_grants() -> int:
+    """Exchanges the token service's audit log shows granting an agent both secrets."""
+    log = (LOG_DIR / "flashpods-token-service.log").read_text(errors="replace")
+    granted = re.compile(
+        r"exchange granted spiffe_id=spiffe://flashpods\.local/agent "
+        r"secrets=(ANTHROPIC_API_KEY,GITHUB_TOKEN|GITHUB_TOKEN,ANTHROPIC_API_KEY) "
+    )
+    return len(granted.findall(log))
+
+
 def test_sub_agent_edits_work_with_the_real_cli_and_pushes_its_branch(
     lab_up: lab.UpReport, topo: Topology, values: dict[str, Any], tmp_path: Path
 ) -> None:
     project, bare = sample_repository(tmp_path, topo)
     base = git("rev-parse", "HEAD", cwd=project).strip()
+    grants_before = agent_grants()
     downloads = tmp_path / "downloads"
     downloads.mkdir()
     _, status, output, artifacts, summary, patch = mcp_session(
@@ -114,6 +126,8 @@ def test_sub_agent_edits_work_with_the_real_cli_and_pushes_its_branch(
     )
     assert (result["is_error"], result["num_turns"], result["result"]) == (False, 3, SUMMARY)
     assert result["permission_denials"] == []
+    # SPIRE attested the container as the agent, and the token service gave it both secrets.
+    assert agent_grants() > grants_before
 
     # The branch was pushed to the repository's origin, on top of the uploaded history,
     # with what the CLI's Write and Bash tools did in /work.
