@@ -6,6 +6,7 @@ import os
 from datetime import UTC, datetime
 from pathlib import Path
 
+from flashpods.api.logs import TRUNCATED_RE
 from flashpods.api.runtime import joblog
 from flashpods.api.runtime.joblog import format_size
 from flashpods.api.runtime.logcapture import (
@@ -17,6 +18,7 @@ from flashpods.api.runtime.logcapture import (
     parse_conmon_time,
 )
 from flashpods.common.polling import wait_until
+from flashpods.common.timefmt import utc_now
 
 T = "2026-11-25T21:34:32.579366452+00:00"
 
@@ -169,7 +171,7 @@ def test_capture_follows_a_rotated_file(tmp_path: Path) -> None:
     assert [line[15:] for line in log.read_text().splitlines()] == ["before", "after"]
 
 
-def test_an_unreadable_rotated_file_ends_capture_with_the_marker(tmp_path: Path) -> None:
+def test_an_unreadable_rotated_file_ends_capture_saying_so(tmp_path: Path) -> None:
     raw, log = tmp_path / "raw", tmp_path / "job.log"
     raw.write_bytes(_raw(["stdout F before"]))
     capture = LogCapture(raw, log, 1 << 20)
@@ -185,7 +187,11 @@ def test_an_unreadable_rotated_file_ends_capture_with_the_marker(tmp_path: Path)
     capture.finish(10)
     lines = log.read_text().splitlines()
     assert lines[0][15:] == "before"
-    assert lines[-1].endswith("[TRUNCATED - log exceeded 1 MB limit]")
+    # Not "exceeded the limit": nothing was too big, the rest could not be read.
+    assert lines[-1][15:] == "[TRUNCATED - output unreadable]"
+    assert "secret" not in log.read_text()
+    # Final like a full log: a resumed capture adds nothing.
+    assert inspect_log(log, 1 << 20).truncated
 
 
 def test_an_abandoned_capture_stops_and_a_resume_continues_exactly(tmp_path: Path) -> None:
@@ -200,3 +206,10 @@ def test_an_abandoned_capture_stops_and_a_resume_continues_exactly(tmp_path: Pat
         fh.write(_raw(["stdout F o", "stderr F three"]))
     run_capture(raw, log, 1 << 20)
     assert [line[15:] for line in log.read_text().splitlines()] == ["one", "two", "three"]
+
+
+def test_the_unreadable_marker_fits_the_room_kept_for_the_size_marker() -> None:
+    smallest = joblog.marker_reserve(1024)  # FLASHPODS_LOG_MAX_BYTES is at least 1 KiB
+    assert len(joblog.unreadable_line(utc_now())) <= smallest
+    assert TRUNCATED_RE.search("[00:00:00.000] [TRUNCATED - output unreadable]")
+    assert TRUNCATED_RE.search("[00:00:00.000] [TRUNCATED - log exceeded 1 KB limit]")

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from flashpods.api.config import Config
-from flashpods.api.runtime import LOG_TRUNCATED_MARKER
+from flashpods.api.runtime import LOG_TRUNCATED_MARKER, LOG_UNREADABLE_MARKER
 from flashpods.common.errors import ServiceError
 from flashpods.common.limits import MAX_TAIL
 from flashpods.common.numbers import parse_decimal
@@ -24,7 +24,9 @@ DEFAULT_TAIL = 100
 # is returned as it is).
 MAX_TAIL_BYTES = 8 * 1024 * 1024
 _before, _, _after = LOG_TRUNCATED_MARKER.partition("{limit}")
-TRUNCATED_RE = re.compile(re.escape(_before) + r".+" + re.escape(_after) + r"$")
+TRUNCATED_RE = re.compile(
+    rf"(?:{re.escape(_before)}.+{re.escape(_after)}|{re.escape(LOG_UNREADABLE_MARKER)})$"
+)
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,9 @@ FinalStatus = Literal["completed", "failed", "timed_out", "cancelled"]
 # The one line appended when a log reaches its size limit (api.md "Logs"), after the
 # `[HH:MM:SS.mmm] ` prefix. A log whose last line ends with this is truncated.
 LOG_TRUNCATED_MARKER = "[TRUNCATED - log exceeded {limit} limit]"
+# The line that ends capture when podman's raw log can no longer be read (not a size
+# limit). Never longer than LOG_TRUNCATED_MARKER, so the marker room covers it too.
+LOG_UNREADABLE_MARKER = "[TRUNCATED - output unreadable]"
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
 
-from flashpods.api.runtime import LOG_TRUNCATED_MARKER
+from flashpods.api.runtime import LOG_TRUNCATED_MARKER, LOG_UNREADABLE_MARKER
 from flashpods.common.timefmt import log_prefix, utc_now
 
 log = logging.getLogger(__name__)
@@ -35,6 +35,11 @@ def marker_text(limit_bytes: int) -> bytes:
     return LOG_TRUNCATED_MARKER.format(limit=format_size(limit_bytes)).encode()
 
 
+def unreadable_line(moment: datetime) -> bytes:
+    """The last line when podman's raw log cannot be read any more (no size limit hit)."""
+    return log_prefix(moment).encode() + LOG_UNREADABLE_MARKER.encode() + b"\n"
+
+
 def truncation_line(limit_bytes: int, moment: datetime) -> bytes:
     return log_prefix(moment).encode() + marker_text(limit_bytes) + b"\n"
 
@@ -50,15 +55,16 @@ def fits(size: int, entry_bytes: int, limit_bytes: int) -> bool:
 
 
 def ends_with_marker(path: Path, limit_bytes: int) -> bool:
-    """The log is full (its last line is the marker); reads only the tail."""
-    tail = marker_text(limit_bytes) + b"\n"
+    """The log is final: its last line is the size marker or the unreadable one (reads only
+    the tail)."""
+    tails = (marker_text(limit_bytes) + b"\n", LOG_UNREADABLE_MARKER.encode() + b"\n")
+    longest = max(len(tail) for tail in tails)
     try:
         with path.open("rb") as fh:
             size = os.fstat(fh.fileno()).st_size
-            if size < len(tail):
-                return False
-            fh.seek(size - len(tail))
-            return fh.read() == tail
+            fh.seek(max(0, size - longest))
+            end = fh.read()
+            return any(end.endswith(tail) for tail in tails)
     except FileNotFoundError:
         return False
 

@@ -246,7 +246,7 @@ def follow(
                 except PermissionError:
                     # e.g. a rootful conmon recreated it as root: what follows cannot be read.
                     log.warning("raw log of %s no longer readable", log_path.name)
-                    out.write(joblog.truncation_line(limit_bytes, utc_now()))
+                    out.write(joblog.unreadable_line(utc_now()))
                     _tell_grew(notify_fd)
                     return
                 if rotated is not None:
