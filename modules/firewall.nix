@@ -35,6 +35,7 @@ in
       content = render.firewallTable {
         inherit (wg) interface laptopAddress;
         apiPort = cfg.api.port;
+        jobUid = cfg.uid;
       };
     };
   };

@@ -25,12 +25,17 @@ in
       settings = render.rsyncdSettings;
     };
 
+    # nixos-24.05 names the daemon's unit `rsync` (nixos/modules/services/network-filesystems/
+    # rsyncd.nix: systemd.services.rsync, ExecStart rsync --daemon --no-detach).
     systemd.services.rsync = {
       requires = [ "flashpods-paths.service" ];
       after = [ "flashpods-paths.service" ];
       # nixpkgs' unit sets RestartSec = 1 but no Restart= (rsyncd.nix), so a crashed
       # daemon would stay down.
       serviceConfig.Restart = "on-failure";
+      # RLIMIT_FSIZE (systemd.exec(5) LimitFSIZE=, bytes): no uploaded file grows past the
+      # upload limit while rsync writes it; the lab runs rsyncd under `prlimit --fsize`.
+      serviceConfig.LimitFSIZE = data.rsync.maxFileBytes;
     };
   };
 }

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import ctypes
+import hashlib
 import json
 import os
 import subprocess
@@ -68,6 +69,24 @@ done
 wait
 body=$(curl -s -m 5 http://198.51.100.2/) && echo "internet $body" || echo "internet error $?"
 """
+
+
+# Through the project's helper: print a hash of each secret the token service granted.
+EXCHANGE = r"""
+/opt/flashpods/bin/flashpods-token-helper --require GITHUB_TOKEN sh -c '
+  for name in ANTHROPIC_API_KEY GITHUB_TOKEN; do
+    eval "value=\${$name-}"
+    if [ -n "$value" ]; then
+      echo "$name $(printf %s "$value" | sha256sum | cut -d" " -f1)"
+    else
+      echo "$name none"
+    fi
+  done'
+"""
+
+
+def sha(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()
 
 
 def parse_probe(stdout: str) -> dict[str, str]:

@@ -7,33 +7,15 @@ compared by hash so they never appear in the test output.
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 import pytest
-from lab_helpers import Podman, secrets_file
+from lab_helpers import EXCHANGE, Podman, secrets_file, sha
 
 FETCH_X509 = (
     "/opt/flashpods/bin/spire-agent api fetch x509 -socketPath "
     "/run/spire/sockets/agent.sock -output json | jq -r '.svids[].spiffe_id'"
 )
-
-# Through the project's helper: print a hash of each secret the token service granted.
-EXCHANGE = r"""
-/opt/flashpods/bin/flashpods-token-helper --require GITHUB_TOKEN sh -c '
-  for name in ANTHROPIC_API_KEY GITHUB_TOKEN; do
-    eval "value=\${$name-}"
-    if [ -n "$value" ]; then
-      echo "$name $(printf %s "$value" | sha256sum | cut -d" " -f1)"
-    else
-      echo "$name none"
-    fi
-  done'
-"""
-
-
-def _sha(value: str) -> str:
-    return hashlib.sha256(value.encode()).hexdigest()
 
 
 @pytest.mark.parametrize("role", ["worker", "agent"])
@@ -76,12 +58,12 @@ def test_token_exchange_gives_an_agent_both_secrets_and_a_worker_only_github(
     assert agent.returncode == 0, agent.stderr
     assert worker.returncode == 0, worker.stderr
     assert agent.stdout.split("\n")[:2] == [
-        f"ANTHROPIC_API_KEY {_sha(secrets['anthropic_api_key'])}",
-        f"GITHUB_TOKEN {_sha(secrets['github_token'])}",
+        f"ANTHROPIC_API_KEY {sha(secrets['anthropic_api_key'])}",
+        f"GITHUB_TOKEN {sha(secrets['github_token'])}",
     ]
     assert worker.stdout.split("\n")[:2] == [
         "ANTHROPIC_API_KEY none",
-        f"GITHUB_TOKEN {_sha(secrets['github_token'])}",
+        f"GITHUB_TOKEN {sha(secrets['github_token'])}",
     ]
     for out in (agent.stdout + agent.stderr, worker.stdout + worker.stderr):
         assert secrets["github_token"] not in out

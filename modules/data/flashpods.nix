@@ -4,9 +4,35 @@
 # the tests read it with `nix-instantiate --eval --strict --json` (see
 # services/flashpods/lab/deployment.py), so the two can never drift apart.
 # Names, paths, modes and ports are the seed's (../shared/seed/13-nixos.md).
+let
+  # An upload's size limit: the API's FLASHPODS_UPLOAD_MAX_BYTES (checked at finalize)
+  # and the rsync daemon's largest file (RLIMIT_FSIZE, while it writes).
+  uploadMaxBytes = 2147483648;
+in
 {
   user = "flashpods";
   group = "flashpods";
+  # The service user's uid (services.flashpods.uid's default): rootless jobs' egress is
+  # matched by it in the firewall (firewall.nft, chain output).
+  uid = 2000;
+
+  # Networks a job may never reach (firewall.nft); the internet is everything else.
+  # IANA special-purpose IPv4 ranges that route nowhere public — this-network, RFC 1918
+  # (the WireGuard network among them), CGNAT, loopback, link-local, IETF protocol
+  # assignments, benchmarking, multicast and reserved — but not the documentation
+  # ranges the lab uses as its "internet".
+  egressDenyV4 = [
+    "0.0.0.0/8"
+    "10.0.0.0/8"
+    "100.64.0.0/10"
+    "127.0.0.0/8"
+    "169.254.0.0/16"
+    "172.16.0.0/12"
+    "192.0.0.0/24"
+    "192.168.0.0/16"
+    "198.18.0.0/15"
+    "224.0.0.0/3"
+  ];
 
   wireguard = {
     interface = "wg0";
@@ -24,6 +50,10 @@
   rsync = {
     port = 873;
     module = "uploads";
+    # RLIMIT_FSIZE of the daemon (its transfer processes inherit it): the kernel refuses
+    # to grow any file past the upload limit while rsync writes it (SIGXFSZ ends that
+    # transfer); rsyncd has no size setting of its own.
+    maxFileBytes = uploadMaxBytes;
   };
 
   # Every directory and file the host needs, with owner and mode (system.md "Host layout").
@@ -66,6 +96,7 @@
     FLASHPODS_PODMAN_SOCKET = "/run/flashpods/podman.sock";
     FLASHPODS_SPIRE_SOCKET_DIR = "/run/spire/sockets";
     FLASHPODS_TOKEN_SOCKET = "/run/flashpods/token.sock";
+    FLASHPODS_UPLOAD_MAX_BYTES = toString uploadMaxBytes;
     RUST_LOG = "info";
   };
 

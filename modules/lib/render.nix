@@ -20,6 +20,8 @@ rec {
       laptopAddress ? data.wireguard.laptopAddress,
       apiPort ? data.api.port,
       rsyncPort ? data.rsync.port,
+      jobUid ? data.uid,
+      extraEgressDenyV4 ? [ ],
     }:
     builtins.replaceStrings
       [
@@ -27,12 +29,16 @@ rec {
         "@LAPTOP_ADDR@"
         "@API_PORT@"
         "@RSYNC_PORT@"
+        "@JOB_UID@"
+        "@EGRESS_DENY_V4@"
       ]
       [
         interface
         laptopAddress
         (toString apiPort)
         (toString rsyncPort)
+        (toString jobUid)
+        (builtins.concatStringsSep ", " (data.egressDenyV4 ++ extraEgressDenyV4))
       ]
       (builtins.readFile ../data/firewall.nft);
 

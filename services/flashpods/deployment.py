@@ -56,8 +56,14 @@ def values() -> dict[str, Any]:
     return result
 
 
-def firewall_table_body(data: dict[str, Any] | None = None) -> str:
-    """The `table inet flashpods` body with its placeholders filled, as the module does."""
+def firewall_table_body(
+    data: dict[str, Any] | None = None,
+    *,
+    job_uid: int | None = None,
+    extra_egress_deny_v4: tuple[str, ...] = (),
+) -> str:
+    """The `table inet flashpods` body with its placeholders filled, as the module does
+    (`job_uid`: the service user's real uid; the lab's is whatever useradd gave it)."""
     data = data or values()
     text = (data_dir() / "firewall.nft").read_text()
     substitutions = {
@@ -65,12 +71,20 @@ def firewall_table_body(data: dict[str, Any] | None = None) -> str:
         "@LAPTOP_ADDR@": data["wireguard"]["laptopAddress"],
         "@API_PORT@": str(data["api"]["port"]),
         "@RSYNC_PORT@": str(data["rsync"]["port"]),
+        "@JOB_UID@": str(data["uid"] if job_uid is None else job_uid),
+        "@EGRESS_DENY_V4@": ", ".join([*data["egressDenyV4"], *extra_egress_deny_v4]),
     }
     for placeholder, value in substitutions.items():
         text = text.replace(placeholder, value)
     return text
 
 
-def firewall_ruleset(data: dict[str, Any] | None = None) -> str:
+def firewall_ruleset(
+    data: dict[str, Any] | None = None,
+    *,
+    job_uid: int | None = None,
+    extra_egress_deny_v4: tuple[str, ...] = (),
+) -> str:
     """A complete ruleset for `nft -f`, the same table NixOS generates."""
-    return "table inet flashpods {\n" + firewall_table_body(data) + "}\n"
+    body = firewall_table_body(data, job_uid=job_uid, extra_egress_deny_v4=extra_egress_deny_v4)
+    return "table inet flashpods {\n" + body + "}\n"

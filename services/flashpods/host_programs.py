@@ -20,6 +20,7 @@ RUNTIME = (
     "nsenter",
     "ping",
     "podman",
+    "prlimit",
     "rsync",
     "setpriv",
     "sh",

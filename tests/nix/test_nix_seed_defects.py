@@ -79,18 +79,23 @@ def test_api_and_rsync_are_opened_in_the_nixos_firewall_for_wg0_only() -> None:
 
 
 def test_our_table_keeps_its_drops() -> None:
+    text = (MODULES / "data" / "firewall.nft").read_text()
+    input_chain = text[text.index("chain input {") :].split("\n}", 1)[0]
     rules = [
         line.strip()
-        for line in (MODULES / "data" / "firewall.nft").read_text().splitlines()
+        for line in input_chain.splitlines()
         if line.strip() and not line.strip().startswith("#")
     ]
     body = [r for r in rules if not r.startswith(("chain", "type", "}"))]
-    accepts = [r for r in body if r.endswith("accept")]
+    catch_all = body.index("tcp dport { @API_PORT@, @RSYNC_PORT@ } drop")
+    # Before the API/rsync drop, only the laptop over WireGuard is accepted.
+    accepts = [r for r in body[:catch_all] if r.endswith("accept")]
     assert accepts and all(
         r.startswith('iifname "@WG_IFACE@" ip saddr @LAPTOP_ADDR@ tcp dport') for r in accepts
     )
-    assert body[-1] == "tcp dport { @API_PORT@, @RSYNC_PORT@ } drop"
     assert 'iifname "podman*" tcp dport { @API_PORT@, @RSYNC_PORT@ } drop' in body
+    # Job containers get no other host service (egress policy, docs/trust.md).
+    assert body[-1] == 'iifname { "podman*", "cni-*" } drop'
     # `iif wg0` would fail nft --check in the build sandbox (no such interface there).
     assert not any(re.search(r"\biif\b", r) for r in body)
 

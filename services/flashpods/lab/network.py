@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import signal
 import subprocess
 from pathlib import Path
@@ -171,8 +172,17 @@ def ensure_wireguard(topo: Topology) -> dict[str, str]:
 
 
 def ensure_firewall(topo: Topology) -> None:
-    """The deployment's `table inet flashpods`, replaced atomically inside the host netns."""
-    ruleset = deployment.firewall_ruleset()
+    """The deployment's `table inet flashpods`, replaced atomically inside the host netns.
+
+    Lab differences: the service user's uid is the one useradd gave it, and the laptop's
+    other address (its end of the lab's "internet" veth) is denied to jobs as well — on a
+    real network the laptop reaches the host from a private network (denied by the data)
+    or from the internet (where it is just another internet address)."""
+    values = deployment.values()
+    ruleset = deployment.firewall_ruleset(
+        job_uid=pwd.getpwnam(values["user"]).pw_uid,
+        extra_egress_deny_v4=(f"{topo.wan_laptop_addr}/32",),
+    )
     script = "table inet flashpods\ndelete table inet flashpods\n" + ruleset
     ns_run(topo.host_ns, ["nft", "-f", "-"], input=script)
 

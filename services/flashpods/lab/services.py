@@ -169,6 +169,10 @@ def build(values: dict[str, Any], topo: Topology, inputs: LabInputs) -> list[Uni
             in_netns(
                 host,
                 [
+                    # LimitFSIZE= of the NixOS unit (modules/rsyncd.nix).
+                    "prlimit",
+                    f"--fsize={values['rsync']['maxFileBytes']}",
+                    "--",
                     "rsync",
                     "--daemon",
                     "--no-detach",
