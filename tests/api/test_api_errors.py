@@ -101,6 +101,12 @@ def test_not_found_and_method_not_allowed(api: Api) -> None:
         body = expect(api.request("PUT", "/jobs"), 405, "method_not_allowed")
         assert set(body["details"]["allowed"]) == {"GET", "POST"}
         expect(api.request("PATCH", "/health"), 405, "method_not_allowed")
+        for method in ("TRACE", "CONNECT", "PROPFIND", "FOO"):
+            response = api.request(method, "/jobs")
+            body = expect(response, 405, "method_not_allowed")
+            assert response.headers["Allow"] == "POST, GET"
+            assert body["details"]["allowed"] == ["POST", "GET"]
+        expect(api.request("TRACE", "/nope"), 404, "not_found")
 
 
 def test_invalid_json_and_payload_too_large(api: Api) -> None:

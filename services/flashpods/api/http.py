@@ -223,6 +223,16 @@ def content_disposition(filename: str) -> str:
     return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
 
 
+def method_not_allowed(method: str, allowed: list[str]) -> ServiceError:
+    return ServiceError(
+        405,
+        "method_not_allowed",
+        f"{method[:20]} is not allowed here",
+        {"allowed": allowed},
+        headers={"Allow": ", ".join(allowed)},
+    )
+
+
 def check_auth(header: str | None, token: str) -> None:
     credential = bearer_credential(header)
     if not hmac.compare_digest(credential.encode(), token.encode()):
@@ -302,7 +312,14 @@ class RequestHandler(JsonRequestHandler):
         log.debug("%s %s", self.address_string(), format % args)
 
     def send_server_error(self, error: ServiceError) -> None:
-        self._send_json(error.status, error.body(), {}, str(uuid.uuid4()))
+        if error.status == 501:  # TRACE, CONNECT, PROPFIND…: no route has the method
+            _, _, allowed = resolve(self.command, urlsplit(self.path).path)
+            error = (
+                method_not_allowed(self.command, allowed)
+                if allowed
+                else ServiceError(404, "not_found", "No such route")
+            )
+        self._send_json(error.status, error.body(), dict(error.headers), str(uuid.uuid4()))
 
     def dispatch(self) -> None:
         app: App = self.server.app
@@ -371,13 +388,7 @@ class RequestHandler(JsonRequestHandler):
             check_auth(self.headers.get("Authorization"), app.config.token)
         if route is None:
             if allowed:
-                raise ServiceError(
-                    405,
-                    "method_not_allowed",
-                    f"{self.command} is not allowed here",
-                    {"allowed": allowed},
-                    headers={"Allow": ", ".join(allowed)},
-                )
+                raise method_not_allowed(self.command, allowed)
             raise ServiceError(404, "not_found", "No such route")
         request = Request(
             self.command,

@@ -8,6 +8,7 @@ import json
 import logging
 import socket
 import socketserver
+import sys
 import threading
 import time
 from http import HTTPStatus
@@ -59,6 +60,10 @@ class TokenServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
             self._slots.release()
             self._budget.give_back(caller)
             raise
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hangs up mid-answer is routine, not a traceback on stderr."""
+        log.info("connection of %s ended: %r", client_address, sys.exc_info()[1])
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
