@@ -3,6 +3,7 @@ streaming), graceful stop, and the OpenAPI document against the routing table.""
 
 from __future__ import annotations
 
+import functools
 import http.client
 import os
 import re
@@ -14,6 +15,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -21,8 +23,11 @@ from api_fakes import FakeRuntime
 from api_harness import TOKEN, Api, make_env, start_api
 from flashpods.api.config import Config, ConfigError, load_config
 from flashpods.api.http import ROUTES
+from flashpods.api.validation import IMAGE_RE, artifact_name_problem, is_valid_branch
 from flashpods.common.jsonhttp import HTTP_SERVER_ERROR_CODES
 from flashpods.common.polling import wait_until
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -262,6 +267,55 @@ def test_openapi_matches_the_routes() -> None:
             ]
             assert names == {p["name"] for p in params if p["in"] == "path"}, (method, path)
             assert operation.get("responses"), (method, path)
+
+
+@functools.cache
+def _openapi() -> dict[str, Any]:
+    document: dict[str, Any] = yaml.safe_load((REPO / "docs" / "openapi.yaml").read_text())
+    return document
+
+
+def test_openapi_image_pattern_is_the_validators() -> None:
+    common = _openapi()["components"]["schemas"]["JobCreateCommon"]
+    assert common["properties"]["image"]["pattern"] == f"^{IMAGE_RE.pattern}$"
+
+
+@functools.cache
+def _artifact_name_pattern() -> re.Pattern[str]:
+    (param,) = [
+        p
+        for p in _openapi()["paths"]["/jobs/{job_id}/artifacts/{name}"]["parameters"]
+        if p.get("name") == "name"
+    ]
+    return re.compile(param["schema"]["pattern"])
+
+
+@functools.cache
+def _branch_pattern() -> re.Pattern[str]:
+    agent = _openapi()["components"]["schemas"]["AgentJobCreate"]["allOf"][1]
+    return re.compile(agent["properties"]["git_branch"]["pattern"])
+
+
+NAME_PIECES = st.sampled_from(
+    ["a", "b.txt", ".", "..", "/", "\\", "\x00", " ", "\t", "é", "x" * 255]
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(NAME_PIECES, max_size=6).map("".join) | st.text(max_size=30))
+def test_openapi_artifact_name_pattern_is_the_validators_rule(name: str) -> None:
+    documented = _artifact_name_pattern().fullmatch(name) is not None
+    assert documented == (artifact_name_problem(name) is None), name
+
+
+BRANCH_PIECES = st.sampled_from(["main", "/", ".", "..", "-", "@{", "@", ".lock", "~", " ", "a"])
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(BRANCH_PIECES, max_size=6).map("".join) | st.text(max_size=20))
+def test_openapi_branch_pattern_is_the_validators_rule(branch: str) -> None:
+    documented = _branch_pattern().fullmatch(branch) is not None
+    assert documented == is_valid_branch(branch), branch
 
 
 def test_openapi_documents_every_error_code() -> None:
