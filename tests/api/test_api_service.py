@@ -23,7 +23,8 @@ from api_fakes import FakeRuntime
 from api_harness import TOKEN, Api, make_env, start_api
 from flashpods.api.config import Config, ConfigError, load_config
 from flashpods.api.http import ROUTES
-from flashpods.api.validation import IMAGE_RE, artifact_name_problem, is_valid_branch
+from flashpods.api.validation import IMAGE_RE, is_valid_branch
+from flashpods.common.artifact_names import artifact_name_problem
 from flashpods.common.jsonhttp import HTTP_SERVER_ERROR_CODES
 from flashpods.common.polling import wait_until
 from hypothesis import given, settings
