@@ -4,14 +4,18 @@ resume exactly, followers are bounded and never leak their place."""
 
 from __future__ import annotations
 
+import os
+import socket
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import requests
 from api_fakes import FakeRuntime
 from api_harness import Api, start_api, with_config
 from flashpods.api.config import Config
+from flashpods.api.logbus import LogBus, Parked, Subscription, chunk
 from flashpods.common.polling import wait_until
 
 
@@ -214,3 +218,77 @@ def test_stopping_the_server_ends_every_follower(config: Config, runtime: FakeRu
     assert b"".join(got) == _log(api, job_id)
     assert api.server.app.logbus.followers == 0
     api.session.close()
+
+
+# --- the bus writing for parked followers (unit, with socket pairs) --------------------
+
+
+def _parked_follower(
+    tmp_path: Path, log: bytes, sndbuf: int | None = None
+) -> tuple[LogBus, Subscription, Parked, socket.socket, threading.Thread]:
+    """A follower asleep and parked at the end of `log`, its socket's peer unread."""
+    path = tmp_path / "job.log"
+    path.write_bytes(log)
+    ours, peer = socket.socketpair()
+    if sndbuf is not None:
+        ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
+    ours.setblocking(False)
+    bus = LogBus(4)
+    subscription = bus.subscribe("job_1")
+    parked = Parked(os.open(path, os.O_RDONLY), ours.detach(), len(log))
+    seen = subscription.seen()
+    sleeper = threading.Thread(target=subscription.wait, args=(seen.version, 30, parked))
+    sleeper.start()
+    wait_until(lambda: bus.asleep("job_1") == 1, 10, "the follower to sleep")
+    return bus, subscription, parked, peer, sleeper
+
+
+def test_the_bus_writes_new_bytes_for_a_parked_follower_without_waking_it(
+    tmp_path: Path,
+) -> None:
+    bus, subscription, parked, peer, sleeper = _parked_follower(tmp_path, b"old\n")
+    with open(tmp_path / "job.log", "ab") as log:
+        log.write(b"new line\n")
+    bus.notify("job_1")
+    assert peer.recv(100) == b"9\r\nnew line\n\r\n"
+    assert not subscription.waker.is_set() and bus.asleep("job_1") == 1
+    assert parked.offset == 13
+    bus.notify("job_1", status=True)  # a status change wakes it: it re-checks the job
+    sleeper.join(10)
+    assert not sleeper.is_alive() and bus.asleep("job_1") == 0
+    subscription.release()
+    assert bus.followers == 0
+    _close(parked, peer)
+
+
+def _close(parked: Parked, peer: socket.socket) -> None:
+    os.close(parked.log_fd)
+    os.close(parked.sock_fd)
+    peer.close()
+
+
+def test_a_full_socket_hands_the_rest_to_the_followers_own_thread(tmp_path: Path) -> None:
+    bus, subscription, parked, peer, sleeper = _parked_follower(tmp_path, b"", sndbuf=4096)
+    data = os.urandom(200_000)  # far more than the socket buffers take; nobody reads
+    (tmp_path / "job.log").write_bytes(data)
+    bus.notify("job_1")
+    sleeper.join(10)
+    assert not sleeper.is_alive()  # woken: the rest is its to write (blocking)
+    assert parked.offset == len(data) and parked.leftover and not parked.failed
+    received = bytearray()
+    while len(received) < len(chunk(data)) - len(parked.leftover):
+        received += peer.recv(1 << 16)
+    assert bytes(received) + parked.leftover == chunk(data)
+    subscription.release()
+    _close(parked, peer)
+
+
+def test_a_client_that_left_wakes_its_follower_to_end(tmp_path: Path) -> None:
+    bus, subscription, parked, peer, sleeper = _parked_follower(tmp_path, b"")
+    peer.close()
+    (tmp_path / "job.log").write_bytes(b"x\n")
+    bus.notify("job_1")
+    sleeper.join(10)
+    assert not sleeper.is_alive() and parked.failed
+    subscription.release()
+    _close(parked, peer)

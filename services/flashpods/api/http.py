@@ -443,11 +443,9 @@ class RequestHandler(JsonRequestHandler):
             self.wfile.flush()
             if self.command == "HEAD":
                 return
-            for data in stream:
-                self.wfile.write(b"%x\r\n%b\r\n" % (len(data), data))
+            for piece in stream.body(self.connection.fileno()):
+                self.wfile.write(piece)
                 self.wfile.flush()
-            self.wfile.write(b"0\r\n\r\n")
-            self.wfile.flush()
         except (TimeoutError, ConnectionError):
             self.close_connection = True  # the client went away; its place is freed below
         except Exception:

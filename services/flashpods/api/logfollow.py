@@ -23,13 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from flashpods.api.jobstate import settled
-from flashpods.api.logbus import LogBus, Subscription
+from flashpods.api.logbus import READ_BYTES, LogBus, Parked, Subscription, chunk
 from flashpods.api.logs import logs_deleted, logs_gone
 from flashpods.common.errors import ServiceError
 from flashpods.common.limits import DEFAULT_FOLLOW_SECONDS, MAX_FOLLOW_SECONDS
 from flashpods.common.numbers import parse_decimal
-
-READ_BYTES = 256 * 1024  # one chunk of the response at most
 
 
 @dataclass(frozen=True)
@@ -71,7 +69,7 @@ def _invalid(parameter: str, message: str) -> ServiceError:
 
 
 class LogStream:
-    """The bytes of one follow response; iterate after the headers are sent."""
+    """The body of one follow response (body()), after the headers are sent."""
 
     def __init__(
         self,
@@ -105,7 +103,12 @@ class LogStream:
             self._fd = None
         self.subscription.release()
 
-    def __iter__(self) -> Iterator[bytes]:
+    def body(self, sock_fd: int) -> Iterator[bytes]:
+        """The response body's bytes, chunk-encoded, to write to the socket `sock_fd` in
+        order; the consumer writes each piece out before asking for the next. While it
+        waits, the bus may write to `sock_fd` for it (parked; only on a non-blocking
+        socket, where such a write can never hold up the notifier)."""
+        can_park = not os.get_blocking(sock_fd)
         checked: int | None = None  # the status_version the job's row was read at
         try:
             while True:
@@ -114,7 +117,7 @@ class LogStream:
                 seen = self.subscription.seen()
                 data = self._read()
                 if data:
-                    yield data
+                    yield chunk(data)
                     if len(data) == READ_BYTES:
                         continue  # maybe more; a short read reached the end of the file
                 # The database only when the status may have changed, not per new line.
@@ -123,12 +126,23 @@ class LogStream:
                     row = self.load_row()
                     if row is None or settled(row):
                         while tail := self._read():  # written just before the status changed
-                            yield tail
+                            yield chunk(tail)
+                        yield b"0\r\n\r\n"
                         return
                 remaining = self.deadline - time.monotonic()
                 if remaining <= 0 or self.subscription.bus.closed:
+                    yield b"0\r\n\r\n"
                     return
-                self.subscription.wait(seen.version, remaining)
+                parked = None
+                if can_park and self._fd is not None:
+                    parked = Parked(self._fd, sock_fd, self.offset)
+                self.subscription.wait(seen.version, remaining, parked)
+                if parked is not None:
+                    self.offset = parked.offset
+                    if parked.failed:
+                        raise BrokenPipeError("the client went away")
+                    if parked.leftover:
+                        yield parked.leftover
         finally:
             self.close()
 
