@@ -19,6 +19,8 @@ from flashpods.api.runtime.logcapture import (
 )
 from flashpods.common.polling import wait_until
 from flashpods.common.timefmt import utc_now
+from hypothesis import given
+from hypothesis import strategies as st
 
 T = "2026-11-25T21:34:32.579366452+00:00"
 
@@ -213,3 +215,31 @@ def test_the_unreadable_marker_fits_the_room_kept_for_the_size_marker() -> None:
     assert len(joblog.unreadable_line(utc_now())) <= smallest
     assert TRUNCATED_RE.search("[00:00:00.000] [TRUNCATED - output unreadable]")
     assert TRUNCATED_RE.search("[00:00:00.000] [TRUNCATED - log exceeded 1 KB limit]")
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([b"stdout", b"stderr"]),
+            st.sampled_from([b"F", b"P"]),
+            st.sampled_from([b"", b"y", b"x" * 300, b"z" * (MAX_LINE_BYTES + 5)]),
+            st.sampled_from([T.encode(), b"2026-11-25T21:34:32.5Z", b"2026-11-25T21:34:33Z"]),
+        ),
+        max_size=30,
+    ),
+    st.integers(min_value=1, max_value=7),
+)
+def test_the_short_path_writes_what_the_assembler_would(records, pieces) -> None:
+    raw = b"".join(
+        b"%s %s %s %s\n" % (stamp, stream, flag, text) for stream, flag, text, stamp in records
+    )
+    reference = LineAssembler()
+    expected = b"".join(
+        prefix + content + b"\n"
+        for stream, flag, text, stamp in records
+        for _, prefix, content in reference.feed(b"%s %s %s %s" % (stamp, stream, flag, text))
+    )
+    state = CaptureState(1 << 30)
+    step = max(1, len(raw) // pieces)
+    got = b"".join(state.feed(raw[i : i + step]) for i in range(0, len(raw), step))
+    assert got == expected

@@ -64,16 +64,12 @@ def parse_conmon_time(text: bytes) -> datetime:
     return datetime.fromisoformat(f"{date_part}.{digits[:6].ljust(6, '0')}{zone}").astimezone(UTC)
 
 
-def _millisecond_key(stamp: bytes) -> bytes:
-    """The stamp cut to milliseconds plus its zone: all stamps with one key share a prefix
-    (conmon trims trailing zeros of the fraction, so the length varies)."""
-    if stamp.endswith(b"Z"):
-        zone_at = len(stamp) - 1
-    elif len(stamp) > 6 and stamp[-6:-5] in (b"+", b"-"):
-        zone_at = len(stamp) - 6
-    else:
-        zone_at = len(stamp)
-    return stamp[: min(23, zone_at)] + stamp[zone_at:]
+def millisecond_key(stamp: bytes) -> bytes:
+    """A key that fixes the stamp's millisecond and zone, so all stamps with one key share
+    a prefix: its first 23 bytes reach the milliseconds (or, when conmon trimmed the
+    fraction's trailing zeros, into the zone) and its last 6 hold the zone (`+00:00`, or
+    `Z` and some digits: more keys, still right)."""
+    return stamp[:23] + stamp[-6:]
 
 
 @dataclass
@@ -88,7 +84,7 @@ class LineAssembler:
     _prefixes: dict[bytes, bytes] = field(default_factory=dict)
 
     def prefix(self, stamp: bytes) -> bytes | None:
-        key = _millisecond_key(stamp)
+        key = millisecond_key(stamp)
         found = self._prefixes.get(key)
         if found is None:
             try:
@@ -147,8 +143,32 @@ class CaptureState:
         records = (self._carry + chunk).split(b"\n")
         self._carry = records.pop()  # an incomplete tail waits for the next chunk
         out: list[bytes] = []
+        # A flood is whole lines of one millisecond after another: those take a short path
+        # (no partial line waiting, nothing to skip, a known prefix); the rest go through
+        # the assembler. Both keep the same size rule.
+        assembler = self.assembler
+        prefixes = assembler._prefixes
+        room = self.limit_bytes - joblog.marker_reserve(self.limit_bytes)
         for record in records:
-            if not self._emit(self.assembler.feed(record), out):
+            parts = record.split(b" ", 3)
+            if (
+                len(parts) == 4
+                and parts[2] == b"F"
+                and parts[1] not in assembler.pending
+                and not self.skip
+            ):
+                prefix = prefixes.get(millisecond_key(parts[0]))
+                content = parts[3]
+                if prefix is not None and len(content) <= MAX_LINE_BYTES:
+                    entry = prefix + content + b"\n"
+                    if self.size + len(entry) > room:
+                        out.append(joblog.truncation_line(self.limit_bytes, utc_now()))
+                        self.full = True
+                        break
+                    out.append(entry)
+                    self.size += len(entry)
+                    continue
+            if not self._emit(assembler.feed(record), out):
                 break
         return b"".join(out)
 
