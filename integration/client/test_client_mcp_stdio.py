@@ -17,6 +17,7 @@ TOOLS = {
     "spawn_sub_agent",
     "get_job_status",
     "get_job_output",
+    "follow_job_output",
     "get_job_artifacts",
     "download_artifact",
     "list_jobs",
@@ -67,6 +68,9 @@ def test_an_agent_spawns_polls_reads_and_downloads(
                 await anyio.sleep(0.2)
             seen["status"] = status
             seen["output"] = await call("get_job_output", {"job_id": job_id, "tail": 10})
+            seen["followed"] = await call(
+                "follow_job_output", {"job_id": job_id, "offset": 0, "wait_seconds": 5}
+            )
             seen["artifacts"] = await call("get_job_artifacts", {"job_id": job_id})
             seen["download"] = await call(
                 "download_artifact", {"job_id": job_id, "artifact_name": "report.txt"}
@@ -94,6 +98,10 @@ def test_an_agent_spawns_polls_reads_and_downloads(
     assert (seen["status"]["status"], seen["status"]["exit_code"]) == ("failed", 3)
     error, output = seen["output"]
     assert not error and output["output"].endswith("hello from the laptop\n")
+    error, followed = seen["followed"]
+    assert not error and followed["complete"] is True, followed
+    assert followed["output"].endswith("hello from the laptop\n")
+    assert followed["next_offset"] == len(followed["output"].encode())
     error, artifacts = seen["artifacts"]
     assert [a["name"] for a in artifacts["artifacts"]] == ["report.txt"]
     error, download = seen["download"]
