@@ -43,3 +43,8 @@ def test_stop_ends_the_wait() -> None:
 def test_wait_until_names_what_it_waited_for() -> None:
     with pytest.raises(TimeoutError, match="waiting for the moon"):
         wait_until(lambda: False, 0, "the moon")
+
+
+def test_an_unset_stop_does_not_end_the_wait() -> None:
+    answers = iter([False, False, True])
+    assert poll(lambda: next(answers), timeout=60, interval=0, stop=threading.Event())
