@@ -36,8 +36,8 @@ sys.path.insert(0, str(REPO / "testing"))  # the scaffolding client_stack builds
 
 from client_stack import BIN, flashpods_api, rsync_daemon  # noqa: E402
 from flashpods.client.config import load_config  # noqa: E402
-from flashpods.client.models import TERMINAL_STATUSES  # noqa: E402
 from flashpods.client.upload import DEFAULT_EXCLUDES, new_upload_id, rsync_command  # noqa: E402
+from flashpods.common.jobstates import OVER  # noqa: E402
 from flashpods_testing.localhost import podman_service  # noqa: E402
 
 
@@ -118,7 +118,7 @@ def run_raw(t: Target, project: Path, session: requests.Session) -> float:
     job_id = created.json()["job_id"]
     while True:
         job = session.get(f"{t.url}/jobs/{job_id}", timeout=30).json()
-        if job["status"] in TERMINAL_STATUSES:
+        if job["status"] in OVER:
             break
         time.sleep(0.1)
     elapsed = time.perf_counter() - start

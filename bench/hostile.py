@@ -29,7 +29,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "testing"))
 
 import requests
-from flashpods.api.jobstate import ENDED
+from flashpods.common.jobstates import ENDED
 from flashpods.common.polling import wait_until
 from flashpods_testing.hostile import (
     DD_3G,

@@ -28,7 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "testing"))
 
 import requests
-from flashpods.api.jobstate import ENDED
+from flashpods.common.jobstates import ENDED
 from flashpods_testing.localhost import (
     JOB_IMAGE,
     api_environment,

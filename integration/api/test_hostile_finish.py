@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from flashpods.api.jobstate import ENDED
+from flashpods.common.jobstates import ENDED
 from flashpods.common.polling import wait_until
 from podman_support import Api, container_exists, running_api
 

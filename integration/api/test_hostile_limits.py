@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from flashpods.api.jobstate import ENDED
 from flashpods.api.runtime.podman_cli import PIDS_LIMIT
+from flashpods.common.jobstates import ENDED
 from flashpods.common.polling import wait_until
 from flashpods_testing.hostile import (
     DD_3G,

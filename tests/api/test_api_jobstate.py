@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from flashpods.api import jobstate
 from flashpods.api.db import Store
+from flashpods.common import jobstates
 
 SERVICES = Path(jobstate.__file__).resolve().parents[2]
 WRITES_STATUS = re.compile(
@@ -125,6 +126,14 @@ def test_holding_sql_and_holds_resources_agree(
         )
     row = {"status": status, "cancel_requested": cancel_requested}
     assert jobstate.holds_resources(row) is in_sql
+
+
+def test_groups_partition_the_states_the_table_knows() -> None:
+    assert (*jobstate.ACTIVE, *jobstate.ENDED, *jobstates.CLEANUP) == jobstate.STATES
+    assert set(jobstate.TRANSITIONS) == set(jobstate.STATES)
+    assert set(jobstates.OVER) == set(jobstate.STATES) - set(jobstate.ACTIVE)
+    assert set(jobstates.WITH_CONTAINER) <= set(jobstate.ACTIVE)
+    assert ("all", *jobstate.STATES) == jobstates.STATUS_FILTERS
 
 
 def test_status_in_names_only_states() -> None:

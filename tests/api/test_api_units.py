@@ -22,7 +22,7 @@ from flashpods.api.ids import (
     new_job_id,
     normalize_client_job_id,
 )
-from flashpods.api.jobstate import ACTIVE, ENDED, STATES, TRANSITIONS, can_transition
+from flashpods.api.jobstate import TRANSITIONS, can_transition
 from flashpods.api.logs import tail_file
 from flashpods.api.ratelimit import RateLimiter
 from flashpods.api.runtime import LOG_TRUNCATED_MARKER
@@ -33,6 +33,7 @@ from flashpods.api.validation import (
 )
 from flashpods.common.artifact_names import artifact_name_problem
 from flashpods.common.errors import ServiceError
+from flashpods.common.jobstates import ACTIVE, ENDED, STATES
 from flashpods.common.numbers import parse_decimal
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st

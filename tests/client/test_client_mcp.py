@@ -10,7 +10,7 @@ from typing import Any
 import anyio
 import pytest
 from client_stub import Reply, Stub, error, log_piece, output_replies, query
-from flashpods.api import logs, validation
+from flashpods.api import http, logs, validation
 from flashpods.api.http import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT
 from flashpods.client.mcp_server import FlashpodsTools, build_server
 from flashpods.common.limits import MAX_FOLLOW_SECONDS
@@ -77,7 +77,8 @@ def test_the_nine_tools_with_their_limits(stub: Stub, tmp_path: Path) -> None:
         0,
         MAX_FOLLOW_SECONDS,
     )
-    assert "running" in schemas["list_jobs"]["properties"]["status"]["enum"]
+    # The API's own state names: GET /jobs?status= accepts exactly these.
+    assert tuple(schemas["list_jobs"]["properties"]["status"]["enum"]) == http.STATUS_FILTERS
     assert schemas["download_artifact"]["required"] == ["job_id", "artifact_name"]
 
 

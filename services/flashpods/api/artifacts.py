@@ -15,9 +15,9 @@ from typing import Any
 
 from flashpods.api.config import Config
 from flashpods.api.db import Store
-from flashpods.api.jobstate import ACTIVE
 from flashpods.common.artifact_names import artifact_name_problem
 from flashpods.common.errors import ServiceError
+from flashpods.common.jobstates import ACTIVE
 from flashpods.common.numbers import MAX_DIGITS, parse_decimal
 from flashpods.common.timefmt import from_epoch, iso_z
 

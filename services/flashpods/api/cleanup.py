@@ -18,9 +18,10 @@ from flashpods.api import jobstate
 from flashpods.api.config import Config
 from flashpods.api.db import Store
 from flashpods.api.ids import is_job_id, is_upload_id
-from flashpods.api.jobstate import ACTIVE, ENDED, settled, status_in
+from flashpods.api.jobstate import settled, status_in
 from flashpods.api.logs import log_path
 from flashpods.api.uploads import Uploads, remove_tree
+from flashpods.common.jobstates import ACTIVE, ENDED
 
 log = logging.getLogger("flashpods.api.cleanup")
 

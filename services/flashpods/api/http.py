@@ -25,10 +25,10 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from flashpods.api.artifacts import Download, check_name
 from flashpods.api.ids import is_request_id
-from flashpods.api.jobstate import STATUS_FILTERS
 from flashpods.api.logfollow import LogStream, open_follow, parse_follow
 from flashpods.api.logs import job_output, log_path, parse_tail
 from flashpods.common.errors import ServiceError
+from flashpods.common.jobstates import STATUS_FILTERS
 from flashpods.common.jsonhttp import JsonRequestHandler, bearer_credential
 from flashpods.common.limits import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT
 from flashpods.common.numbers import parse_decimal

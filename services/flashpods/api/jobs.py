@@ -15,7 +15,7 @@ from flashpods.api import admission, jobstate
 from flashpods.api.config import Config
 from flashpods.api.db import Store
 from flashpods.api.ids import is_upload_id, new_job_id
-from flashpods.api.jobstate import ENDED, HOLDING_SQL, WITH_CONTAINER
+from flashpods.api.jobstate import HOLDING_SQL
 from flashpods.api.logbus import LogBus
 from flashpods.api.logs import log_path
 from flashpods.api.runtime import ContainerError, JobOutcome, JobSpec, Runtime
@@ -23,6 +23,7 @@ from flashpods.api.uploads import Uploads
 from flashpods.api.uploads import not_found as upload_not_found
 from flashpods.api.validation import JobRequest, parse_job_request
 from flashpods.common.errors import ServiceError
+from flashpods.common.jobstates import ENDED, WITH_CONTAINER
 from flashpods.common.limits import LIMITS
 from flashpods.common.timefmt import from_epoch, iso_z
 

@@ -1,5 +1,6 @@
-"""The job state machine: states, their groups, the transition table, and the only code
-that writes `jobs.status`.
+"""The job state machine: the transition table and the only code that writes
+`jobs.status` (the state names and groups are flashpods.common.jobstates, shared with
+the client).
 
 A job's row is created by `insert` (always `pending`) and its status changes only
 through `transition`, which checks the table. `guard` makes SQLite refuse any other
@@ -15,13 +16,11 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+from flashpods.common.jobstates import ACTIVE, ENDED, OVER, STATES
+
 if TYPE_CHECKING:
     from flashpods.api.db import Store
 
-ACTIVE = ("pending", "starting", "running")
-ENDED = ("completed", "failed", "timed_out", "cancelled")
-WITH_CONTAINER = ("starting", "running")  # active states in which a container may exist
-STATES = (*ACTIVE, *ENDED, "cleaning", "cleaned")
 TRANSITIONS: dict[str, frozenset[str]] = {
     "pending": frozenset({"starting", "failed", "cancelled"}),
     # A container can end before its `running` was observed.
@@ -31,8 +30,6 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     "cleaning": frozenset({"cleaned"}),
     "cleaned": frozenset(),
 }
-# GET /jobs?status= accepts every state name plus `all`.
-STATUS_FILTERS = ("all", *STATES)
 
 
 def can_transition(source: str, target: str) -> bool:
@@ -69,11 +66,7 @@ def settled(row: dict[str, Any]) -> bool:
     and its artifacts are in place. An ended status alone is not enough: a cancelled job
     is `cancelled` from the DELETE on while its container is still being stopped (and
     printing); on_finished clears cancel_requested and copy_in_progress at the very end."""
-    return (
-        row["status"] in (*ENDED, "cleaning", "cleaned")
-        and not row["cancel_requested"]
-        and not row["copy_in_progress"]
-    )
+    return row["status"] in OVER and not row["cancel_requested"] and not row["copy_in_progress"]
 
 
 _writer = threading.local()

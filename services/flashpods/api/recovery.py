@@ -25,8 +25,9 @@ from typing import Any
 
 from flashpods.api.db import Store
 from flashpods.api.jobs import Jobs
-from flashpods.api.jobstate import ACTIVE, HOLDING_SQL, holds_resources
+from flashpods.api.jobstate import HOLDING_SQL, holds_resources
 from flashpods.api.runtime import ContainerInfo, Runtime
+from flashpods.common.jobstates import ACTIVE
 from flashpods.common.timefmt import utc_now
 
 log = logging.getLogger("flashpods.api.recovery")

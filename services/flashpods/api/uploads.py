@@ -27,9 +27,10 @@ from typing import Any
 from flashpods.api.config import Config
 from flashpods.api.db import Store
 from flashpods.api.ids import is_upload_id
-from flashpods.api.jobstate import ACTIVE, status_in
+from flashpods.api.jobstate import status_in
 from flashpods.common.errors import ServiceError
 from flashpods.common.fdtree import remove_path
+from flashpods.common.jobstates import ACTIVE
 from flashpods.common.timefmt import from_epoch, iso_z
 
 log = logging.getLogger("flashpods.api.uploads")

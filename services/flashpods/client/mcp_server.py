@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from mcp.server.mcpserver import MCPServer
 from mcp.types import CallToolResult, TextContent
@@ -26,6 +26,7 @@ from flashpods.client.config import DEFAULT_DOWNLOAD_DIR, load_config
 from flashpods.client.errors import FlashpodsError
 from flashpods.client.sdk import Flashpods
 from flashpods.client.upload import AGENT_EXCLUDES, DEFAULT_EXCLUDES
+from flashpods.common.jobstates import StatusFilter
 from flashpods.common.limits import (
     DEFAULT_LIST_LIMIT,
     LIMITS,
@@ -75,18 +76,6 @@ AgentTimeout = Annotated[
         le=AGENT.max_timeout,
         description=f"Minutes before it is killed (default {AGENT.default_timeout})",
     ),
-]
-Status = Literal[
-    "all",
-    "running",
-    "completed",
-    "failed",
-    "pending",
-    "starting",
-    "timed_out",
-    "cancelled",
-    "cleaning",
-    "cleaned",
 ]
 
 
@@ -360,7 +349,7 @@ def build_server(tools: FlashpodsTools) -> MCPServer:
 
     @server.tool()
     def list_jobs(
-        status: Status = "all",
+        status: StatusFilter = "all",
         limit: Annotated[int, Field(ge=1, le=MAX_LIST_LIMIT)] = DEFAULT_LIST_LIMIT,
     ) -> CallToolResult:
         """Jobs, newest first, optionally only those in one status."""

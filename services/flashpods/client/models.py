@@ -7,10 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flashpods.client.errors import FlashpodsError
-
-TERMINAL_STATUSES = frozenset(
-    {"completed", "failed", "timed_out", "cancelled", "cleaning", "cleaned"}
-)
+from flashpods.common.jobstates import OVER
 
 
 def _get(raw: dict[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
@@ -88,7 +85,7 @@ class Job:
 
     @property
     def ended(self) -> bool:
-        return self.status in TERMINAL_STATUSES
+        return self.status in OVER
 
 
 @dataclass(frozen=True)
