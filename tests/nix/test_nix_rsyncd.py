@@ -37,11 +37,13 @@ def daemon(tmp_path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     settings = settings | {module: settings[module] | {"path": str(tmp_path)}}
     config = tmp_path / "rsyncd.conf"
     config.write_text(rsyncd.render(settings))
+    # No --fork: unshare and then sh exec in place, so the process Popen returns is the
+    # daemon itself and killing it ends the daemon (with --fork only unshare was killed and
+    # rsync, its child, ran on under init).
     proc = subprocess.Popen(
         [
             "unshare",
             "--net",
-            "--fork",
             "--",
             "sh",
             "-c",
