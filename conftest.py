@@ -1,12 +1,15 @@
 """Markers by place: every test under a directory that needs a real component carries
 that component's marker, so `-m "not lab"` (or podman, spire, slow) really leaves those
-tests out. Tests elsewhere that need one mark themselves."""
+tests out. Tests elsewhere that need one mark themselves. A session that leaves processes
+running fails (flashpods_testing.leftover_processes)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+
+pytest_plugins = ["flashpods_testing.leftover_processes"]
 
 ROOT = Path(__file__).resolve().parent
 MARKERS = {
