@@ -19,6 +19,7 @@ from flashpods.api.runtime.logcapture import (
 )
 from flashpods.common.polling import wait_until
 from flashpods.common.timefmt import utc_now
+from flashpods_testing.leftover_processes import names_a_path_under, processes
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -243,3 +244,12 @@ def test_the_short_path_writes_what_the_assembler_would(records, pieces) -> None
     step = max(1, len(raw) // pieces)
     got = b"".join(state.feed(raw[i : i + step]) for i in range(0, len(raw), step))
     assert got == expected
+
+
+def test_a_capture_stopped_before_it_started_never_starts(tmp_path: Path) -> None:
+    # A shutdown that abandons a job whose supervisor has not started its capture yet.
+    for stop in (LogCapture.abandon, LogCapture.finish):
+        capture = LogCapture(tmp_path / ".job_1.ctr.log", tmp_path / "job_1.log", 1 << 20)
+        stop(capture)
+        capture.start()
+        assert [p for p in processes() if names_a_path_under(p, tmp_path)] == []

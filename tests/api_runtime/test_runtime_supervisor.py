@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -12,6 +13,14 @@ from flashpods.api.runtime import supervisor as sup_module
 from flashpods.api.runtime.artifacts_collect import ArtifactLimits
 from flashpods.api.runtime.logcapture import LogCapture
 from flashpods.api.runtime.supervisor import ContainerOps, JobSupervisor
+from flashpods_testing.leftover_processes import names_a_path_under, processes
+
+
+@pytest.fixture(autouse=True)
+def no_capture_left_running(tmp_path: Path) -> Iterator[None]:
+    """Whatever way the job ended, its log capture process has ended with the supervisor."""
+    yield
+    assert [p.describe() for p in processes() if names_a_path_under(p, tmp_path)] == []
 
 
 class FakePodman:
@@ -187,6 +196,7 @@ def test_an_unexpected_error_anywhere_in_the_end_still_ends_the_job(
     ops.inspect = inspect_fails
     sup = make(tmp_path, podman, hooks)
     sup.ops = ops
+    (tmp_path / ".job_1.ctr.log").write_text(f"{datetime.now(UTC).isoformat()} stdout P last\n")
     sup.supervise(datetime.now(UTC), None)
     podman.exited.set()
     assert hooks.done.wait(10)
@@ -194,3 +204,4 @@ def test_an_unexpected_error_anywhere_in_the_end_still_ends_the_job(
     assert hooks.outcome is not None
     assert (hooks.outcome.status, hooks.outcome.error) == ("failed", sup_module.FINISH_FAILED)
     assert podman.finalized == ["job_1"]  # capacity released: the container goes
+    assert (tmp_path / "job_1.log").read_text().endswith("] last\n")  # its log was finished

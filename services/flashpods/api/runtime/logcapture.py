@@ -331,22 +331,28 @@ class LogCapture:
         self.limit_bytes = limit_bytes
         self.on_growth = on_growth  # the job log has new bytes (wakes its followers)
         self._process: subprocess.Popen[bytes] | None = None
+        self._stopped = False
         self._lock = threading.Lock()
 
     def start(self) -> None:
-        self._process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                __name__,
-                str(self.raw_path),
-                str(self.log_path),
-                str(self.limit_bytes),
-            ],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            env=_child_environment(),
-        )
+        """Start the capture process; not once finish or abandon came (a shutdown that
+        raced the job's start would otherwise leave it running until the API exits)."""
+        with self._lock:
+            if self._stopped:
+                return
+            self._process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    __name__,
+                    str(self.raw_path),
+                    str(self.log_path),
+                    str(self.limit_bytes),
+                ],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                env=_child_environment(),
+            )
         threading.Thread(
             target=self._relay_growth,
             args=(self._process.stdout,),
@@ -373,10 +379,11 @@ class LogCapture:
         self._stop(b"", 5.0)
 
     def _stop(self, message: bytes, timeout: float) -> None:
-        process = self._process
-        if process is None or process.stdin is None:
-            return
-        with self._lock:  # finish and abandon may race (shutdown during a job's end)
+        with self._lock:  # finish, abandon and start may race (shutdown during a job)
+            self._stopped = True
+            process = self._process
+            if process is None or process.stdin is None:
+                return
             if not process.stdin.closed:
                 try:
                     process.stdin.write(message)

@@ -152,12 +152,17 @@ class JobSupervisor:
             if not self._abandoned.is_set():
                 self._end_failed()
         finally:
+            self.capture.abandon()  # a no-op once finished; never left running
             self.on_done(self.spec.job_id)
 
     def _end_failed(self) -> None:
         """The job's end could not be worked out: report it failed, remove the container
         (whether or not it still runs), so its capacity is released either way."""
         outcome = JobOutcome("failed", None, FINISH_FAILED, (), utc_now())
+        try:  # the job log keeps what the job printed, as on a normal end
+            self.capture.finish()
+        except Exception:
+            log.exception("job %s: its log capture did not finish", self.name)
         if not self._reported:
             try:  # one try: the reconciler resumes an exited container whose job is active
                 self.hooks.on_finished(self.spec.job_id, outcome)
