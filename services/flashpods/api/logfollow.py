@@ -103,6 +103,12 @@ class LogStream:
             self._fd = None
         self.subscription.release()
 
+    def _last_chunk(self) -> bytes:
+        """The end of the body. The place is given back first: a client that has read
+        the end may follow again at once and must not meet its own old place."""
+        self.close()
+        return b"0\r\n\r\n"
+
     def body(self, sock_fd: int) -> Iterator[bytes]:
         """The response body's bytes, chunk-encoded, to write to the socket `sock_fd` in
         order; the consumer writes each piece out before asking for the next. While it
@@ -127,11 +133,11 @@ class LogStream:
                     if row is None or settled(row):
                         while tail := self._read():  # written just before the status changed
                             yield chunk(tail)
-                        yield b"0\r\n\r\n"
+                        yield self._last_chunk()
                         return
                 remaining = self.deadline - time.monotonic()
                 if remaining <= 0 or self.subscription.bus.closed:
-                    yield b"0\r\n\r\n"
+                    yield self._last_chunk()
                     return
                 parked = None
                 if can_park and self._fd is not None:
