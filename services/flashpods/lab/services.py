@@ -56,6 +56,32 @@ def build(values: dict[str, Any], topo: Topology, inputs: LabInputs) -> list[Uni
     token_sock = values["tokenServiceEnvironment"]["FLASHPODS_SOCKET_PATH"]
     root_env = _user_env("root", "/root")
 
+    def spire_unit(part: str, **extra: Any) -> Unit:
+        """spire-server or spire-agent: `run` with its config, ready once `healthcheck`
+        passes on its socket."""
+        binary = str(inputs.spire_bin / f"spire-{part}")
+        return Unit(
+            name=f"spire-{part}",
+            argv=tuple(in_netns(host, [binary, "run", "-config", f"/etc/spire/{part}.conf"])),
+            env=root_env,
+            after=tuple(order[f"spire-{part}"]),
+            ready=Readiness(
+                "command", argv=(binary, "healthcheck", "-socketPath", spire[f"{part}SocketPath"])
+            ),
+            **extra,
+        )
+
+    def internet_unit(name: str, description: str, port: int, argv: list[str]) -> Unit:
+        """A lab-only server in the internet namespace, ready once it listens on `port`."""
+        return Unit(
+            name=name,
+            description=description,
+            argv=tuple(in_netns(topo.internet_ns, argv)),
+            env=root_env,
+            after=("network.target",),
+            ready=Readiness("listen", netns=topo.internet_ns, port=port),
+        )
+
     podman = Unit(
         name="podman-socket-flashpods",
         description="Podman API socket (lab: rootful podman, cgroup v1)",
@@ -67,53 +93,9 @@ def build(values: dict[str, Any], topo: Topology, inputs: LabInputs) -> list[Uni
         ready=Readiness("unix", path=podman_sock),
         post_start=(_path_mode(values, podman_sock),),
     )
-    spire_server = Unit(
-        name="spire-server",
-        argv=tuple(
-            in_netns(
-                host,
-                [
-                    str(inputs.spire_bin / "spire-server"),
-                    "run",
-                    "-config",
-                    "/etc/spire/server.conf",
-                ],
-            )
-        ),
-        env=root_env,
-        after=tuple(order["spire-server"]),
-        ready=Readiness(
-            "command",
-            argv=(
-                str(inputs.spire_bin / "spire-server"),
-                "healthcheck",
-                "-socketPath",
-                spire["serverSocketPath"],
-            ),
-        ),
-    )
-    spire_agent = Unit(
-        name="spire-agent",
-        argv=tuple(
-            in_netns(
-                host,
-                [str(inputs.spire_bin / "spire-agent"), "run", "-config", "/etc/spire/agent.conf"],
-            )
-        ),
-        env=root_env,
-        after=tuple(order["spire-agent"]),
-        # The bootstrap (join token when the agent cannot resume, entries) before each start.
-        pre_start=((py, "-m", "flashpods.spire", "bootstrap"),),
-        ready=Readiness(
-            "command",
-            argv=(
-                str(inputs.spire_bin / "spire-agent"),
-                "healthcheck",
-                "-socketPath",
-                spire["agentSocketPath"],
-            ),
-        ),
-    )
+    spire_server = spire_unit("server")
+    # The bootstrap (join token when the agent cannot resume, entries) before each start.
+    spire_agent = spire_unit("agent", pre_start=((py, "-m", "flashpods.spire", "bootstrap"),))
     token_service = Unit(
         name="flashpods-token-service",
         argv=tuple(in_netns(host, [str(inputs.service_bin / "flashpods-token-service")])),
@@ -185,74 +167,53 @@ def build(values: dict[str, Any], topo: Topology, inputs: LabInputs) -> list[Uni
         after=("network.target",),
         ready=Readiness("listen", netns=host, port=int(values["rsync"]["port"])),
     )
-    internet = Unit(
-        name="internet-http",
-        description="lab only: an HTTP server standing in for the internet",
-        argv=tuple(
-            in_netns(
-                topo.internet_ns,
-                [
-                    py,
-                    "-m",
-                    "http.server",
-                    "--bind",
-                    topo.up_inet_addr,
-                    "--directory",
-                    str(inputs.www_dir),
-                    str(topo.http_port),
-                ],
-            )
-        ),
-        env=root_env,
-        after=("network.target",),
-        ready=Readiness("listen", netns=topo.internet_ns, port=topo.http_port),
+    internet = internet_unit(
+        "internet-http",
+        "lab only: an HTTP server standing in for the internet",
+        topo.http_port,
+        [
+            py,
+            "-m",
+            "http.server",
+            "--bind",
+            topo.up_inet_addr,
+            "--directory",
+            str(inputs.www_dir),
+            str(topo.http_port),
+        ],
     )
-    model = Unit(
-        name="internet-model",
-        description="lab only: the scripted stand-in for the model service",
-        argv=tuple(
-            in_netns(
-                topo.internet_ns,
-                [
-                    py,
-                    "-m",
-                    "flashpods.lab.model_endpoint",
-                    "--bind",
-                    topo.up_inet_addr,
-                    "--port",
-                    str(topo.model_port),
-                    "--secrets-file",
-                    values["tokenServiceEnvironment"]["FLASHPODS_SECRETS_FILE"],
-                ],
-            )
-        ),
-        env=root_env,
-        after=("network.target",),
-        ready=Readiness("listen", netns=topo.internet_ns, port=topo.model_port),
+    model = internet_unit(
+        "internet-model",
+        "lab only: the scripted stand-in for the model service",
+        topo.model_port,
+        [
+            py,
+            "-m",
+            "flashpods.lab.model_endpoint",
+            "--bind",
+            topo.up_inet_addr,
+            "--port",
+            str(topo.model_port),
+            "--secrets-file",
+            values["tokenServiceEnvironment"]["FLASHPODS_SECRETS_FILE"],
+        ],
     )
-    git = Unit(
-        name="internet-git",
-        description="lab only: a git server (fetch and push) for agents' branches",
-        argv=tuple(
-            in_netns(
-                topo.internet_ns,
-                [
-                    "git",
-                    "daemon",
-                    "--reuseaddr",
-                    "--export-all",
-                    "--enable=receive-pack",
-                    "--informative-errors",
-                    f"--listen={topo.up_inet_addr}",
-                    f"--port={topo.git_port}",
-                    f"--base-path={GIT_DIR}",
-                    str(GIT_DIR),
-                ],
-            )
-        ),
-        env=root_env,
-        after=("network.target",),
-        ready=Readiness("listen", netns=topo.internet_ns, port=topo.git_port),
+    git = internet_unit(
+        "internet-git",
+        "lab only: a git server (fetch and push) for agents' branches",
+        topo.git_port,
+        [
+            "git",
+            "daemon",
+            "--reuseaddr",
+            "--export-all",
+            "--enable=receive-pack",
+            "--informative-errors",
+            f"--listen={topo.up_inet_addr}",
+            f"--port={topo.git_port}",
+            f"--base-path={GIT_DIR}",
+            str(GIT_DIR),
+        ],
     )
     return [internet, model, git, rsyncd, podman, spire_server, spire_agent, token_service, api]
 
