@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 
 import pytest
 from flashpods import deployment
+from flashpods.common.polling import wait_until
 from flashpods.tokens import secrets_file
 from flashpods.tokens.policy import Policy, Secrets, SecretsError, parse_secrets
 from flashpods.tokens.secrets_file import SecretsFile
@@ -106,7 +106,14 @@ def test_in_place_rewrite_with_same_size_is_seen(tmp_path: Path) -> None:
     path.write_text(json.dumps({"anthropic_api_key": "aaaa", "github_token": "gggg"}))
     store = SecretsFile(path)
     store.load()
-    time.sleep(0.01)
+    # The rewrite gets another mtime once the filesystem's clock (coarse: a tick) has moved.
+    loaded, probe = path.stat().st_mtime_ns, tmp_path / "clock"
+
+    def clock_moved() -> bool:
+        probe.touch()
+        return probe.stat().st_mtime_ns > loaded
+
+    wait_until(clock_moved, 5, "the filesystem's clock to move")
     path.write_text(json.dumps({"anthropic_api_key": "bbbb", "github_token": "hhhh"}))
     assert store.current() == Secrets("bbbb", "hhhh")
 

@@ -7,7 +7,6 @@ import json
 import logging
 import socket
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -293,8 +292,8 @@ def test_connections_beyond_the_limit_wait_for_a_free_slot(
         idle = [socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(2)]
         for conn in idle:
             conn.connect(str(running.socket_path))
-        # Both slots are held by the idle connections once their threads run.
-        time.sleep(0.2)
+        # The server accepts in the listen queue's order: both slots go to the idle
+        # connections before the waiter's is accepted.
         result: list[int] = []
         token = ec_signer.token()
 
@@ -303,6 +302,7 @@ def test_connections_beyond_the_limit_wait_for_a_free_slot(
 
         waiter = threading.Thread(target=client)
         waiter.start()
+        # Elapsed time is what is tested: a second on, it is still not served.
         waiter.join(timeout=1.0)
         assert waiter.is_alive() and result == []  # accepted by the kernel, not served
         idle[0].close()
