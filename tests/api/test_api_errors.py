@@ -200,6 +200,40 @@ def test_upload_errors(api: Api) -> None:
         expect(api.post("/uploads/upload_e/finalize"), 410, "upload_expired")
 
 
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({}, "upload_id"),
+        ({"upload_id": None}, "upload_id"),
+        ({"upload_id": 5}, "upload_id"),
+        ({"upload_id": "upload_../../etc"}, "upload_id"),
+        ({"upload_id": "job_0123456789abcdef"}, "upload_id"),
+        ({"upload_id": "upload_" + "a" * 65}, "upload_id"),
+        ({"upload_id": "upload_ok", "base_upload_id": "../snapshots/upload_x"}, "base_upload_id"),
+        ({"upload_id": "upload_ok", "base_upload_id": ["upload_x"]}, "base_upload_id"),
+        ({"upload_id": "upload_ok", "base_upload_id": ""}, "base_upload_id"),
+    ],
+)
+def test_create_upload_validation(api: Api, body: dict[str, Any], field: str) -> None:
+    with unchanged(api):
+        error = expect(api.post("/uploads", json=body), 400, "invalid_upload_id")
+    assert error["details"] == {"field": field}
+
+
+def test_create_upload_refuses_an_id_in_use(api: Api) -> None:
+    with unchanged(api):
+        expect(api.post("/uploads", data=b"[1]"), 400, "invalid_json")
+    api.upload("upload_done", {"a": b"1"})  # a row
+    api.upload("upload_rsynced", {"a": b"1"}, finalize=False)  # rsync's directory, no row
+    (api.config.uploads_path / "upload_link").symlink_to("/")
+    for taken in ("upload_done", "upload_rsynced", "upload_link"):
+        with unchanged(api):
+            body = {"upload_id": taken, "base_upload_id": "upload_done"}
+            error = expect(api.post("/uploads", json=body), 409, "upload_already_exists")
+        assert error["details"] == {"upload_id": taken}
+    assert (api.config.uploads_path / "upload_rsynced" / "a").read_bytes() == b"1"
+
+
 def test_insufficient_storage_per_upload_and_total(config: Config) -> None:
     from api_harness import with_config
 

@@ -46,7 +46,8 @@ def test_worker_job_lifecycle(api: Api) -> None:
     job = api.get(f"/jobs/{job_id}").json()
     assert job["status"] == "completed" and job["exit_code"] == 0 and job["error"] is None
     assert job["duration_seconds"] >= 0 and job["completed_at"].endswith("Z")
-    assert not (api.config.snapshots_path / "upload_src").exists()
+    # Kept, unchanged, as the base of the folder's next upload (test_api_upload_bases.py).
+    assert (api.config.snapshots_path / "upload_src" / "main.py").read_bytes() == b"print(1)\n"
 
     listing = api.get(f"/jobs/{job_id}/artifacts").json()
     assert [a["name"] for a in listing["artifacts"]] == ["out/result.txt", "report.md"]

@@ -18,10 +18,10 @@ from flashpods.api import jobstate
 from flashpods.api.config import Config
 from flashpods.api.db import Store
 from flashpods.api.ids import is_job_id, is_upload_id
-from flashpods.api.jobstate import settled, status_in
+from flashpods.api.jobstate import holds_resources, settled, status_in
 from flashpods.api.logs import log_path
-from flashpods.api.uploads import Uploads, remove_tree
-from flashpods.common.jobstates import ACTIVE, ENDED
+from flashpods.api.uploads import Uploads, remove_tree, staging_name
+from flashpods.common.jobstates import ENDED
 
 log = logging.getLogger("flashpods.api.cleanup")
 
@@ -32,6 +32,7 @@ _SETTLED = f"{status_in((*ENDED, 'cleaning'))} AND cancel_requested = 0 AND copy
 @dataclass
 class Report:
     uploads_expired: int = 0
+    kept_snapshots_dropped: int = 0
     orphans_removed: int = 0
     logs_deleted: int = 0
     artifacts_deleted: int = 0
@@ -68,7 +69,10 @@ class Cleaner:
                 elif row is None or row["state"] != "uploading":
                     remove_tree(Path(entry.path))
                     report.orphans_removed += 1
+            copying = {staging_name(upload_id) for upload_id in self.uploads.copying}
             for entry in _entries(cfg.snapshots_path):
+                if entry.name in copying:
+                    continue
                 row = self.uploads.row(entry.name) if is_upload_id(entry.name) else None
                 if row is None or not self._snapshot_needed(row):
                     remove_tree(Path(entry.path))
@@ -82,15 +86,21 @@ class Cleaner:
             for row in expired:
                 self.uploads.expire(row["upload_id"])
                 report.uploads_expired += 1
+            report.kept_snapshots_dropped += self.uploads.drop_expired_kept(now)
 
     def _snapshot_needed(self, row: dict[str, Any]) -> bool:
-        """Finalized, or consumed by a job whose container may still have it at /work."""
+        """Finalized, kept as a base, or consumed by a job whose container may still
+        have it mounted."""
         if row["state"] == "finalized":
             return True
         if row["state"] != "consumed" or row["job_id"] is None:
             return False
-        job = self.store.one("SELECT status FROM jobs WHERE id = ?", (row["job_id"],))
-        return job is not None and job["status"] in ACTIVE
+        if row["kept_until"] is not None:
+            return True
+        job = self.store.one(
+            "SELECT status, cancel_requested FROM jobs WHERE id = ?", (row["job_id"],)
+        )
+        return job is not None and holds_resources(job)
 
     # --- logs -------------------------------------------------------------------------------
 

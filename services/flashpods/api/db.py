@@ -95,10 +95,19 @@ def _v2_disk_gb(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE jobs ADD COLUMN disk_gb INTEGER")
 
 
+def _v3_upload_bases(db: sqlite_utils.Database) -> None:
+    # base_upload_id: the upload whose tree a new upload started from (delta re-upload);
+    # kept_until: a consumed upload's snapshot, kept after its job as the next base.
+    db.execute("ALTER TABLE uploads ADD COLUMN base_upload_id TEXT")
+    db.execute("ALTER TABLE uploads ADD COLUMN kept_until REAL")
+    db.execute("CREATE INDEX idx_uploads_base ON uploads(base_upload_id)")
+
+
 # (version, migration). Append only; never edit a released one.
 MIGRATIONS: list[tuple[int, Callable[[sqlite_utils.Database], None]]] = [
     (1, _v1_initial),
     (2, _v2_disk_gb),
+    (3, _v3_upload_bases),
 ]
 
 

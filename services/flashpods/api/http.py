@@ -27,6 +27,7 @@ from flashpods.api.artifacts import Download, check_name
 from flashpods.api.ids import is_request_id
 from flashpods.api.logfollow import LogStream, open_follow, parse_follow
 from flashpods.api.logs import job_output, log_path, parse_tail
+from flashpods.api.validation import parse_upload_create
 from flashpods.common.errors import ServiceError
 from flashpods.common.jobstates import STATUS_FILTERS
 from flashpods.common.jsonhttp import JsonRequestHandler, bearer_credential
@@ -111,6 +112,11 @@ def health(app: App, request: Request) -> Response:
     return Response(200, {"status": "healthy", "version": VERSION, "uptime_seconds": uptime})
 
 
+def create_upload(app: App, request: Request) -> Response:
+    upload_id, base_id = parse_upload_create(request.json_object())
+    return Response(201, app.uploads.create(upload_id, base_id))
+
+
 def finalize_upload(app: App, request: Request) -> Response:
     return Response(200, app.uploads.finalize(request.params["upload_id"]))
 
@@ -188,6 +194,7 @@ def download_artifact(app: App, request: Request) -> Response:
 
 ROUTES: tuple[Route, ...] = (
     Route("GET", "/health", health, public=True),
+    Route("POST", "/uploads", create_upload),
     Route("POST", "/uploads/{upload_id}/finalize", finalize_upload),
     Route("GET", "/uploads/{upload_id}", get_upload),
     Route("DELETE", "/uploads/{upload_id}", delete_upload),

@@ -8,8 +8,15 @@ again when a job is created. Sizes are measured with lstat: symlinks are never f
 
 States: uploading -> finalized -> consumed; uploading|finalized -> expired.
 A finalized upload is reserved by the job created on it (`job_id`), consumed when that
-job's container reaches `running`, and its snapshot is deleted once the job ends (it is
-bind-mounted at /work until then: deleting it earlier would empty the job's /work).
+job's container reaches `running`; its snapshot is mounted read-only into the job.
+
+Delta re-upload: an upload created with a base (`POST /uploads`, the laptop's last
+upload of the same folder) starts as that base's tree, so rsync sends only what changed.
+A snapshot still in use (finalized, or its job not over) is copied (treecopy: new inodes,
+nothing shared); a snapshot whose job is over is *kept* (`kept_until`) for
+upload_finalized_ttl as the next base and then *moved* into the new upload: no job can
+use it any more, so it changes hands instead of being copied. A kept snapshot goes when
+its TTL ends, when a newer upload built on it is finalized, or when space is needed.
 """
 
 from __future__ import annotations
@@ -22,15 +29,15 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from flashpods.api.config import Config
 from flashpods.api.db import Store
 from flashpods.api.ids import is_upload_id
-from flashpods.api.jobstate import status_in
+from flashpods.api.jobstate import HOLDING_SQL
+from flashpods.api.treecopy import FATAL_ERRNOS, copy_tree
 from flashpods.common.errors import ServiceError
 from flashpods.common.fdtree import remove_path
-from flashpods.common.jobstates import ACTIVE
 from flashpods.common.timefmt import from_epoch, iso_z
 
 log = logging.getLogger("flashpods.api.uploads")
@@ -44,27 +51,34 @@ class TreeStats:
 
 
 def tree_stats(root: Path) -> TreeStats:
-    """Size and count of everything under root, by lstat; never follows a symlink."""
+    """Size and count of everything under root, by lstat; never follows a symlink.
+    The fingerprint hashes one line per entry (relative path, mode, size, mtime), each
+    directory's entries in name order, directories depth first."""
     size = count = 0
     digest = hashlib.sha256()
-    stack = [root]
+    stack = [(str(root), "")]  # (directory, its path relative to root with a trailing /)
     while stack:
-        directory = stack.pop()
-        with os.scandir(directory) as entries:
-            for entry in sorted(entries, key=lambda e: e.name):
-                info = entry.stat(follow_symlinks=False)
-                rel = os.path.relpath(entry.path, root)
-                digest.update(
-                    f"{rel}\0{info.st_mode}\0{info.st_size}\0{info.st_mtime_ns}\n".encode(
-                        "utf-8", "surrogateescape"
-                    )
-                )
-                if stat.S_ISDIR(info.st_mode):
-                    stack.append(Path(entry.path))
-                else:
-                    size += info.st_size
-                    count += 1
+        directory, prefix = stack.pop()
+        with os.scandir(directory) as scan:
+            entries = sorted(scan, key=lambda e: e.name)
+        lines = []
+        for entry in entries:
+            info = entry.stat(follow_symlinks=False)
+            rel = prefix + entry.name
+            lines.append(f"{rel}\0{info.st_mode}\0{info.st_size}\0{info.st_mtime_ns}\n")
+            if stat.S_ISDIR(info.st_mode):
+                stack.append((entry.path, rel + "/"))
+            else:
+                size += info.st_size
+                count += 1
+        digest.update("".join(lines).encode("utf-8", "surrogateescape"))
     return TreeStats(size, count, digest.hexdigest())
+
+
+def staging_name(upload_id: str) -> str:
+    """Where a base is copied to, in the snapshots directory (outside the rsync module),
+    before the copy becomes the new upload's directory."""
+    return f".copy-{upload_id}"
 
 
 def remove_tree(path: Path) -> None:
@@ -77,6 +91,30 @@ def remove_tree(path: Path) -> None:
         log.warning("could not remove %s: %s", path.name, exc.strerror)
 
 
+# Why a named base was not used (the upload then starts empty: a full upload).
+BaseProblem = Literal["not_found", "not_finalized", "gone"]
+# How a base is used: its snapshot copied (still in use) or moved (its job is over).
+BaseUse = Literal["copy", "move"]
+# Snapshots on disk: finalized, held by a job, or kept as a base after their job.
+_ON_DISK_SQL = (
+    "(state = 'finalized' OR (state = 'consumed' AND (kept_until IS NOT NULL OR "
+    f"job_id IN (SELECT id FROM jobs WHERE {HOLDING_SQL}))))"
+)
+
+
+def base_use(row: dict[str, Any] | None, job_holds_it: bool) -> BaseUse | BaseProblem:
+    """Pure: what a new upload can do with the upload `row` named as its base."""
+    if row is None:
+        return "not_found"
+    if row["state"] == "uploading":
+        return "not_finalized"
+    if row["state"] == "finalized" or (row["state"] == "consumed" and job_holds_it):
+        return "copy"
+    if row["state"] == "consumed" and row["kept_until"] is not None:
+        return "move"
+    return "gone"
+
+
 def not_found(upload_id: str) -> ServiceError:
     return ServiceError(
         404, "upload_not_found", f"Upload {upload_id} not found", {"upload_id": upload_id}
@@ -87,9 +125,12 @@ class Uploads:
     def __init__(self, config: Config, store: Store) -> None:
         self.config = config
         self.store = store
-        # Finalize walks the tree; one lock keeps finalize, delete and cleanup of uploads
-        # from racing each other without holding the database lock during the walk.
+        # Finalize walks the tree; one lock keeps creation, finalize, delete and cleanup
+        # of uploads from racing each other without holding the database lock during the
+        # walk. A base is copied outside the lock: `copying` (upload id -> bytes) holds
+        # those ids and counts their bytes against the total.
         self.lock = threading.Lock()
+        self.copying: dict[str, int] = {}
 
     def incoming_dir(self, upload_id: str) -> Path:
         return self.config.uploads_path / upload_id
@@ -131,6 +172,7 @@ class Uploads:
             "state": row["state"],
             "size_bytes": row["size_bytes"],
             "file_count": row["file_count"],
+            "base_upload_id": row["base_upload_id"],
             "created_at": iso_z(from_epoch(row["created_at"])),
             "finalized_at": iso_z(from_epoch(row["finalized_at"])),
             "expires_at": iso_z(from_epoch(expires)),
@@ -138,6 +180,125 @@ class Uploads:
 
     def get(self, upload_id: str) -> dict[str, Any]:
         return self.render(self.lookup(upload_id))
+
+    # --- creation, with a base ---------------------------------------------------------
+
+    def create(self, upload_id: str, base_id: str | None) -> dict[str, Any]:
+        """A new upload directory in the rsync module: empty, or the tree of `base_id`'s
+        snapshot. A base that cannot be used is no error: the upload starts empty and
+        `base_unavailable` says why."""
+        with self.lock:
+            self._require_new(upload_id)
+            base = None if base_id is None else self.row(base_id) or self.discover(base_id)
+            use = self._base_use(base) if base_id is not None else None
+            if use == "move":
+                assert base is not None
+                self._move_base(base, upload_id)
+                return self._created(upload_id, None)
+            if use != "copy":
+                os.mkdir(self.incoming_dir(upload_id), 0o700)
+                self._insert(upload_id, None)
+                return self._created(upload_id, use)
+            assert base is not None
+            self._make_room(base["size_bytes"], None)
+            self.copying[upload_id] = base["size_bytes"]
+            staging = self.config.snapshots_path / staging_name(upload_id)
+            remove_tree(staging)  # a leftover of a crash during a copy
+        try:
+            copied = self._copy_base(base, staging)
+            with self.lock:
+                del self.copying[upload_id]
+                self._require_new(upload_id)
+                if copied:
+                    os.rename(staging, self.incoming_dir(upload_id))
+                else:
+                    os.mkdir(self.incoming_dir(upload_id), 0o700)
+                self._insert(upload_id, base["upload_id"] if copied else None)
+        finally:
+            with self.lock:
+                self.copying.pop(upload_id, None)
+                remove_tree(staging)  # gone already unless the copy failed
+        return self._created(upload_id, None if copied else "gone")
+
+    def _require_new(self, upload_id: str) -> None:
+        if (
+            upload_id in self.copying
+            or self.row(upload_id) is not None
+            or os.path.lexists(self.incoming_dir(upload_id))
+        ):
+            raise ServiceError(
+                409,
+                "upload_already_exists",
+                f"Upload {upload_id} already exists; choose a new id",
+                {"upload_id": upload_id},
+            )
+
+    def _base_use(self, base: dict[str, Any] | None) -> BaseUse | BaseProblem:
+        use = base_use(base, base is not None and self._job_holds(base))
+        if use in ("copy", "move"):
+            assert base is not None
+            snapshot = self.snapshot_dir(base["upload_id"])
+            if not snapshot.is_dir() or snapshot.is_symlink():
+                return "gone"
+        return use
+
+    def _job_holds(self, row: dict[str, Any]) -> bool:
+        return row["job_id"] is not None and (
+            self.store.one(
+                f"SELECT 1 AS x FROM jobs WHERE id = ? AND {HOLDING_SQL}", (row["job_id"],)
+            )
+            is not None
+        )
+
+    def _move_base(self, base: dict[str, Any], upload_id: str) -> None:
+        """The kept snapshot becomes the new upload's directory (its job is over, nothing
+        can use it any more); it counts as the new upload's from now on."""
+        os.rename(self.snapshot_dir(base["upload_id"]), self.incoming_dir(upload_id))
+        with self.store.transaction() as conn:
+            conn.execute(
+                "UPDATE uploads SET kept_until = NULL, updated_at = ? WHERE upload_id = ?",
+                (time.time(), base["upload_id"]),
+            )
+            self._insert(upload_id, base["upload_id"])
+        log.info("upload %s starts from %s (moved)", upload_id, base["upload_id"])
+
+    def _copy_base(self, base: dict[str, Any], staging: Path) -> bool:
+        """False if the base went away meanwhile (deleted, expired)."""
+        started = time.monotonic()
+        try:
+            result = copy_tree(self.snapshot_dir(base["upload_id"]), staging)
+        except OSError as exc:
+            if exc.errno in FATAL_ERRNOS:
+                raise ServiceError(
+                    507,
+                    "insufficient_storage",
+                    "The host has no space left to start this upload from its base",
+                    cause=f"copy of {base['upload_id']}: {exc}",
+                ) from None
+            log.warning("upload base %s could not be copied: %s", base["upload_id"], exc)
+            return False
+        log.info(
+            "upload base %s copied: %d files, %d bytes, %d left to rsync, %.3fs",
+            base["upload_id"],
+            result.files,
+            result.bytes,
+            result.skipped,
+            time.monotonic() - started,
+        )
+        return True
+
+    def _insert(self, upload_id: str, base_id: str | None) -> None:
+        now = time.time()
+        self.store.execute(
+            "INSERT INTO uploads (upload_id, state, base_upload_id, created_at, updated_at) "
+            "VALUES (?, 'uploading', ?, ?, ?)",
+            (upload_id, base_id, now, now),
+        )
+
+    def _created(self, upload_id: str, problem: BaseProblem | None) -> dict[str, Any]:
+        return {**self.get(upload_id), "base_unavailable": problem}
+
+    # --- finalize ----------------------------------------------------------------------
 
     def finalize(self, upload_id: str) -> dict[str, Any]:
         with self.lock:
@@ -167,6 +328,9 @@ class Uploads:
                 "fingerprint = ?, finalized_at = ?, updated_at = ? WHERE upload_id = ?",
                 (stats.size_bytes, stats.file_count, stats.fingerprint, now, now, upload_id),
             )
+            if row["base_upload_id"] is not None:
+                # The laptop's next upload of this folder starts from this one.
+                self._drop_kept(row["base_upload_id"])
             log.info(
                 "upload %s finalized: %d bytes, %d files",
                 upload_id,
@@ -174,6 +338,54 @@ class Uploads:
                 stats.file_count,
             )
             return self.get(upload_id)
+
+    # --- space -------------------------------------------------------------------------
+
+    def used_bytes(self, except_upload: str | None) -> int:
+        """Bytes of every snapshot on disk and every upload started from a base (its
+        base's size until it is finalized), plus the copies in progress."""
+        exclude = except_upload or ""
+        snapshots = self.store.one(
+            "SELECT coalesce(sum(size_bytes), 0) AS used FROM uploads "
+            f"WHERE upload_id != ? AND {_ON_DISK_SQL}",
+            (exclude,),
+        )
+        started = self.store.one(
+            "SELECT coalesce(sum(b.size_bytes), 0) AS used FROM uploads u "
+            "JOIN uploads b ON b.upload_id = u.base_upload_id "
+            "WHERE u.state = 'uploading' AND u.upload_id != ?",
+            (exclude,),
+        )
+        copies = sum(size for upload_id, size in self.copying.items() if upload_id != exclude)
+        return (
+            int(snapshots["used"] if snapshots else 0)
+            + int(started["used"] if started else 0)
+            + copies
+        )
+
+    def _make_room(self, size: int, upload_id: str | None) -> None:
+        """Kept snapshots (only ever a head start for an upload) go, oldest first, before
+        anything is refused for lack of space. Under self.lock."""
+        total = self.config.uploads_total_max_bytes
+        used = self.used_bytes(upload_id)
+        if used + size <= total:
+            return
+        for kept in self.store.query(
+            "SELECT upload_id, size_bytes FROM uploads "
+            "WHERE state = 'consumed' AND kept_until IS NOT NULL ORDER BY kept_until"
+        ):
+            self._drop_kept(kept["upload_id"])
+            used -= kept["size_bytes"] or 0
+            if used + size <= total:
+                return
+        raise ServiceError(
+            507,
+            "insufficient_storage",
+            "Finalizing this upload would exceed the total upload storage"
+            if upload_id is not None
+            else "Copying this upload's base would exceed the total upload storage",
+            {"size_bytes": size, "used_bytes": used, "total_max_bytes": total},
+        )
 
     def _check_quota(self, upload_id: str, size: int) -> None:
         limit = self.config.upload_max_bytes
@@ -184,21 +396,9 @@ class Uploads:
                 f"Upload {upload_id} is {size} bytes, over the per-upload maximum of {limit}",
                 {"size_bytes": size, "max_upload_bytes": limit},
             )
-        row = self.store.one(
-            "SELECT coalesce(sum(size_bytes), 0) AS used FROM uploads "
-            "WHERE upload_id != ? AND (state = 'finalized' OR (state = 'consumed' AND job_id IN "
-            f"(SELECT id FROM jobs WHERE {status_in(ACTIVE)})))",
-            (upload_id,),
-        )
-        used = int(row["used"]) if row else 0
-        total = self.config.uploads_total_max_bytes
-        if used + size > total:
-            raise ServiceError(
-                507,
-                "insufficient_storage",
-                "Finalizing this upload would exceed the total upload storage",
-                {"size_bytes": size, "used_bytes": used, "total_max_bytes": total},
-            )
+        self._make_room(size, upload_id)
+
+    # --- the end of an upload ----------------------------------------------------------
 
     def delete(self, upload_id: str) -> None:
         with self.lock:
@@ -224,8 +424,27 @@ class Uploads:
             "WHERE upload_id = ? AND state IN ('uploading', 'finalized')",
             (now, upload_id),
         )
+        self.store.execute("UPDATE uploads SET kept_until = NULL WHERE upload_id = ?", (upload_id,))
         remove_tree(self.incoming_dir(upload_id))
         remove_tree(self.snapshot_dir(upload_id))
+
+    def _drop_kept(self, upload_id: str) -> None:
+        """A kept snapshot is not needed any more. Under self.lock."""
+        if self.store.execute(
+            "UPDATE uploads SET kept_until = NULL, updated_at = ? "
+            "WHERE upload_id = ? AND state = 'consumed' AND kept_until IS NOT NULL",
+            (time.time(), upload_id),
+        ):
+            remove_tree(self.snapshot_dir(upload_id))
+
+    def drop_expired_kept(self, now: float) -> int:
+        """Kept snapshots past their TTL go. Under self.lock."""
+        rows = self.store.query(
+            "SELECT upload_id FROM uploads WHERE state = 'consumed' AND kept_until < ?", (now,)
+        )
+        for row in rows:
+            self._drop_kept(row["upload_id"])
+        return len(rows)
 
     def snapshot_unchanged(self, row: dict[str, Any]) -> bool:
         snapshot = self.snapshot_dir(row["upload_id"])
@@ -241,9 +460,30 @@ class Uploads:
         )
 
     def release(self, job_id: str) -> None:
-        """The job ended: its snapshot goes; if it never ran, the upload is expired."""
-        row = self.store.one("SELECT upload_id FROM uploads WHERE job_id = ?", (job_id,))
+        """The job ended. A snapshot it ran on is kept as the next upload's base unless a
+        newer upload built on it is finalized already; a job that never ran expires
+        its upload."""
+        row = self.store.one("SELECT upload_id, state FROM uploads WHERE job_id = ?", (job_id,))
         if row is None:
             return
+        upload_id = row["upload_id"]
         with self.lock:
-            self.expire(row["upload_id"])
+            superseded = self.store.one(
+                "SELECT 1 AS x FROM uploads WHERE base_upload_id = ? "
+                "AND state IN ('finalized', 'consumed')",
+                (upload_id,),
+            )
+            snapshot = self.snapshot_dir(upload_id)
+            if (
+                row["state"] != "consumed"
+                or superseded is not None
+                or not snapshot.is_dir()
+                or snapshot.is_symlink()
+            ):
+                self.expire(upload_id)
+                return
+            now = time.time()
+            self.store.execute(
+                "UPDATE uploads SET kept_until = ?, updated_at = ? WHERE upload_id = ?",
+                (now + self.config.upload_finalized_ttl, now, upload_id),
+            )

@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from flashpods.api.ids import normalize_client_job_id
+from flashpods.api.ids import is_upload_id, normalize_client_job_id
 from flashpods.common.errors import ServiceError
 from flashpods.common.limits import (
     LIMITS,
@@ -140,3 +140,20 @@ def parse_job_request(body: dict[str, Any], default_image: str) -> JobRequest:
         git_branch=branch,
         files_id=files_id or None,
     )
+
+
+def _upload_id_field(body: dict[str, Any], key: str) -> str:
+    value = body.get(key)
+    if not isinstance(value, str) or not is_upload_id(value):
+        raise _bad(
+            "invalid_upload_id", f"{key} must match ^upload_[A-Za-z0-9_-]{{1,64}}$", field=key
+        )
+    return value
+
+
+def parse_upload_create(body: dict[str, Any]) -> tuple[str, str | None]:
+    """Validate a POST /uploads body: (upload_id, base_upload_id or None)."""
+    upload_id = _upload_id_field(body, "upload_id")
+    if body.get("base_upload_id") is None:
+        return upload_id, None
+    return upload_id, _upload_id_field(body, "base_upload_id")
