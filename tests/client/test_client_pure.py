@@ -14,8 +14,10 @@ from flashpods.client.retry import RetryPolicy, parse_retry_after
 from flashpods.client.sdk import _utf8_prefix
 from flashpods.client.upload import (
     DEFAULT_EXCLUDES,
+    TransferStats,
     classify_failure,
     parse_progress,
+    parse_stats,
     rsync_command,
 )
 
@@ -60,6 +62,8 @@ def test_rsync_argv_copies_contents_with_delete_and_excludes() -> None:
         Path("/src"), "rsync://10.0.0.1/uploads", "upload_ab", DEFAULT_EXCLUDES, False
     )
     assert argv[:3] == ["rsync", "-a", "--delete"]
+    # The directory may start as an earlier upload's tree: what is excluded now goes too.
+    assert "--delete-excluded" in argv and "--stats" in argv
     assert [a for a in argv if a.startswith("--exclude=")] == [
         "--exclude=.git",
         "--exclude=node_modules",
@@ -127,3 +131,27 @@ def test_run_exit_code_follows_the_job() -> None:
 def test_worker_command_keeps_shell_text_and_quotes_argv() -> None:
     assert worker_command(["make test && ls"]) == "make test && ls"
     assert worker_command(["echo", "a b", "$HOME"]) == "echo 'a b' '$HOME'"
+
+
+# rsync 3.2/3.5 --stats, thousands separated (its default).
+STATS = """
+Number of files: 5,251 (reg: 5,000, dir: 251)
+Number of created files: 0
+Number of deleted files: 0
+Number of regular files transferred: 1
+Total file size: 104,857,600 bytes
+Total transferred file size: 1,048,576 bytes
+Literal data: 1,048,576 bytes
+Matched data: 0 bytes
+File list size: 98,304
+Total bytes sent: 1,152,093
+Total bytes received: 2,041
+
+sent 1,152,093 bytes  received 2,041 bytes  1,234.00 bytes/sec
+"""
+
+
+def test_rsync_stats_parse() -> None:
+    assert parse_stats(STATS) == TransferStats(1_152_093, 1_048_576, 104_857_600)
+    assert parse_stats(STATS.replace("Literal data", "Literal")) is None
+    assert parse_stats("") is None

@@ -5,9 +5,11 @@ from __future__ import annotations
 import socket
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
-from client_stub import TOKEN, Reply, Stub, error, log_piece, output_replies, query
+from client_stub import TOKEN, Reply, Seen, Stub, error, log_piece, output_replies, query
+from flashpods.client.bases import UploadBases
 from flashpods.client.errors import FlashpodsError
 from flashpods.client.sdk import Flashpods
 
@@ -203,14 +205,87 @@ def test_wait_polls_until_the_job_has_ended(stub: Stub) -> None:
     assert seen == ["pending", "starting", "running", "failed"]
 
 
+def upload_object(upload_id: str, state: str, **fields: Any) -> dict[str, Any]:
+    return {
+        "upload_id": upload_id,
+        "state": state,
+        "size_bytes": None,
+        "file_count": None,
+        **fields,
+    }
+
+
+def created_upload(seen: Seen) -> Reply:
+    """POST /uploads as the API answers it when the base named is usable."""
+    body = seen.body
+    return Reply(
+        201,
+        upload_object(
+            body["upload_id"],
+            "uploading",
+            base_upload_id=body["base_upload_id"],
+            base_unavailable=None,
+        ),
+    )
+
+
+def finalized_upload(seen: Seen) -> Reply:
+    return Reply(200, upload_object(seen.path.split("/")[2], "finalized", size_bytes=1))
+
+
 def test_failed_upload_is_deleted_so_it_does_not_hold_quota(stub: Stub, tmp_path: Path) -> None:
+    stub.script.on("POST", "/uploads", created_upload)
     stub.script.on("DELETE", "/uploads/upload_x1", Reply(204))
-    (tmp_path / "f.txt").write_text("x")
+    (tmp_path / "src").mkdir()
+    bases = UploadBases(tmp_path / "cache")
+    bases.remember(stub.url, tmp_path / "src", "upload_x0")
     with pytest.raises(FlashpodsError) as err:
-        stub.client(rsync_url="rsync://127.0.0.1:1/uploads").upload(tmp_path, upload_id="upload_x1")
+        stub.client(rsync_url="rsync://127.0.0.1:1/uploads", upload_bases=bases).upload(
+            tmp_path / "src", upload_id="upload_x1"
+        )
     assert err.value.code == "upload_failed"
     assert len(stub.script.requests("DELETE", "/uploads/upload_x1")) == 1
     assert stub.script.requests("POST", "/uploads/upload_x1/finalize") == []
+    assert bases.get(stub.url, tmp_path / "src") == "upload_x0"  # still the last good one
+
+
+def test_an_upload_starts_from_the_folders_last_one(stub: Stub, tmp_path: Path) -> None:
+    """Against a local rsync target (a path instead of rsync://): the base the SDK names
+    is the folder's last finalized upload, and each upload reports rsync's numbers."""
+    stub.script.on("POST", "/uploads", created_upload)
+    for n in (1, 2, 3):
+        stub.script.on("POST", f"/uploads/upload_n{n}/finalize", finalized_upload)
+    source, other = tmp_path / "src", tmp_path / "other"
+    for folder in (source, other):
+        folder.mkdir()
+        (folder / "f.txt").write_bytes(b"x" * 1000)
+    (tmp_path / "host").mkdir()
+    client = stub.client(
+        rsync_url=str(tmp_path / "host"), upload_bases=UploadBases(tmp_path / "cache")
+    )
+    first = client.upload(source, upload_id="upload_n1")
+    client.upload(other, upload_id="upload_n2")
+    client.upload(source / ".", upload_id="upload_n3")  # the same folder, spelled otherwise
+    bodies = [s.body for s in stub.script.requests("POST", "/uploads")]
+    assert bodies == [
+        {"upload_id": "upload_n1", "base_upload_id": None},
+        {"upload_id": "upload_n2", "base_upload_id": None},
+        {"upload_id": "upload_n3", "base_upload_id": "upload_n1"},
+    ]
+    assert first.transfer is not None and first.transfer.literal_bytes == 1000
+    assert first.transfer.total_bytes == 1000 and first.transfer.sent_bytes > 1000
+
+
+def test_create_upload_whose_first_send_landed_returns_the_upload(stub: Stub) -> None:
+    stub.script.on("POST", "/uploads", Reply(drop=True), error(409, "upload_already_exists"))
+    stub.script.on(
+        "GET", "/uploads/upload_abc", Reply(200, upload_object("upload_abc", "uploading"))
+    )
+    assert stub.client().create_upload("upload_abc").state == "uploading"
+    stub.script.on("POST", "/uploads", error(409, "upload_already_exists"))
+    with pytest.raises(FlashpodsError) as err:
+        stub.client().create_upload("upload_abc")
+    assert err.value.code == "upload_already_exists"
 
 
 # ----------------------------------------------------------------------------- downloads

@@ -199,8 +199,9 @@ def _upload(ctx: Context, fp: Flashpods, source: Path, defaults: Sequence[str]) 
         ctx.progress.update(f"uploading {source}: {human_bytes(done)} ({percent}%)")
 
     upload = fp.upload(source, excludes=excludes, on_progress=on_progress)
+    sent = "" if upload.transfer is None else f", {human_bytes(upload.transfer.sent_bytes)} sent"
     ctx.progress.done(
-        f"uploaded {upload.file_count} files ({human_bytes(upload.size_bytes or 0)})"
+        f"uploaded {upload.file_count} files ({human_bytes(upload.size_bytes or 0)}{sent})"
         f" as {upload.upload_id}"
     )
     return upload.upload_id

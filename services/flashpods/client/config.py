@@ -4,6 +4,7 @@ Precedence: environment (FLASHPODS_*) over the config file
 (`$XDG_CONFIG_HOME/flashpods/config.toml` or `config.json`, default `~/.config`) over
 defaults. The token comes from FLASHPODS_API_TOKEN, else from a token file
 (FLASHPODS_API_TOKEN_FILE or the file's `token_file`), else from the file's `token`.
+What the client remembers goes to `$XDG_CACHE_HOME/flashpods` (default `~/.cache`).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ class ClientConfig:
     token: str
     rsync_url: str  # rsync://HOST[:PORT]/uploads, without a trailing slash
     download_dir: Path  # where the MCP server saves artifacts
+    cache_dir: Path | None = None  # what the client remembers (client/bases.py)
 
     @property
     def base_url(self) -> str:
@@ -51,6 +53,11 @@ class ClientConfig:
 
 def config_dir(env: Mapping[str, str]) -> Path:
     base = env.get("XDG_CONFIG_HOME") or str(Path(env.get("HOME", "~")).expanduser() / ".config")
+    return Path(base) / "flashpods"
+
+
+def cache_dir(env: Mapping[str, str]) -> Path:
+    base = env.get("XDG_CACHE_HOME") or str(Path(env.get("HOME", "~")).expanduser() / ".cache")
     return Path(base) / "flashpods"
 
 
@@ -107,6 +114,7 @@ def resolve_config(env: Mapping[str, str], file_values: Mapping[str, Any]) -> Cl
         token=str(token).strip(),
         rsync_url=str(rsync_url).rstrip("/"),
         download_dir=download_dir.absolute(),
+        cache_dir=cache_dir(env),
     )
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flashpods.client.errors import FlashpodsError
+from flashpods.client.upload import TransferStats
 from flashpods.common.jobstates import OVER
 
 
@@ -37,6 +38,9 @@ class Upload:
     file_count: int | None
     expires_at: str | None
     raw: dict[str, Any] = field(repr=False)
+    base_upload_id: str | None = None  # the upload it started from (delta re-upload)
+    base_unavailable: str | None = None  # POST /uploads: why the base named was not used
+    transfer: TransferStats | None = None  # rsync's numbers, when this client uploaded it
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> Upload:
@@ -47,6 +51,8 @@ class Upload:
             raw.get("file_count"),
             raw.get("expires_at"),
             raw,
+            raw.get("base_upload_id"),
+            raw.get("base_unavailable"),
         )
 
 

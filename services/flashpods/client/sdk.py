@@ -10,6 +10,7 @@ fp.download_artifacts(job.job_id, Path("out"))
 from __future__ import annotations
 
 import codecs
+import dataclasses
 import logging
 import math
 import os
@@ -25,6 +26,7 @@ from urllib.parse import quote
 import requests
 
 from flashpods.client import paths
+from flashpods.client.bases import UploadBases
 from flashpods.client.config import ClientConfig, load_config
 from flashpods.client.errors import FlashpodsError
 from flashpods.client.models import (
@@ -39,7 +41,7 @@ from flashpods.client.models import (
     Upload,
 )
 from flashpods.client.retry import THROTTLED_STATUSES, RetryPolicy, parse_retry_after
-from flashpods.client.upload import DEFAULT_EXCLUDES, new_upload_id, run_rsync
+from flashpods.client.upload import DEFAULT_EXCLUDES, check_source, new_upload_id, run_rsync
 from flashpods.common.limits import DEFAULT_FOLLOW_SECONDS
 
 log = logging.getLogger("flashpods.client")
@@ -89,9 +91,12 @@ class Flashpods:
         timeout: tuple[float, float] = (5.0, 60.0),
         poll: PollSchedule | None = None,
         session: requests.Session | None = None,
+        upload_bases: UploadBases | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.rsync_url = rsync_url
+        # Each folder's last upload, the base of its next one (None: every upload is full).
+        self.upload_bases = upload_bases
         self.retry = retry or RetryPolicy()
         self.poll = poll or PollSchedule()
         self.sleep = sleep
@@ -104,6 +109,8 @@ class Flashpods:
     @classmethod
     def from_config(cls, config: ClientConfig | None = None, **kwargs: Any) -> Flashpods:
         config = config or load_config()
+        if config.cache_dir is not None:
+            kwargs.setdefault("upload_bases", UploadBases(config.cache_dir))
         return cls(config.base_url, config.token, rsync_url=config.rsync_url, **kwargs)
 
     def close(self) -> None:
@@ -197,17 +204,40 @@ class Flashpods:
         upload_id: str | None = None,
         on_progress: Callable[[int, int], None] | None = None,
     ) -> Upload:
-        """rsync `source` to a fresh upload id, then finalize it. On failure the partial
-        upload is deleted so it does not count against the host's quota for 30 min."""
+        """Create a fresh upload id, starting from this folder's last upload when one is
+        remembered (rsync then sends only what changed), rsync `source` into it and
+        finalize it. On failure the partial upload is deleted so it does not count
+        against the host's quota for 30 min."""
         if self.rsync_url is None:
             raise FlashpodsError("invalid_config", "no rsync URL configured for uploads")
+        check_source(source)
         upload_id = upload_id or new_upload_id()
+        bases = self.upload_bases
+        base = bases.get(self.base_url, source) if bases is not None else None
         try:
-            run_rsync(source, self.rsync_url, upload_id, excludes, on_progress)
-            return self.finalize_upload(upload_id)
+            created = self.create_upload(upload_id, base_upload_id=base)
+            if created.base_unavailable is not None:
+                log.info("upload %s: base %s %s", upload_id, base, created.base_unavailable)
+            transfer = run_rsync(source, self.rsync_url, upload_id, excludes, on_progress)
+            upload = self.finalize_upload(upload_id)
         except BaseException:
             self._discard_upload(upload_id)
             raise
+        if bases is not None:
+            bases.remember(self.base_url, source, upload_id)
+        return dataclasses.replace(upload, transfer=transfer)
+
+    def create_upload(self, upload_id: str, *, base_upload_id: str | None = None) -> Upload:
+        """POST /uploads: the directory rsync then fills, empty or as `base_upload_id`'s
+        tree (`base_unavailable` says why a base was not used)."""
+        body = {"upload_id": upload_id, "base_upload_id": base_upload_id}
+        try:
+            return Upload.from_dict(self._json("POST", "/uploads", json=body))
+        except FlashpodsError as exc:
+            # A retry after a network error may find our own first create done.
+            if not (exc.code == "upload_already_exists" and exc.after_network_retry):
+                raise
+            return self.get_upload(upload_id)
 
     def _discard_upload(self, upload_id: str) -> None:
         try:

@@ -1,7 +1,10 @@
 """The rsync half of an upload: copy a local folder to rsync://HOST/uploads/{id}/.
 
-The API half (finalize) lives in the SDK; this module only runs rsync and turns its
-failures into FlashpodsError codes.
+The API half (create, finalize) lives in the SDK; this module only runs rsync, reads its
+transfer statistics and turns its failures into FlashpodsError codes. The directory may
+already hold an earlier upload's tree (a base, POST /uploads): `--delete` and
+`--delete-excluded` make it exactly the folder minus the excludes whatever it started
+as, and rsync's quick check (size and mtime) skips what is already there.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from flashpods.client.errors import FlashpodsError
@@ -24,6 +28,17 @@ AGENT_EXCLUDES = tuple(p for p in DEFAULT_EXCLUDES if p != ".git")
 UPLOAD_ID_RE = re.compile(r"^upload_[A-Za-z0-9_-]{1,64}$")
 # rsync --info=progress2 lines: "   1,234,567  42%   1.23MB/s    0:00:01 (xfr#3, to-chk=0/5)"
 _PROGRESS_RE = re.compile(r"^\s*([\d,]+)\s+(\d+)%\s+(\S+)")
+# --stats lines: "Total bytes sent: 421,017", "Literal data: 419,420 bytes"
+_STATS_RE = re.compile(r"^(Total bytes sent|Literal data|Total file size): ([\d,]+)", re.M)
+
+
+@dataclass(frozen=True)
+class TransferStats:
+    """What rsync reported for one upload."""
+
+    sent_bytes: int  # everything this side sent: file list, file data, protocol
+    literal_bytes: int  # file data sent as is (not matched against the host's copy)
+    total_bytes: int  # size of the files in the upload
 
 
 def new_upload_id() -> str:
@@ -36,7 +51,7 @@ def rsync_command(
     """Pure: the argv. The trailing slash on the source copies its contents, not the folder."""
     if not UPLOAD_ID_RE.match(upload_id):
         raise FlashpodsError("invalid_upload_id", f"not a valid upload id: {upload_id!r}")
-    argv = ["rsync", "-a", "--delete", "--timeout=300"]
+    argv = ["rsync", "-a", "--delete", "--delete-excluded", "--stats", "--timeout=300"]
     if progress:
         argv += ["--info=progress2", "--no-inc-recursive"]
     argv += [f"--exclude={pattern}" for pattern in excludes]
@@ -50,6 +65,14 @@ def parse_progress(line: str) -> tuple[int, int] | None:
     if not m:
         return None
     return int(m.group(1).replace(",", "")), int(m.group(2))
+
+
+def parse_stats(text: str) -> TransferStats | None:
+    """Pure: the --stats numbers in rsync's output, or None if they are not all there."""
+    found = {name: int(value.replace(",", "")) for name, value in _STATS_RE.findall(text)}
+    if len(found) != 3:
+        return None
+    return TransferStats(found["Total bytes sent"], found["Literal data"], found["Total file size"])
 
 
 def classify_failure(returncode: int, stderr: str) -> FlashpodsError:
@@ -69,15 +92,20 @@ def classify_failure(returncode: int, stderr: str) -> FlashpodsError:
     )
 
 
+def check_source(source: Path) -> None:
+    if not source.is_dir():
+        raise FlashpodsError("invalid_upload_source", f"not a directory: {source}")
+
+
 def run_rsync(
     source: Path,
     rsync_url: str,
     upload_id: str,
     excludes: Sequence[str] = DEFAULT_EXCLUDES,
     on_progress: Callable[[int, int], None] | None = None,
-) -> None:
-    if not source.is_dir():
-        raise FlashpodsError("invalid_upload_source", f"not a directory: {source}")
+) -> TransferStats | None:
+    """Run rsync; its statistics, or None if it printed none we could read."""
+    check_source(source)
     if shutil.which("rsync") is None:
         raise FlashpodsError("upload_failed", "rsync is not installed on this machine")
     argv = rsync_command(source, rsync_url, upload_id, excludes, on_progress is not None)
@@ -87,23 +115,29 @@ def run_rsync(
             argv, stdout=subprocess.PIPE, stderr=errfile, stdin=subprocess.DEVNULL
         ) as proc:
             assert proc.stdout is not None
-            _pump_progress(proc.stdout.fileno(), on_progress)
+            stdout = _pump_output(proc.stdout.fileno(), on_progress)
             returncode = proc.wait()
         errfile.seek(0)
         stderr = errfile.read().decode(errors="replace")
     if returncode != 0:
         raise classify_failure(returncode, stderr)
+    return parse_stats(stdout)
 
 
-def _pump_progress(fd: int, on_progress: Callable[[int, int], None] | None) -> None:
-    """progress2 rewrites one line with \\r; report each rewrite as it arrives."""
+def _pump_output(fd: int, on_progress: Callable[[int, int], None] | None) -> str:
+    """progress2 rewrites one line with \\r; report each rewrite as it arrives. Returns
+    the lines that were not progress (the statistics)."""
     buf = b""
+    rest: list[str] = []
     while chunk := os.read(fd, 4096):
-        if on_progress is None:
-            continue
         buf += chunk
         *lines, buf = re.split(rb"[\r\n]", buf)
         for raw in lines:
-            parsed = parse_progress(raw.decode(errors="replace"))
-            if parsed is not None:
+            line = raw.decode(errors="replace")
+            parsed = parse_progress(line)
+            if parsed is None:
+                rest.append(line)
+            elif on_progress is not None:
                 on_progress(*parsed)
+    rest.append(buf.decode(errors="replace"))
+    return "\n".join(rest)
