@@ -11,6 +11,7 @@ import pytest
 from client_stack import Api, flashpods_api, rsync_daemon
 from flashpods.client.errors import FlashpodsError
 from flashpods_testing.localhost import HostError
+from flashpods_testing.trees import tree_record
 
 
 @pytest.fixture
@@ -44,3 +45,29 @@ def test_upload_disk_full(small_host: tuple[Api, str], tmp_path: Path) -> None:
     assert "No space left" in err.value.details["rsync_stderr"]
     assert list(api.uploads.iterdir()) == []  # the partial upload was deleted
     assert client.get_upload("upload_diskfull").state == "expired"  # never usable by a job
+
+
+def test_a_base_copy_on_a_full_disk_is_refused_and_leaves_nothing(
+    small_host: tuple[Api, str], tmp_path: Path
+) -> None:
+    """The base is still usable (finalized, no job), so the host copies it: the real
+    ENOSPC half-way is 507 insufficient_storage, and neither the copy nor an upload row
+    stays behind; the base itself is untouched."""
+    api, rsync_url = small_host
+    project = tmp_path / "project"
+    project.mkdir()
+    for n in range(5):
+        (project / f"part{n}.bin").write_bytes(bytes([n]) * (500 << 10))
+    client = api.client(rsync_url)
+    base = client.upload(project)
+    snapshots = api.root / "snapshots"
+    before = tree_record(snapshots / base.upload_id)
+    with pytest.raises(FlashpodsError) as err:
+        client.create_upload("upload_nospace", base_upload_id=base.upload_id)
+    assert (err.value.code, err.value.status) == ("insufficient_storage", 507)
+    assert list(api.uploads.iterdir()) == []
+    assert [p.name for p in snapshots.iterdir()] == [base.upload_id]
+    assert tree_record(snapshots / base.upload_id) == before
+    with pytest.raises(FlashpodsError) as missing:
+        client.get_upload("upload_nospace")
+    assert missing.value.code == "upload_not_found"

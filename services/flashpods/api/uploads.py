@@ -187,38 +187,57 @@ class Uploads:
         """A new upload directory in the rsync module: empty, or the tree of `base_id`'s
         snapshot. A base that cannot be used is no error: the upload starts empty and
         `base_unavailable` says why."""
-        with self.lock:
-            self._require_new(upload_id)
-            base = None if base_id is None else self.row(base_id) or self.discover(base_id)
-            use = self._base_use(base) if base_id is not None else None
-            if use == "move":
-                assert base is not None
-                self._move_base(base, upload_id)
-                return self._created(upload_id, None)
-            if use != "copy":
-                os.mkdir(self.incoming_dir(upload_id), 0o700)
-                self._insert(upload_id, None)
-                return self._created(upload_id, use)
-            assert base is not None
-            self._make_room(base["size_bytes"], None)
-            self.copying[upload_id] = base["size_bytes"]
-            staging = self.config.snapshots_path / staging_name(upload_id)
-            remove_tree(staging)  # a leftover of a crash during a copy
         try:
+            with self.lock:
+                self._require_new(upload_id)
+                base = None if base_id is None else self.row(base_id) or self.discover(base_id)
+                use = None if base_id is None else self._base_use(base)
+                if use == "move":
+                    assert base is not None
+                    self._move_base(base, upload_id)
+                    return self._created(upload_id, None)
+                if use != "copy":
+                    self._create_empty(upload_id)
+                    return self._created(upload_id, use)
+                assert base is not None
+                self._make_room(base["size_bytes"], None)
+                self.copying[upload_id] = base["size_bytes"]
+            return self._created(upload_id, self._create_copy(upload_id, base))
+        except OSError as exc:
+            if exc.errno not in FATAL_ERRNOS:
+                raise
+            raise ServiceError(
+                507,
+                "insufficient_storage",
+                "The host has no space left to start this upload",
+                cause=f"creating upload {upload_id}: {exc}",
+            ) from None
+
+    def _create_empty(self, upload_id: str) -> None:
+        os.mkdir(self.incoming_dir(upload_id), 0o700)
+        self._insert(upload_id, None)
+
+    def _create_copy(self, upload_id: str, base: dict[str, Any]) -> BaseProblem | None:
+        """Copy outside the lock into a staging directory beside the snapshots (rsync
+        cannot reach it, the cleanup loop leaves it alone while `copying` names it),
+        then rename it into the module."""
+        staging = self.config.snapshots_path / staging_name(upload_id)
+        try:
+            remove_tree(staging)  # a leftover of a crash during a copy
             copied = self._copy_base(base, staging)
             with self.lock:
                 del self.copying[upload_id]
                 self._require_new(upload_id)
-                if copied:
-                    os.rename(staging, self.incoming_dir(upload_id))
-                else:
-                    os.mkdir(self.incoming_dir(upload_id), 0o700)
-                self._insert(upload_id, base["upload_id"] if copied else None)
+                if not copied:
+                    self._create_empty(upload_id)
+                    return "gone"
+                os.rename(staging, self.incoming_dir(upload_id))
+                self._insert(upload_id, base["upload_id"])
+                return None
         finally:
             with self.lock:
                 self.copying.pop(upload_id, None)
                 remove_tree(staging)  # gone already unless the copy failed
-        return self._created(upload_id, None if copied else "gone")
 
     def _require_new(self, upload_id: str) -> None:
         if (
@@ -269,12 +288,7 @@ class Uploads:
             result = copy_tree(self.snapshot_dir(base["upload_id"]), staging)
         except OSError as exc:
             if exc.errno in FATAL_ERRNOS:
-                raise ServiceError(
-                    507,
-                    "insufficient_storage",
-                    "The host has no space left to start this upload from its base",
-                    cause=f"copy of {base['upload_id']}: {exc}",
-                ) from None
+                raise
             log.warning("upload base %s could not be copied: %s", base["upload_id"], exc)
             return False
         log.info(
