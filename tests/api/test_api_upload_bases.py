@@ -47,21 +47,32 @@ def contents(root: Path) -> dict[str, bytes]:
     }
 
 
+def job(status: str, job_type: str = "worker", cancel_requested: int = 0) -> dict[str, Any]:
+    return {"type": job_type, "status": status, "cancel_requested": cancel_requested}
+
+
 @pytest.mark.parametrize(
-    ("row", "job_holds_it", "use"),
+    ("row", "job_row", "use"),
     [
-        (None, False, "not_found"),
-        ({"state": "uploading", "kept_until": None}, False, "not_finalized"),
-        ({"state": "finalized", "kept_until": None}, False, "copy"),
-        ({"state": "finalized", "kept_until": None}, True, "copy"),  # reserved by a job
-        ({"state": "consumed", "kept_until": None}, True, "copy"),  # its job runs
-        ({"state": "consumed", "kept_until": 5.0}, False, "move"),  # its job is over
-        ({"state": "consumed", "kept_until": None}, False, "gone"),  # dropped, or moved
-        ({"state": "expired", "kept_until": None}, False, "gone"),
+        (None, None, "not_found"),
+        ({"state": "uploading", "kept_until": None}, None, "not_finalized"),
+        ({"state": "finalized", "kept_until": None}, None, "copy"),
+        ({"state": "finalized", "kept_until": None}, job("pending"), "copy"),  # reserved
+        ({"state": "consumed", "kept_until": None}, job("running"), "copy"),
+        ({"state": "consumed", "kept_until": None}, job("cancelled", cancel_requested=1), "copy"),
+        ({"state": "consumed", "kept_until": 5.0}, job("completed"), "move"),  # job over
+        ({"state": "consumed", "kept_until": None}, job("completed"), "gone"),  # dropped/moved
+        ({"state": "expired", "kept_until": None}, None, "gone"),
+        # An agent's /work is its snapshot, read-write: never a base, at any point.
+        ({"state": "finalized", "kept_until": None}, job("pending", "agent"), "gone"),
+        ({"state": "consumed", "kept_until": None}, job("running", "agent"), "gone"),
+        ({"state": "consumed", "kept_until": 5.0}, job("completed", "agent"), "gone"),
     ],
 )
-def test_what_a_base_is_good_for(row: dict[str, Any] | None, job_holds_it: bool, use: str) -> None:
-    assert base_use(row, job_holds_it) == use
+def test_what_a_base_is_good_for(
+    row: dict[str, Any] | None, job_row: dict[str, Any] | None, use: str
+) -> None:
+    assert base_use(row, job_row) == use
 
 
 def test_an_upload_without_a_base_starts_empty(api: Api) -> None:
@@ -125,6 +136,19 @@ def test_a_finished_jobs_snapshot_is_kept_then_moved_into_the_next_upload(api: A
     again = create(api, "upload_c", base="upload_a")
     assert again["base_upload_id"] is None and again["base_unavailable"] == "gone"
     assert os.listdir(api.config.uploads_path / "upload_c") == []
+
+
+def test_a_snapshot_an_agent_had_read_write_is_never_a_base(api: Api) -> None:
+    api.upload("upload_agent", FILES)
+    agent = {"type": "agent", "task": "t", "git_branch": "b", "files_id": "upload_agent"}
+    job_id = api.post("/jobs", json=agent).json()["job_id"]
+    api.runtime.run(job_id)
+    running = create(api, "upload_during", base="upload_agent")
+    assert (running["base_upload_id"], running["base_unavailable"]) == (None, "gone")
+    api.runtime.finish(job_id, 0)
+    assert not (api.config.snapshots_path / "upload_agent").exists()  # not kept
+    after = create(api, "upload_after", base="upload_agent")
+    assert (after["base_upload_id"], after["base_unavailable"]) == (None, "gone")
 
 
 def test_bases_that_cannot_be_used_give_a_full_upload(api: Api) -> None:

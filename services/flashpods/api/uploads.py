@@ -34,7 +34,7 @@ from typing import Any, Literal
 from flashpods.api.config import Config
 from flashpods.api.db import Store
 from flashpods.api.ids import is_upload_id
-from flashpods.api.jobstate import HOLDING_SQL
+from flashpods.api.jobstate import HOLDING_SQL, holds_resources
 from flashpods.api.treecopy import FATAL_ERRNOS, copy_tree
 from flashpods.common.errors import ServiceError
 from flashpods.common.fdtree import remove_path
@@ -102,12 +102,23 @@ _ON_DISK_SQL = (
 )
 
 
-def base_use(row: dict[str, Any] | None, job_holds_it: bool) -> BaseUse | BaseProblem:
-    """Pure: what a new upload can do with the upload `row` named as its base."""
+# Job types whose container has the snapshot read-write: runtime/podman.py mounts an
+# agent's /work from it (until the runtime copies it into the job instead, issue #10). A
+# snapshot such a job has held may have been changed through it, contents too with the
+# mtimes put back (which rsync's quick check would not see), so it is never a base.
+SNAPSHOT_WRITERS = frozenset({"agent"})
+
+
+def base_use(row: dict[str, Any] | None, job: dict[str, Any] | None) -> BaseUse | BaseProblem:
+    """Pure: what a new upload can do with the upload `row` named as its base, given the
+    job that reserved or consumed it (type, status, cancel_requested), if any."""
     if row is None:
         return "not_found"
     if row["state"] == "uploading":
         return "not_finalized"
+    if job is not None and job["type"] in SNAPSHOT_WRITERS:
+        return "gone"
+    job_holds_it = job is not None and holds_resources(job)
     if row["state"] == "finalized" or (row["state"] == "consumed" and job_holds_it):
         return "copy"
     if row["state"] == "consumed" and row["kept_until"] is not None:
@@ -253,7 +264,7 @@ class Uploads:
             )
 
     def _base_use(self, base: dict[str, Any] | None) -> BaseUse | BaseProblem:
-        use = base_use(base, base is not None and self._job_holds(base))
+        use = base_use(base, None if base is None else self._job_of(base))
         if use in ("copy", "move"):
             assert base is not None
             snapshot = self.snapshot_dir(base["upload_id"])
@@ -261,12 +272,12 @@ class Uploads:
                 return "gone"
         return use
 
-    def _job_holds(self, row: dict[str, Any]) -> bool:
-        return row["job_id"] is not None and (
-            self.store.one(
-                f"SELECT 1 AS x FROM jobs WHERE id = ? AND {HOLDING_SQL}", (row["job_id"],)
-            )
-            is not None
+    def _job_of(self, row: dict[str, Any]) -> dict[str, Any] | None:
+        """The job that reserved or consumed the upload `row`, if any."""
+        if row["job_id"] is None:
+            return None
+        return self.store.one(
+            "SELECT type, status, cancel_requested FROM jobs WHERE id = ?", (row["job_id"],)
         )
 
     def _move_base(self, base: dict[str, Any], upload_id: str) -> None:
@@ -475,12 +486,13 @@ class Uploads:
 
     def release(self, job_id: str) -> None:
         """The job ended. A snapshot it ran on is kept as the next upload's base unless a
-        newer upload built on it is finalized already; a job that never ran expires
-        its upload."""
-        row = self.store.one("SELECT upload_id, state FROM uploads WHERE job_id = ?", (job_id,))
+        newer upload built on it is finalized already or the job could write to it; a job
+        that never ran expires its upload."""
+        row = self.store.one("SELECT * FROM uploads WHERE job_id = ?", (job_id,))
         if row is None:
             return
         upload_id = row["upload_id"]
+        job = self._job_of(row)
         with self.lock:
             superseded = self.store.one(
                 "SELECT 1 AS x FROM uploads WHERE base_upload_id = ? "
@@ -490,6 +502,7 @@ class Uploads:
             snapshot = self.snapshot_dir(upload_id)
             if (
                 row["state"] != "consumed"
+                or (job is not None and job["type"] in SNAPSHOT_WRITERS)
                 or superseded is not None
                 or not snapshot.is_dir()
                 or snapshot.is_symlink()
