@@ -154,8 +154,12 @@ in
       ];
       wantedBy = [ "multi-user.target" ];
       inherit environment;
-      # The podman CLI (remote client) the runtime adapter runs against the API socket.
-      path = [ config.virtualisation.podman.package ];
+      # The podman CLI (remote client) the runtime adapter runs against the API socket;
+      # coreutils' `sleep` holds each job's pinned /artifacts (docs/runtime.md "Artifacts").
+      path = [
+        config.virtualisation.podman.package
+        pkgs.coreutils
+      ];
 
       serviceConfig = import ./lib/hardening.nix // {
         Type = "simple";
@@ -165,9 +169,12 @@ in
         LoadCredential = [ "api-token:${api.tokenFile}" ];
         Restart = "always";
         RestartSec = "5s";
-        # Jobs are containers of the podman service, not children of this unit: stopping
-        # the API must not touch them (crash recovery reattaches on start).
-        KillMode = "mixed";
+        # Jobs are containers of the podman service, not children of this unit, but the
+        # holders of their pinned /artifacts are: stopping the API must touch neither
+        # (crash recovery reattaches on start). systemd.kill(5): "If set to process, only
+        # the main process itself is killed". The log capture processes end by themselves
+        # when the API's pipe to them closes.
+        KillMode = "process";
 
         # Hardening beyond lib/hardening.nix. /etc/flashpods stays unreadable: the token
         # comes as a credential.

@@ -93,6 +93,22 @@ def test_dd_3g_into_tmp_stops_at_disk_gb_and_the_outcome_says_so(
     assert_released(api, job["id"])
 
 
+def test_dd_3g_into_artifacts_stops_at_disk_gb_while_it_runs(api: Api, podman_socket: Path) -> None:
+    job, peak = run_sampled(api, podman_socket, DD_3G.format(path="/artifacts/big"), 120, disk_gb=1)
+    assert (job["status"], job["exit_code"], job["error"]) == ("failed", 1, "disk_full")
+    text = log_text(api, job["id"])
+    assert "No space left on device" in text
+    warning = "[flashpods] warning: /artifacts filled its 1 GB limit: writes failed with ENOSPC"
+    assert warning in text
+    # The host's disk sees only what is copied out after the exit: the partial file,
+    # within the job's 1 GB (and the artifact rules' limits).
+    listed = api.call("GET", f"/jobs/{job['id']}/artifacts").json()["artifacts"]
+    assert [a["name"] for a in listed] == ["big"]
+    assert 900 << 20 < listed[0]["size_bytes"] < GIB
+    assert peak <= GIB + (16 << 20)
+    assert_released(api, job["id"])
+
+
 def test_dd_3g_into_the_container_root_is_refused(api: Api, podman_socket: Path) -> None:
     job, peak = run_sampled(api, podman_socket, DD_ROOT, 120)
     assert (job["status"], job["exit_code"]) == ("failed", 1)

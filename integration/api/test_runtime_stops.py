@@ -183,11 +183,17 @@ def test_agent_gets_its_environment_and_a_writable_work(
         'printf "%s" "$FLASHPODS_TASK" > /artifacts/task.txt\n'
         'printf "%s|%s|%s|%s" "$FLASHPODS_CONTEXT" "$FLASHPODS_GIT_BRANCH" '
         '"$FLASHPODS_JOB_ID" "$FLASHPODS_AGENT_COMMAND" > /artifacts/env.txt\n'
-        "echo edited > /work/edited.txt\n"
+        # /work is the job's own copy (the real entrypoint makes it; here by hand)...
+        "cp -a /run/flashpods/upload/. /work/ && echo edited > /work/edited.txt || exit 8\n"
+        # ... a tmpfs of disk_gb, while the upload itself is read-only.
+        "df -k /work | tail -1 | awk '{print $2}' > /artifacts/work_kib\n"
+        "touch /run/flashpods/upload/x 2>/dev/null && exit 9\n"
+        "exit 0\n"
     )
     entrypoint.chmod(0o755)
     upload = dirs.uploads / "upload_agent"
     upload.mkdir()
+    (upload / "main.py").write_text("print(1)\n")
     runtime = PodmanRuntime(make_config(podman_socket, tools_dir=tools, agent_command="fake"))
     task = "Fix the bug.\nIt's in `main.py`; don't $(rm -rf /) \"quote\""
     spec = make_spec(
@@ -201,7 +207,8 @@ def test_agent_gets_its_environment_and_a_writable_work(
     assert outcome.status == "completed", spec.log_path.read_text()
     assert (spec.artifacts_dir / "task.txt").read_text() == task
     assert (spec.artifacts_dir / "env.txt").read_text() == f"ctx|fix/bug|{spec.job_id}|fake"
-    assert (upload / "edited.txt").read_text() == "edited\n"
+    assert int((spec.artifacts_dir / "work_kib").read_text()) == spec.disk_gb << 20
+    assert sorted(p.name for p in upload.iterdir()) == ["main.py"]  # never written
 
 
 def test_timeout_after_one_minute(timeout_job: tuple[JobSpec, RecordingHooks]) -> None:

@@ -33,7 +33,7 @@ def args_for(job: JobSpec, rootless: bool = True, pull: str = "never") -> list[s
         job,
         instance="inst",
         user=cli.ContainerUser(rootless=rootless, uid=1000, gid=100),
-        mounts=[cli.Mount(Path("/a/job_1"), "/artifacts", read_only=False)],
+        mounts=[m for m in [cli.upload_mount(job)] if m is not None],
         pull_policy=pull,
         raw_log_path=RAW,
         raw_log_max_bytes=1 << 20,
@@ -79,7 +79,7 @@ def test_labels_limits_and_hardening() -> None:
     assert "--init" in args
     assert pairs(args, "--log-driver") == ["k8s-file"]
     assert pairs(args, "--log-opt") == [f"path={RAW}", f"max-size={1 << 20}"]
-    assert pairs(args, "-v") == ["/a/job_1:/artifacts:rw"]
+    assert pairs(args, "-v") == []  # nothing of the host's is writable to the job
 
 
 def test_rootless_keeps_id_and_rootful_runs_as_the_api_user() -> None:
@@ -150,18 +150,32 @@ def test_the_root_is_read_only_and_scratch_is_a_sized_tmpfs() -> None:
     size = 3 << 30
     assert mounts_of(args) == [
         f"type=tmpfs,destination=/tmp,tmpfs-size={size},tmpfs-mode=1777",
+        f"type=tmpfs,destination=/artifacts,tmpfs-size={size},tmpfs-mode=0755,chown=true",
         f"type=tmpfs,destination=/work,tmpfs-size={size},tmpfs-mode=0755,ro=true",
     ]
 
 
+def agent(**overrides: object) -> JobSpec:
+    return spec(job_type="agent", command=None, task="t", git_branch="b", **overrides)
+
+
 def test_without_an_upload_an_agent_gets_an_empty_writable_work() -> None:
-    args = args_for(spec(job_type="agent", command=None, task="t", git_branch="b", disk_gb=1))
-    assert mounts_of(args)[1] == (
+    args = args_for(agent(disk_gb=1))
+    assert mounts_of(args)[2] == (
         f"type=tmpfs,destination=/work,tmpfs-size={1 << 30},tmpfs-mode=0755,chown=true"
     )
+    assert pairs(args, "-v") == []
 
 
-def test_with_an_upload_work_is_the_upload_not_a_tmpfs() -> None:
+def test_with_an_upload_a_worker_reads_it_at_work() -> None:
     args = args_for(spec(upload_dir=Path("/snap/u1")))
     assert [m for m in mounts_of(args) if "destination=/work" in m] == []
-    assert mounts_of(args)[0].startswith("type=tmpfs,destination=/tmp,")
+    assert pairs(args, "-v") == ["/snap/u1:/work:ro"]
+
+
+def test_with_an_upload_an_agent_writes_a_private_copy_never_the_upload() -> None:
+    args = args_for(agent(upload_dir=Path("/snap/u1"), disk_gb=2))
+    assert pairs(args, "-v") == [f"/snap/u1:{cli.UPLOAD_TARGET}:ro"]
+    assert f"type=tmpfs,destination=/work,tmpfs-size={2 << 30},tmpfs-mode=0755,chown=true" in (
+        mounts_of(args)
+    )

@@ -9,10 +9,11 @@ import socket
 import stat
 import tempfile
 import tracemalloc
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from flashpods.api.runtime import artifacts_collect
+from flashpods.api.runtime import ArtifactRecord, artifacts_collect
 from flashpods.api.runtime.artifacts_collect import (
     MAX_DEPTH,
     MAX_WARNINGS,
@@ -26,6 +27,26 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 NOBODY = pwd.getpwnam("nobody")
+
+
+def copied(root: Path) -> Path:
+    """Where collect() copies what `root` keeps (the job's host directory)."""
+    return root.parent / f"{root.name}.copied"
+
+
+def collect(
+    root: Path,
+    limits: ArtifactLimits,
+    warn: Callable[[str], None],
+    seconds: float = artifacts_collect.COLLECT_SECONDS,
+) -> list[ArtifactRecord]:
+    """The collector on `root` given by descriptor, as the pin gives the tmpfs."""
+    copied(root).mkdir(exist_ok=True)
+    source = os.open(root, os.O_PATH | os.O_DIRECTORY)
+    try:
+        return collect_artifacts(source, copied(root), limits, warn, seconds)
+    finally:
+        os.close(source)
 
 
 @pytest.mark.parametrize(
@@ -102,7 +123,7 @@ def test_collector_applies_every_rule(tmp_path: Path) -> None:
     (root / "locked" / "kept.txt").write_text("k")
     (root / "locked").chmod(0)  # the job may leave a directory unreadable
     warnings: list[str] = []
-    records = collect_artifacts(root, ArtifactLimits(), warnings.append)
+    records = collect(root, ArtifactLimits(), warnings.append)
     names = sorted(r.name for r in records)
     assert names == [
         ".hidden",
@@ -119,6 +140,17 @@ def test_collector_applies_every_rule(tmp_path: Path) -> None:
     assert not (root / "sub" / "inside").is_symlink()
     assert (root / "sub" / "inside").read_text() == "ok"
     assert (root / "locked").stat().st_mode & 0o777 == 0o700
+    # Exactly what is kept is copied out: same bytes and mtime, ours alone.
+    out = copied(root)
+    files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert files == names
+    for record in records:
+        kept, copy = root / record.name, out / record.name
+        assert copy.read_bytes() == kept.read_bytes()
+        assert copy.stat().st_mtime_ns == kept.stat().st_mtime_ns
+        assert copy.stat().st_mode & 0o777 == 0o600 and not copy.is_symlink()
+        assert copy.stat().st_ino != kept.stat().st_ino
+    assert (out / "sub").stat().st_mode & 0o777 == 0o700
     text = "\n".join(warnings)
     assert "'escape' skipped: symlink dangles, loops or resolves outside /artifacts" in text
     assert "'.hidden' has a leading '.'" in text
@@ -134,22 +166,30 @@ def test_collector_limits(tmp_path: Path) -> None:
     (root / "huge").write_bytes(b"x" * 100)
     warnings: list[str] = []
     limits = ArtifactLimits(max_file_bytes=50, max_total_bytes=35, max_files=4)
-    records = collect_artifacts(root, limits, warnings.append)
+    records = collect(root, limits, warnings.append)
     assert [r.name for r in records] == ["f0", "f1", "f2"]  # the 4th would pass 35 bytes
     assert sorted(p.name for p in root.iterdir()) == ["f0", "f1", "f2"]
     assert any("'huge' skipped: larger than 50 bytes" in w for w in warnings)
     limits = ArtifactLimits(max_files=2)
     for i in range(5):
         (root / f"g{i}").write_bytes(b"y")
-    records = collect_artifacts(root, limits, warnings.append)
+    records = collect(root, limits, warnings.append)
     assert len(records) == 2
     assert any("more than 2 files" in w for w in warnings)
 
 
-def test_collector_maps_a_vanished_directory(tmp_path: Path) -> None:
-    with pytest.raises(ArtifactCollectionError) as raised:
-        collect_artifacts(tmp_path / "gone", ArtifactLimits(), lambda _: None)
-    assert raised.value.code == "artifact_copy_container_gone"
+def test_a_second_collection_replaces_the_first_copy(tmp_path: Path) -> None:
+    # The API stopped half-way through a copy: the next collection starts over.
+    root = tmp_path / "job"
+    root.mkdir()
+    (root / "a").write_text("new")
+    copied(root).mkdir()
+    (copied(root) / "a").write_text("half")
+    (copied(root) / "stale").mkdir()
+    records = collect(root, ArtifactLimits(), lambda _: None)
+    assert [r.name for r in records] == ["a"]
+    assert sorted(p.name for p in copied(root).iterdir()) == ["a"]
+    assert (copied(root) / "a").read_text() == "new"
 
 
 def test_collector_maps_an_unreadable_directory_to_permission() -> None:
@@ -164,6 +204,8 @@ def test_collector_maps_an_unreadable_directory_to_permission() -> None:
         (root / "public.txt").write_text("y")
         root.chmod(0o755)
         (root / "private").chmod(0o700)  # owned by root
+        copied(root).mkdir()
+        os.chown(copied(root), NOBODY.pw_uid, NOBODY.pw_gid)
         read_end, write_end = os.pipe()
         child = os.fork()
         if child == 0:  # pragma: no cover - runs in the child
@@ -172,7 +214,7 @@ def test_collector_maps_an_unreadable_directory_to_permission() -> None:
             try:
                 os.setgid(NOBODY.pw_gid)
                 os.setuid(NOBODY.pw_uid)
-                collect_artifacts(root, ArtifactLimits(), lambda _: None)
+                collect(root, ArtifactLimits(), lambda _: None)
             except ArtifactCollectionError as exc:
                 code = exc.code
             finally:
@@ -200,6 +242,8 @@ def test_the_service_user_opens_up_what_it_owns_without_privileges() -> None:
             os.chown(path, NOBODY.pw_uid, NOBODY.pw_gid)
         for path in (root / "sub" / "f.txt", root / "sub", root):
             path.chmod(0)
+        copied(root).mkdir()
+        os.chown(copied(root), NOBODY.pw_uid, NOBODY.pw_gid)
         read_end, write_end = os.pipe()
         child = os.fork()
         if child == 0:  # pragma: no cover - runs in the child
@@ -208,7 +252,7 @@ def test_the_service_user_opens_up_what_it_owns_without_privileges() -> None:
             try:
                 os.setgid(NOBODY.pw_gid)
                 os.setuid(NOBODY.pw_uid)
-                records = collect_artifacts(root, ArtifactLimits(), lambda _: None)
+                records = collect(root, ArtifactLimits(), lambda _: None)
                 answer = ",".join(r.name for r in records)
             finally:
                 os.write(write_end, answer.encode())
@@ -220,6 +264,7 @@ def test_the_service_user_opens_up_what_it_owns_without_privileges() -> None:
         assert stat.S_IMODE(root.stat().st_mode) == 0o700
         assert stat.S_IMODE((root / "sub").stat().st_mode) == 0o700
         assert stat.S_IMODE((root / "sub" / "f.txt").stat().st_mode) == 0o600
+        assert (copied(root) / "sub" / "f.txt").read_text() == "x"
     finally:
         shutil.rmtree(base)
 
@@ -255,7 +300,7 @@ def test_a_700_deep_tree_ends_and_keeps_only_max_depth(tmp_path: Path) -> None:
     (root / "top.txt").write_text("kept")
     before = open_fds()
     warnings: list[str] = []
-    records = collect_artifacts(root, ArtifactLimits(), warnings.append)
+    records = collect(root, ArtifactLimits(), warnings.append)
     assert [r.name for r in records] == ["top.txt"]
     assert open_fds() == before
     assert any(f"deeper than {MAX_DEPTH} directory levels" in w for w in warnings)
@@ -276,7 +321,7 @@ def test_names_that_are_not_utf8_are_removed_and_never_reported(tmp_path: Path) 
     with open(bytes(root) + b"/dir\xfe/inner", "w") as fh:
         fh.write("x")
     warnings: list[str] = []
-    records = collect_artifacts(root, ArtifactLimits(), warnings.append)
+    records = collect(root, ArtifactLimits(), warnings.append)
     assert [r.name for r in records] == ["ok.txt"]
     assert os.listdir(bytes(root)) == [b"ok.txt"]
     assert sum("name is not valid UTF-8" in w for w in warnings) == 2
@@ -303,7 +348,7 @@ def test_fifo_socket_and_links_out_are_removed_without_touching_the_host(tmp_pat
     os.symlink("../outside/precious", root / "up")
     (root / "keep.txt").write_text("k")
     warnings: list[str] = []
-    records = collect_artifacts(root, ArtifactLimits(), warnings.append)
+    records = collect(root, ArtifactLimits(), warnings.append)
     assert [r.name for r in records] == ["keep.txt"]
     assert os.listdir(root) == ["keep.txt"]
     assert (outside / "precious").read_text() == "host data"
@@ -319,7 +364,7 @@ def test_a_directory_made_unreadable_by_the_job_at_the_root_is_opened_up(tmp_pat
     (root / "wide").write_text("w")
     (root / "wide").chmod(0o666)  # the job's own umask: opened to all
     root.chmod(0)  # `chmod 000 /artifacts` inside the job: same uid as the API
-    records = collect_artifacts(root, ArtifactLimits(), lambda _: None)
+    records = collect(root, ArtifactLimits(), lambda _: None)
     assert [r.name for r in records] == ["r.txt", "wide"]
     assert (root / "wide").stat().st_mode & 0o777 == 0o600
     assert root.stat().st_mode & 0o777 == 0o700
@@ -338,7 +383,7 @@ def test_wide_directories_are_read_in_sorted_chunks(
     (root / "empty_dirs").mkdir()
     for i in range(30):
         (root / "empty_dirs" / f"e{i}").mkdir()
-    records = collect_artifacts(root, ArtifactLimits(max_files=25), lambda _: None)
+    records = collect(root, ArtifactLimits(max_files=25), lambda _: None)
     assert [r.name for r in records] == [f"{name}/f" for name in names[:25]]
     assert leftovers(root) == {f"{name}/f" for name in names[:25]}
 
@@ -351,7 +396,7 @@ def test_the_file_limit_then_drains_the_rest(tmp_path: Path) -> None:
     (root / "zz").mkdir()
     (root / "zz" / "late").write_text("x")
     warnings: list[str] = []
-    records = collect_artifacts(root, ArtifactLimits(), warnings.append)
+    records = collect(root, ArtifactLimits(), warnings.append)
     assert [r.name for r in records] == [f"f{i:05}" for i in range(200)]
     assert len(os.listdir(root)) == 200
     # Bounded: the first MAX_WARNINGS, then one line counting the rest.
@@ -365,7 +410,7 @@ def peak_memory(root: Path, files: int) -> int:
         (root / f"f{i:06}").write_bytes(b"")
     tracemalloc.start()
     try:
-        collect_artifacts(root, ArtifactLimits(), lambda _: None)
+        collect(root, ArtifactLimits(), lambda _: None)
         return tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -383,7 +428,7 @@ def test_the_walk_gives_up_at_its_deadline(tmp_path: Path) -> None:
     root.mkdir()
     (root / "f").write_text("x")
     with pytest.raises(ArtifactCollectionError) as raised:
-        collect_artifacts(root, ArtifactLimits(), lambda _: None, seconds=-1)
+        collect(root, ArtifactLimits(), lambda _: None, seconds=-1)
     assert raised.value.code == "artifact_copy_timeout"
 
 
@@ -398,7 +443,7 @@ def test_past_the_deadline_with_the_records_settled_the_removal_is_left(
     clock = iter(range(1000))  # one "second" per look at the clock
     monkeypatch.setattr(artifacts_collect.time, "monotonic", lambda: float(next(clock)))
     warnings: list[str] = []
-    records = collect_artifacts(root, ArtifactLimits(max_files=3), warnings.append, seconds=5)
+    records = collect(root, ArtifactLimits(max_files=3), warnings.append, seconds=5)
     assert [r.name for r in records] == ["f00", "f01", "f02"]
     assert "stopped after" in warnings[-1]
     assert len(os.listdir(root)) > 3  # the cleanup loop removes the rest with the directory
@@ -449,7 +494,7 @@ def test_any_tree_ends_with_only_valid_reported_files(tree: dict[bytes, object])
         build(bytes(root), tree)
         limits = ArtifactLimits(max_file_bytes=15, max_total_bytes=40, max_files=6)
         warnings: list[str] = []
-        records = collect_artifacts(root, limits, warnings.append)
+        records = collect(root, limits, warnings.append)
         names = [r.name for r in records]
         assert len(names) <= 6 and sum(r.size_bytes for r in records) <= 40
         assert set(names) == leftovers(root)  # nothing unreported stays, nothing else

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from flashpods.api.runtime import ContainerInfo, JobOutcome, JobSpec
+from flashpods.api.runtime import ContainerInfo, JobOutcome, JobSpec, artifactpin
 from flashpods.api.runtime import supervisor as sup_module
 from flashpods.api.runtime.artifacts_collect import ArtifactLimits
 from flashpods.api.runtime.logcapture import LogCapture
@@ -29,6 +30,7 @@ class FakePodman:
         self.exited = threading.Event()
         self.stops = 0
         self.finalized: list[str] = []
+        self.pinned: Path | None = None  # the job's /artifacts; None: its pin is gone
 
     def wait(self, name: str) -> None:
         self.exited.wait(30)
@@ -43,9 +45,18 @@ class FakePodman:
         state = "exited" if self.exited.is_set() else "running"
         return ContainerInfo("c", "job_1", state, self.exit_code, False, now, now)
 
+    def artifacts(self, spec: JobSpec) -> int:
+        if self.pinned is None:
+            raise artifactpin.PinError("no pin holds the artifacts of job job_1")
+        return os.open(self.pinned, os.O_PATH | os.O_DIRECTORY)
+
     def ops(self) -> ContainerOps:
         return ContainerOps(
-            self.wait, self.stop, self.inspect, lambda s: self.finalized.append(s.job_id)
+            self.wait,
+            self.stop,
+            self.inspect,
+            lambda s: self.finalized.append(s.job_id),
+            self.artifacts,
         )
 
 
@@ -89,6 +100,9 @@ def make(
         command="x",
     )
     spec.artifacts_dir.mkdir()
+    if podman.pinned is None:
+        podman.pinned = tmp_path / "pinned"
+        podman.pinned.mkdir()
     capture = LogCapture(tmp_path / ".job_1.ctr.log", spec.log_path, 1 << 20)
     return JobSupervisor(spec, hooks, podman.ops(), capture, ArtifactLimits(), lambda _: None)
 
@@ -161,6 +175,35 @@ def test_abandon_reports_nothing(tmp_path: Path) -> None:
     podman.exited.set()
     sup.join(10)
     assert hooks.calls == [] and podman.finalized == []
+
+
+def test_what_the_job_left_in_its_pinned_artifacts_is_copied_out(tmp_path: Path) -> None:
+    podman, hooks = FakePodman(exit_code=0), Hooks()
+    sup = make(tmp_path, podman, hooks)
+    assert podman.pinned is not None
+    (podman.pinned / "out.txt").write_text("result")
+    sup.supervise(datetime.now(UTC), None)
+    podman.exited.set()
+    assert hooks.done.wait(10)
+    sup.join(10)
+    assert hooks.outcome is not None and hooks.outcome.status == "completed"
+    assert [a.name for a in hooks.outcome.artifacts] == ["out.txt"]
+    assert (tmp_path / "a" / "out.txt").read_text() == "result"
+
+
+def test_artifacts_whose_pin_is_gone_end_the_job_failed_and_release_it(tmp_path: Path) -> None:
+    podman, hooks = FakePodman(exit_code=0), Hooks()
+    sup = make(tmp_path, podman, hooks)
+    podman.pinned = None  # e.g. its holder was killed while the API was down
+    sup.supervise(datetime.now(UTC), None)
+    podman.exited.set()
+    assert hooks.done.wait(10)
+    sup.join(10)
+    assert hooks.outcome is not None
+    assert (hooks.outcome.status, hooks.outcome.error) == ("failed", "artifact_copy_container_gone")
+    assert hooks.outcome.exit_code == 0
+    assert podman.finalized == ["job_1"]
+    assert list((tmp_path / "a").iterdir()) == []
 
 
 def test_a_walk_that_breaks_unexpectedly_ends_the_job_failed(

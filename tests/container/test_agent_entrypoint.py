@@ -140,3 +140,51 @@ def test_git_and_cli_files_stay_out_of_work_even_when_home_is_work(tmp_path: Pat
     assert not env["HOME"].startswith(str(tmp_path / "work"))
     assert not (tmp_path / "work" / ".gitconfig").exists()
     assert ".gitconfig" not in (artifacts / "changes.patch").read_text()
+
+
+def test_the_upload_is_copied_into_work_and_never_changed(tmp_path: Path) -> None:
+    upload = tmp_path / "upload"
+    (upload / "src").mkdir(parents=True)
+    (upload / "src" / "main.py").write_text("print(1)\n")
+    (upload / "run.sh").write_text("#!/bin/sh\n")
+    (upload / "run.sh").chmod(0o755)
+    os.symlink("src/main.py", upload / "link")
+
+    def state() -> dict[Path, tuple[int, ...]]:  # all but the access time
+        return {
+            p: (s.st_mode, s.st_size, s.st_mtime_ns, s.st_ctime_ns, s.st_ino, s.st_nlink)
+            for p in upload.rglob("*")
+            for s in [p.stat(follow_symlinks=False)]
+        }
+
+    before = state()
+    proc, _, artifacts = run_entrypoint(tmp_path, DONE, FLASHPODS_UPLOAD_DIR=str(upload))
+    assert proc.returncode == 0, proc.stderr
+    work = tmp_path / "work"
+    assert (work / "src" / "main.py").read_text() == "print(1)\n"
+    assert (work / "run.sh").stat().st_mode & 0o777 == 0o755
+    assert os.readlink(work / "link") == "src/main.py"
+    assert (work / "edited.txt").exists()  # the stand-in agent wrote into /work ...
+    assert not (upload / "edited.txt").exists()  # ... and the upload saw none of it
+    assert state() == before
+    patch = (artifacts / "changes.patch").read_text()
+    assert "+edited by the stand-in" in patch and "main.py" not in patch
+
+
+def test_an_upload_larger_than_work_fails_setup(tmp_path: Path) -> None:
+    upload = tmp_path / "upload"
+    upload.mkdir()
+    (upload / "big.bin").write_bytes(b"x" * (256 << 10))
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(small)], check=True)
+    try:
+        proc, record, _ = run_entrypoint(
+            tmp_path, DONE, FLASHPODS_UPLOAD_DIR=str(upload), FLASHPODS_WORK_DIR=str(small)
+        )
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
+    assert proc.returncode == 72, proc.stderr
+    assert "cannot copy the upload into" in proc.stderr
+    assert proc.stderr.rstrip().endswith("flashpods-failure: agent_setup_failed")
+    assert not (record / "argv").exists()  # the agent never ran

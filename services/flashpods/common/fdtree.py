@@ -48,13 +48,18 @@ def open_dir(name: str, dir_fd: int | None, mode: int | None = None) -> int:
     raises PermissionError. A symlink raises OSError (ELOOP or ENOTDIR)."""
     path_fd = os.open(name, _PATH | os.O_DIRECTORY, dir_fd=dir_fd)
     try:
-        info = os.fstat(path_fd)
-        wanted = stat.S_IMODE(info.st_mode) | stat.S_IRWXU if mode is None else mode
-        if info.st_uid == os.geteuid() and stat.S_IMODE(info.st_mode) != wanted:
-            os.chmod(f"/proc/self/fd/{path_fd}", wanted)
-        return os.open(".", _DIR, dir_fd=path_fd)
+        return open_up(path_fd, mode)
     finally:
         os.close(path_fd)
+
+
+def open_up(path_fd: int, mode: int | None = None) -> int:
+    """open_dir for a directory already held by an (O_PATH) descriptor."""
+    info = os.fstat(path_fd)
+    wanted = stat.S_IMODE(info.st_mode) | stat.S_IRWXU if mode is None else mode
+    if info.st_uid == os.geteuid() and stat.S_IMODE(info.st_mode) != wanted:
+        os.chmod(f"/proc/self/fd/{path_fd}", wanted)
+    return os.open(".", _DIR, dir_fd=path_fd)
 
 
 def _unlink_or_rmdir(name: str, dir_fd: int) -> bool:

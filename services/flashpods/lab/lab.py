@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pwd
 import shutil
 import signal
 import subprocess
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from flashpods import deployment
+from flashpods.api.runtime import artifactpin
 from flashpods.common.polling import poll
 from flashpods.deployment import JOB_IMAGE
 from flashpods.lab import host, network, preflight, pyenv, rsyncd, services, units
@@ -264,8 +266,10 @@ def down() -> None:
         if topo.netns_path(topo.host_ns).exists():
             argv = in_netns(topo.host_ns, argv)
         run(argv, check=False, timeout=120)
-    network.teardown(topo)
     values = deployment.values()
+    # The holders of the removed jobs' pinned /artifacts (they outlive the API by design).
+    artifactpin.release(None, uid=pwd.getpwnam(values["user"]).pw_uid)
+    network.teardown(topo)
     for sock in (
         values["apiEnvironment"]["FLASHPODS_PODMAN_SOCKET"],
         values["tokenServiceEnvironment"]["FLASHPODS_SOCKET_PATH"],

@@ -1,12 +1,12 @@
 """Artifacts: the rules of api.md as pure functions, and the collector.
 
-The job's host directory `{artifacts}/{job_id}` is bind-mounted at /artifacts, so
-nothing is copied out of the container: the artifacts are collected in place once the
-container has exited (the `artifact_copy_*` error codes keep api.md's names): every entry
-is checked, what breaks a rule is removed with a warning, symlinks that resolve inside
-/artifacts become hard links to their target (a plain file for downloads, no extra
-space), and what stays is reported as records. The job still completes when entries
-are skipped.
+/artifacts is a size-limited tmpfs in the container, pinned by artifactpin.py so it
+outlives the container. Once the container has exited the rules are applied to it in
+place (the `artifact_copy_*` error codes keep api.md's names): every entry is checked,
+what breaks a rule is removed with a warning, symlinks that resolve inside /artifacts
+become hard links to their target (a plain file, no extra space in the tmpfs), and what
+stays is copied out to the job's host directory `{artifacts}/{job_id}` and reported as
+records. The job still completes when entries are skipped.
 
 The job controls the tree, so the walk assumes the worst (docs/runtime.md "Artifacts"):
 it goes by directory descriptor, never follows a symlink and never recurses (a stack of
@@ -17,12 +17,13 @@ sockets, devices, directories deeper than MAX_DEPTH and links that dangle, loop 
 /artifacts are removed with a warning; only the first MAX_WARNINGS warnings are shown,
 then one line counts the rest. Past its deadline the walk gives up: with
 `artifact_copy_timeout` while the records are not settled yet, or, once MAX_FILES are
-kept, by leaving the rest of the removal to the cleanup loop (it deletes the job's
-directory at the artifacts' TTL; nothing unlisted can be downloaded meanwhile).
+kept, by leaving the rest in the tmpfs (it goes with the pin; nothing unlisted is ever
+copied out).
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import heapq
 import itertools
@@ -37,7 +38,7 @@ from pathlib import Path
 
 from flashpods.api.runtime import ArtifactRecord
 from flashpods.common.artifact_names import component_problem
-from flashpods.common.fdtree import chmod_entry, open_dir, remove_entry
+from flashpods.common.fdtree import chmod_entry, open_dir, open_up, remove_entry
 
 CONTAINER_ROOT = "/artifacts"
 MAX_SYMLINK_HOPS = 40
@@ -47,6 +48,7 @@ MAX_WARNINGS = 50
 COLLECT_SECONDS = 60.0  # the walk's share of the end bound (docs/runtime.md)
 COPY_TIMEOUT = "artifact_copy_timeout"
 _PATH = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _LINK_SCRATCH = " fp-link"  # a leading space: an invalid artifact name, never kept
 
 
@@ -314,6 +316,47 @@ class _Collector:
         remove_entry(name, frame.fd)
 
 
+def _copy_out(root_fd: int, dest_fd: int, record: ArtifactRecord) -> None:
+    """Copy one kept file (its path settled by the walk; nothing writes the tree any more)
+    to the same path below dest_fd: directories 0700, the file 0600, its mtime kept."""
+    *dirs, name = record.name.split("/")
+    src_dir, dst_dir = os.dup(root_fd), os.dup(dest_fd)
+    try:
+        for part in dirs:
+            src_next = os.open(part, _DIR, dir_fd=src_dir)
+            os.close(src_dir)
+            src_dir = src_next
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(part, 0o700, dir_fd=dst_dir)
+            dst_next = os.open(part, _DIR, dir_fd=dst_dir)
+            os.close(dst_dir)
+            dst_dir = dst_next
+        src = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=src_dir)
+        try:
+            dst = os.open(
+                name,
+                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                0o600,
+                dir_fd=dst_dir,
+            )
+            try:
+                info = os.fstat(src)
+                offset = 0
+                while offset < info.st_size:
+                    sent = os.sendfile(dst, src, offset, min(info.st_size - offset, 1 << 30))
+                    if sent == 0:  # cannot shrink (nobody writes it), but never spin
+                        break
+                    offset += sent
+                os.utime(dst, ns=(info.st_atime_ns, info.st_mtime_ns))
+            finally:
+                os.close(dst)
+        finally:
+            os.close(src)
+    finally:
+        os.close(src_dir)
+        os.close(dst_dir)
+
+
 _ERRNO_CODES = {
     errno.ENOSPC: "artifact_copy_disk_full",
     errno.EDQUOT: "artifact_copy_disk_full",
@@ -325,27 +368,40 @@ _ERRNO_CODES = {
 
 
 def collect_artifacts(
-    root: Path, limits: ArtifactLimits, warn: Warn, seconds: float = COLLECT_SECONDS
+    source_fd: int,
+    dest: Path,
+    limits: ArtifactLimits,
+    warn: Warn,
+    seconds: float = COLLECT_SECONDS,
 ) -> list[ArtifactRecord]:
-    """Apply the rules to the job's (ended) artifacts directory; returns what stays.
+    """Apply the rules to the job's ended /artifacts (source_fd: a descriptor of it, as
+    artifactpin gives) in place and copy what stays to `dest` (whatever it held before
+    goes); returns what stays.
 
     Raises ArtifactCollectionError for the documented failures; any other error (a bug, EIO)
     propagates and the supervisor ends the job `job_finish_failed`."""
+    deadline = time.monotonic() + seconds
     try:
-        root_fd = open_dir(str(root), None, mode=0o700)
+        # The job may have left its /artifacts unreadable (`chmod 000`): it is ours.
+        root_fd = open_up(source_fd, mode=0o700)
+        try:
+            collector = _Collector(root_fd, limits, warn, deadline)
+            collector.walk()
+            dest_fd = open_dir(str(dest), None, mode=0o700)
+            try:
+                # A collection cut short (the API stopped) is redone from the start. The
+                # copy needs no deadline: the limits bound it (max_files, max_total_bytes).
+                for name in os.listdir(dest_fd):
+                    remove_entry(name, dest_fd)
+                for record in collector.records:
+                    _copy_out(root_fd, dest_fd, record)
+            finally:
+                os.close(dest_fd)
+        finally:
+            os.close(root_fd)
     except OSError as exc:
         code = _ERRNO_CODES.get(exc.errno or 0)
         if code is None:
             raise
         raise ArtifactCollectionError(code, os.strerror(exc.errno or 0)) from exc
-    collector = _Collector(root_fd, limits, warn, time.monotonic() + seconds)
-    try:
-        collector.walk()
-    except OSError as exc:
-        code = _ERRNO_CODES.get(exc.errno or 0)
-        if code is None:
-            raise
-        raise ArtifactCollectionError(code, os.strerror(exc.errno or 0)) from exc
-    finally:
-        os.close(root_fd)
     return collector.records

@@ -19,7 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from flashpods.api.config import Config, ModelService
-from flashpods.api.runtime import ContainerError, ContainerInfo, JobHooks, JobSpec, joblog
+from flashpods.api.runtime import (
+    ContainerError,
+    ContainerInfo,
+    JobHooks,
+    JobSpec,
+    artifactpin,
+    joblog,
+)
 from flashpods.api.runtime import podman_cli as cli
 from flashpods.api.runtime.artifacts_collect import ArtifactLimits
 from flashpods.api.runtime.logcapture import LogCapture, parse_conmon_time
@@ -35,6 +42,8 @@ PODMAN_TIMEOUT_SECONDS = 120
 # conmon's own file may hold more than the job log (its record overhead is larger, and it
 # keeps going after our capture stopped), but never more than this.
 RAW_LOG_FACTOR = 4
+NOT_STARTED = ("created", "initialized")
+LIVE_STATES = ("running", "paused", *NOT_STARTED)
 RAW_LOG_MIN_BYTES = 8 << 20
 
 
@@ -205,7 +214,7 @@ class PodmanRuntime:
                 log.warning("podman unreachable while waiting for %s, retrying: %s", name, exc)
                 self._closed.wait(2)
                 continue
-            if info is None or info.state not in ("running", "created", "paused", "stopping"):
+            if info is None or info.state not in (*LIVE_STATES, "stopping"):
                 return
             log.warning("podman wait %s ended early, retrying: %s", name, result.stderr.strip())
             self._closed.wait(2)
@@ -218,11 +227,8 @@ class PodmanRuntime:
     # ---- job scratch files -----------------------------------------------------------
 
     def _mounts(self, spec: JobSpec) -> list[cli.Mount]:
-        mounts = []
-        if spec.upload_dir is not None:
-            # worker: read-only; agent: read-write (it commits on its branch in /work).
-            mounts.append(cli.Mount(spec.upload_dir, "/work", read_only=spec.job_type == "worker"))
-        mounts.append(cli.Mount(spec.artifacts_dir, "/artifacts", read_only=False))
+        upload = cli.upload_mount(spec)
+        mounts = [] if upload is None else [upload]
         optional = [
             (self.config.spire_socket_dir, "/run/spire/sockets"),
             (self.config.token_socket, "/run/flashpods/token.sock"),
@@ -239,9 +245,8 @@ class PodmanRuntime:
         return mounts
 
     def _prepare_files(self, spec: JobSpec) -> None:
+        # Where the artifacts are copied out to: ours alone (downloads go through the API).
         spec.artifacts_dir.mkdir(parents=True, exist_ok=True)
-        # The job runs as our own uid (rootful --user, rootless keep-id): nobody else needs
-        # to read its output.
         os.chmod(spec.artifacts_dir, 0o700)
         spec.log_path.parent.mkdir(parents=True, exist_ok=True)
         spec.log_path.touch(0o600)
@@ -249,12 +254,15 @@ class PodmanRuntime:
         raw_log_path(spec).touch(0o600)
 
     def _finalize(self, spec: JobSpec) -> None:
-        """After on_finished: the container and the job's scratch files go."""
+        """After on_finished: the container, its pinned /artifacts and the job's scratch
+        files go."""
         self._podman(["rm", "--force", "--time", "0", f"job_{spec.job_id}"])
+        artifactpin.release(spec.job_id)
         raw_log_path(spec).unlink(missing_ok=True)
 
     def _fail_start(self, spec: JobSpec, error: ContainerError) -> ContainerError:
         self._podman(["rm", "--force", "--time", "0", f"job_{spec.job_id}"])
+        artifactpin.release(spec.job_id)
         raw_log_path(spec).unlink(missing_ok=True)
         joblog.append_runtime_lines(spec.log_path, self.config.log_max_bytes, [str(error)])
         return error
@@ -263,7 +271,11 @@ class PodmanRuntime:
 
     def _supervisor(self, spec: JobSpec, hooks: JobHooks) -> JobSupervisor:
         ops = ContainerOps(
-            wait=self._wait, stop=self._stop, inspect=self.inspect, finalize=self._finalize
+            wait=self._wait,
+            stop=self._stop,
+            inspect=self.inspect,
+            finalize=self._finalize,
+            artifacts=lambda spec: artifactpin.open_pinned(spec.job_id),
         )
         capture = LogCapture(
             raw_log_path(spec),
@@ -317,6 +329,7 @@ class PodmanRuntime:
         env = cli.job_environment(spec, self.config.agent_command, self.config.model_service)
         try:
             self._checked(args, env=env, timeout=600)  # a pull may take a while
+            self._init_and_pin(spec)
             self._checked(["start", name])
             info, pid = self._running_pid(name)
         except ContainerError as exc:
@@ -324,6 +337,31 @@ class PodmanRuntime:
         started_at = (info.started_at if info else None) or utc_now()
         hooks.on_running(spec.job_id, started_at)
         sup.supervise(started_at, pid)
+
+    def _init_and_pin(self, spec: JobSpec) -> None:
+        """`podman init` sets up the container's mounts without running anything of the
+        job's; its /artifacts tmpfs is pinned then, before the command can exit."""
+        name = cli.container_name(spec.job_id)
+        self._checked(["init", name])
+        self._pin(spec, name)
+
+    def _pin(self, spec: JobSpec, name: str) -> None:
+        if artifactpin.holders(spec.job_id):
+            return
+        pid = self._running_pid(name)[1]
+        if pid is None:
+            raise ContainerError("the container has no process to pin /artifacts through")
+        try:
+            artifactpin.pin(
+                pid,
+                spec.job_id,
+                spec.disk_gb * cli.GIB,
+                spec.timeout_minutes * 60 + artifactpin.MARGIN_SECONDS,
+            )
+        except OSError as exc:
+            raise ContainerError(
+                "cannot pin the job's /artifacts", f"pinning /artifacts of {name}: {exc}"
+            ) from exc
 
     def cancel(self, job_id: str) -> None:
         with self._lock:
@@ -339,13 +377,21 @@ class PodmanRuntime:
         name = cli.container_name(spec.job_id)
         try:
             started_at = info.started_at
-            if info.state == "created":
+            if info.state in NOT_STARTED:
                 # The API died between create and start: carry on with the start.
+                if info.state == "created":
+                    self._checked(["init", name])
+                self._pin(spec, name)
                 self._checked(["start", name])
                 refreshed = self.inspect(name)
                 started_at = (refreshed.started_at if refreshed else None) or utc_now()
                 hooks.on_running(spec.job_id, started_at)
-            running = info.state in ("running", "created", "paused")
+            running = info.state in LIVE_STATES
+            if info.state in ("running", "paused"):
+                try:  # its holder is gone (killed by hand, say): pin again while we can
+                    self._pin(spec, name)
+                except ContainerError as exc:
+                    log.warning("job %s: %s; its artifacts will be lost", spec.job_id, exc.cause)
             pid = self._running_pid(name)[1] if running else None
             sup.supervise(started_at or utc_now(), pid, exited=not running)
         except BaseException:
@@ -371,8 +417,12 @@ class PodmanRuntime:
                 f"podman rm failed: {cli.scrub_paths(result.stderr)}",
                 f"podman rm exited {result.returncode}: {cli.one_line(result.stderr)}",
             )
-        # The raw log lives outside podman's storage (see raw_log_path); rm leaves it behind.
+        # The raw log lives outside podman's storage (see raw_log_path); rm leaves it behind,
+        # and the pin of its /artifacts.
         for raw in found:
+            job_id = _labels(raw).get(cli.LABEL_JOB_ID)
+            if job_id:
+                artifactpin.release(job_id)
             path = Path(((raw.get("HostConfig") or {}).get("LogConfig") or {}).get("Path") or "")
             if path.name.startswith(".") and path.name.endswith(".ctr.log"):
                 path.unlink(missing_ok=True)

@@ -67,15 +67,33 @@ class Tmpfs:
         return ["--mount", spec]
 
 
+UPLOAD_TARGET = "/run/flashpods/upload"  # an agent's upload, copied into its /work
+
+
 def scratch_mounts(spec: JobSpec) -> list[Tmpfs]:
-    """The job's only writable places besides /artifacts (its root is read-only): /tmp,
-    and /work when there is no upload (empty; read-only for a worker)."""
+    """The job's only writable places (its root is read-only), each a tmpfs of disk_gb:
+    /tmp; /artifacts (pinned and copied out after the exit, artifactpin.py); and /work
+    when there is no upload (empty; read-only for a worker) or for an agent (writable,
+    filled from the read-only upload at UPLOAD_TARGET by the agent's entrypoint)."""
     size = spec.disk_gb * GIB
-    mounts = [Tmpfs("/tmp", size, sticky=True)]
-    if spec.upload_dir is None:
-        writable = spec.job_type == "agent"
-        mounts.append(Tmpfs("/work", size, read_only=not writable, owned_by_user=writable))
+    mounts = [
+        Tmpfs("/tmp", size, sticky=True),
+        Tmpfs("/artifacts", size, owned_by_user=True),
+    ]
+    if spec.job_type == "agent":
+        mounts.append(Tmpfs("/work", size, owned_by_user=True))
+    elif spec.upload_dir is None:
+        mounts.append(Tmpfs("/work", size, read_only=True))
     return mounts
+
+
+def upload_mount(spec: JobSpec) -> Mount | None:
+    """The finalized upload, read-only for every job: a worker's /work; an agent's copy
+    source (no job can write to a snapshot, which later uploads may be based on)."""
+    if spec.upload_dir is None:
+        return None
+    target = UPLOAD_TARGET if spec.job_type == "agent" else "/work"
+    return Mount(spec.upload_dir, target, read_only=True)
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ written is the container left for the reconciler.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -43,6 +44,7 @@ StopReason = Literal["cancelled", "timed_out"]
 TIMEOUT_ERROR = "Job exceeded timeout limit"
 FINISH_FAILED = "job_finish_failed"
 DISK_FULL_ERROR = "disk_full"
+CONTAINER_GONE = "artifact_copy_container_gone"
 
 
 def scratch_targets(spec: JobSpec) -> list[str]:
@@ -94,6 +96,7 @@ class ContainerOps:
     stop: Callable[[str], None]  # SIGTERM, grace, SIGKILL
     inspect: Callable[[str], ContainerInfo | None]  # None: the container is gone
     finalize: Callable[[JobSpec], None]  # remove the container and the job's scratch files
+    artifacts: Callable[[JobSpec], int]  # a descriptor of the ended job's /artifacts
 
 
 class JobSupervisor:
@@ -245,7 +248,7 @@ class JobSupervisor:
         copy_error: str | None = None
         records: list[ArtifactRecord] = []
         try:
-            records = collect_artifacts(self.spec.artifacts_dir, self.limits, self._warn)
+            records = self._collect()
         except ArtifactCollectionError as exc:
             copy_error = exc.code
             self._warn(f"collecting artifacts failed: {exc}")
@@ -265,6 +268,16 @@ class JobSupervisor:
         self._retry("on_finished", lambda: self.hooks.on_finished(self.spec.job_id, outcome))
         self._reported = True
         self.ops.finalize(self.spec)
+
+    def _collect(self) -> list[ArtifactRecord]:
+        try:
+            source = self.ops.artifacts(self.spec)
+        except OSError as exc:  # the pin is gone: so are the artifacts
+            raise ArtifactCollectionError(CONTAINER_GONE, str(exc)) from exc
+        try:
+            return collect_artifacts(source, self.spec.artifacts_dir, self.limits, self._warn)
+        finally:
+            os.close(source)
 
     def _warn(self, text: str) -> None:
         """A warning of the runtime's own in the job log, under the log's size rule."""

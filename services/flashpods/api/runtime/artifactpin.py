@@ -1,0 +1,115 @@
+"""The pin that keeps a job's /artifacts readable after its container is gone.
+
+/artifacts is a size-limited tmpfs inside the container (podman_cli.scratch_mounts), so
+the kernel bounds it while the job runs; it dies with the container's mount namespace
+unless something holds it. Between `podman init` (namespaces and mounts exist, the
+command has not started) and `podman start`, the runtime opens the tmpfs through the
+container's PID 1 (`/proc/<pid>/root/artifacts`, by descriptor, never following a
+symlink) and hands it to a holder: a `sleep` process whose working directory it is.
+The holder is a session of its own, so it outlives an API restart (the NixOS unit's
+KillMode=process leaves it too); the collector reopens the tmpfs through
+`/proc/<holder>/cwd`, and the holder is killed once the artifacts are copied out or the
+container is removed. A holder is found by its environment (PIN_ENV=<job id>), which only
+its owner can read; it ends by itself at `lifetime_seconds`, past the job's end bound.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import signal
+import subprocess
+import threading
+from pathlib import Path
+
+PIN_ENV = "FLASHPODS_ARTIFACTS_PIN"
+TARGET = "/artifacts"
+# A holder lives the job's timeout plus this: past any end bound (timeout + 120 s + the
+# reconcile interval), after which the job has ended and its artifacts are collected.
+MARGIN_SECONDS = 3600
+_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_PROC = Path("/proc")
+
+
+class PinError(OSError):
+    """The tmpfs could not be pinned, or its pin is gone (ENOENT: the artifacts went with
+    the container)."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(errno.ENOENT, text)
+
+
+def pin(container_pid: int, job_id: str, size_bytes: int, lifetime_seconds: int) -> int:
+    """Start the holder of the job's /artifacts; returns its pid. The container must be
+    initialized but not started (nothing of the job's has run, so the path is ours)."""
+    fd = os.open(f"/proc/{container_pid}/root{TARGET}", _DIR)
+    try:
+        fs = os.fstatvfs(fd)
+        if fs.f_blocks * fs.f_frsize != size_bytes:  # not the tmpfs we asked podman for
+            raise PinError(f"{TARGET} of pid {container_pid} is not the job's tmpfs")
+        holder = subprocess.Popen(
+            ["sleep", str(lifetime_seconds)],
+            # The child enters the directory through our own descriptor: no path lookup.
+            cwd=f"/proc/{os.getpid()}/fd/{fd}",
+            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), PIN_ENV: job_id},
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    finally:
+        os.close(fd)
+    # Reaped by a thread of its own once it ends (released or timed out).
+    threading.Thread(target=holder.wait, name=f"pin-{holder.pid}", daemon=True).start()
+    return holder.pid
+
+
+def _holds(pid: int, job_id: str | None, uid: int) -> bool:
+    """Is `pid` a holder (of `job_id`'s pin; of any job's when None) owned by `uid`?"""
+    try:
+        if (_PROC / str(pid)).stat().st_uid != uid:
+            return False
+        environ = (_PROC / str(pid) / "environ").read_bytes().split(b"\0")
+    except OSError:  # gone meanwhile, or not ours to read
+        return False
+    if job_id is None:
+        return any(item.startswith(f"{PIN_ENV}=".encode()) for item in environ)
+    return f"{PIN_ENV}={job_id}".encode() in environ
+
+
+def holders(job_id: str | None, uid: int | None = None) -> list[int]:
+    """Pids of the live holders of this job's pin (normally one; every job's for None)
+    owned by `uid` (default: ours)."""
+    owner = os.geteuid() if uid is None else uid
+    return [
+        int(entry.name)
+        for entry in _PROC.iterdir()
+        if entry.name.isdigit() and _holds(int(entry.name), job_id, owner)
+    ]
+
+
+def open_pinned(job_id: str) -> int:
+    """An O_PATH descriptor of the job's pinned /artifacts; PinError if no holder."""
+    for pid in holders(job_id):
+        with contextlib.suppress(OSError):  # it ended between the scan and the open
+            return os.open(f"/proc/{pid}/cwd", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    raise PinError(f"no pin holds the artifacts of job {job_id}")
+
+
+def release(job_id: str | None, uid: int | None = None) -> None:
+    """Kill the job's holders (every job's for None; `uid` as for holders): its tmpfs
+    goes once nobody else holds it."""
+    owner = os.geteuid() if uid is None else uid
+    for pid in holders(job_id, owner):
+        try:
+            pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            continue
+        try:  # checked again through the pidfd: a reused pid is never signalled
+            if _holds(pid, job_id, owner):
+                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        finally:
+            os.close(pidfd)

@@ -1,0 +1,69 @@
+"""Pin holders are found by their job's id and released through a pidfd, never by a
+guess: another job's holder and a process of someone else stay."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from flashpods.api.runtime import artifactpin
+from flashpods.common.polling import wait_until
+
+NOBODY_UID = 65534
+
+
+def holder(tmp_path: Path, job_id: str, uid: int | None = None) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        ["sleep", "120"],
+        cwd=tmp_path,
+        env={"PATH": os.environ["PATH"], artifactpin.PIN_ENV: job_id},
+        user=uid,
+    )
+
+
+@pytest.fixture
+def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    for proc in started:
+        proc.kill()
+        proc.wait()
+
+
+def test_release_kills_exactly_the_jobs_holders(
+    tmp_path: Path, procs: list[subprocess.Popen[bytes]]
+) -> None:
+    mine, other, foreign = (
+        holder(tmp_path, "job_a"),
+        holder(tmp_path, "job_b"),
+        holder(tmp_path, "job_a", uid=NOBODY_UID),  # same job id, another user's process
+    )
+    procs += [mine, other, foreign]
+    assert artifactpin.holders("job_a") == [mine.pid]
+    assert sorted(artifactpin.holders(None)) == sorted([mine.pid, other.pid])
+    assert artifactpin.holders("job_a", NOBODY_UID) == [foreign.pid]
+    artifactpin.release("job_a")
+    assert mine.wait(10) == -9
+    assert other.poll() is None and foreign.poll() is None
+    assert artifactpin.holders("job_a") == []
+
+
+def test_open_pinned_reaches_the_holders_directory_and_fails_without_one(
+    tmp_path: Path, procs: list[subprocess.Popen[bytes]]
+) -> None:
+    (tmp_path / "left.txt").write_text("x")
+    procs.append(holder(tmp_path, "job_c"))
+    wait_until(lambda: os.readlink(f"/proc/{procs[0].pid}/cwd") == str(tmp_path), 10, "chdir")
+    pinned = artifactpin.open_pinned("job_c")
+    readable = os.open(".", os.O_RDONLY | os.O_DIRECTORY, dir_fd=pinned)
+    try:
+        assert os.listdir(readable) == ["left.txt"]
+    finally:
+        os.close(readable)
+        os.close(pinned)
+    with pytest.raises(artifactpin.PinError) as raised:
+        artifactpin.open_pinned("job_none")
+    assert raised.value.errno == 2  # ENOENT: the collector's artifact_copy_container_gone
