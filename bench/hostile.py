@@ -156,7 +156,7 @@ def case(api: Client, root: Path, sock: Path, name: str, command: str, **extra: 
     started = time.perf_counter()
     response = api.post_job(body)
     if response.status_code != 201:
-        return f"{name:<34} create failed: {response.status_code} {response.text[:80]}"
+        return f"{name:<38} create failed: {response.status_code} {response.text[:80]}"
     job_id = response.json()["job_id"]
     with DiskPeak(sock, root / "artifacts" / job_id, f"job_{job_id}") as sampler:
         if cancel_after is not None:
@@ -169,7 +169,7 @@ def case(api: Client, root: Path, sock: Path, name: str, command: str, **extra: 
     released = follow_up_admitted(api)
     ended = f"{job['status']} ({job['exit_code']}, {job['error']})"
     return (
-        f"{name:<34} {ended:<34} {seconds:6.1f} s   {'yes' if released else 'NO':<4}"
+        f"{name:<38} {ended:<34} {seconds:6.1f} s   {'yes' if released else 'NO':<4}"
         f" {sampler.peak / (1 << 20):8.1f} MiB"
     )
 
@@ -184,11 +184,15 @@ def job_container_gone(sock: Path, job_id: str) -> bool:
 
 def table(api: Client, root: Path, sock: Path) -> None:
     print()
-    print(f"{'case':<34} {'final status (exit, error)':<34} {'seconds':>8}   rel. disk peak")
+    print(f"{'case':<38} {'final status (exit, error)':<34} {'seconds':>8}   rel. disk peak")
     rows = [
         ("dd 3 GiB into /tmp (disk_gb 1)", DD_3G.format(path="/tmp/big"), {"disk_gb": 1}),
         ("dd 3 GiB into / /var/tmp /run", DD_ROOT, {}),
-        ("dd 3 GiB into /artifacts", DD_3G.format(path="/artifacts/big"), {}),
+        (
+            "dd 3 GiB into /artifacts (disk_gb 1)",
+            DD_3G.format(path="/artifacts/big"),
+            {"disk_gb": 1},
+        ),
         ("ignores SIGTERM, cancel at 3 s", IGNORES_TERM, {"cancel_after": 3}),
         ("ignores SIGTERM, timeout 1 min", IGNORES_TERM, {"timeout_minutes": 1}),
         ("sleep 600 & exit 0", ORPHAN, {}),
