@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 from flashpods.api.runtime import JobSpec
 from flashpods.api.runtime.podman import PodmanRuntime
+from flashpods.common.polling import wait_until
 from flashpods_testing.localhost import JOB_IMAGE, HostError, podman_service
-from podman_support import INSTANCE, RecordingHooks, make_config, new_job_id
+from podman_support import INSTANCE, RecordingHooks, finalized, make_config, new_job_id
 
 
 @pytest.fixture(scope="session")
@@ -57,8 +58,13 @@ def runtime(podman_socket: Path) -> Iterator[PodmanRuntime]:
 
 
 @pytest.fixture
-def hooks() -> RecordingHooks:
-    return RecordingHooks()
+def hooks() -> Iterator[RecordingHooks]:
+    recorded = RecordingHooks()
+    yield recorded
+    # A job's end goes on after its outcome (pin released, container removed): the test
+    # is over only when that is done too, so nothing of it outlives the test.
+    for job_id in list(recorded.outcomes):
+        wait_until(lambda job_id=job_id: finalized(job_id), 60, f"the end of {job_id}")
 
 
 SpecFactory = Callable[..., JobSpec]

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import requests
-from flashpods.api.runtime import JobOutcome, JobSpec
+from flashpods.api.runtime import JobOutcome, JobSpec, artifactpin
 from flashpods.api.runtime.podman import PodmanConfig
 from flashpods.common.polling import wait_until
 from flashpods_testing.localhost import ApiProcess, api_environment, podman, write_token
@@ -79,6 +79,11 @@ def new_job_id() -> str:
 
 def container_exists(job_id: str) -> bool:
     return podman("container", "exists", f"job_{job_id}").returncode == 0
+
+
+def finalized(job_id: str) -> bool:
+    """The job's end is complete: its pin is released and its container removed."""
+    return not artifactpin.holders(job_id) and not container_exists(job_id)
 
 
 def log_lines(spec: JobSpec) -> list[str]:

@@ -256,8 +256,8 @@ class PodmanRuntime:
     def _finalize(self, spec: JobSpec) -> None:
         """After on_finished: the container, its pinned /artifacts and the job's scratch
         files go."""
+        artifactpin.release(spec.job_id)  # collected: the tmpfs may go
         self._podman(["rm", "--force", "--time", "0", f"job_{spec.job_id}"])
-        artifactpin.release(spec.job_id)
         raw_log_path(spec).unlink(missing_ok=True)
 
     def _fail_start(self, spec: JobSpec, error: ContainerError) -> ContainerError:
