@@ -6,6 +6,7 @@ session's private podman socket and this session's FLASHPODS_INSTANCE.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 import uuid
@@ -13,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from flashpods.api.runtime import artifactpin
 from flashpods.common.polling import wait_until
 from flashpods_testing.localhost import (
     JOB_IMAGE,
@@ -178,7 +180,12 @@ def test_a_followed_log_is_pushed_while_the_job_runs_and_ends_with_it(api: Api) 
     while b"first" not in received:
         received += next(chunks)
     assert api.job(job_id)["status"] == "running"
-    (api.root / "artifacts" / job_id / "go").write_text("")
+    # Written into the job's /artifacts tmpfs through its pin, as the collector reads it.
+    pinned = artifactpin.open_pinned(job_id)
+    try:
+        os.close(os.open("go", os.O_WRONLY | os.O_CREAT, 0o600, dir_fd=pinned))
+    finally:
+        os.close(pinned)
     received += b"".join(chunks)  # ends by itself once the job has ended
     assert api.job(job_id)["status"] == "failed"
     log = (api.root / "logs" / f"{job_id}.log").read_bytes()
