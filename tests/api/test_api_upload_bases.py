@@ -63,10 +63,10 @@ def job(status: str, job_type: str = "worker", cancel_requested: int = 0) -> dic
         ({"state": "consumed", "kept_until": 5.0}, job("completed"), "move"),  # job over
         ({"state": "consumed", "kept_until": None}, job("completed"), "gone"),  # dropped/moved
         ({"state": "expired", "kept_until": None}, None, "gone"),
-        # An agent's /work is its snapshot, read-write: never a base, at any point.
-        ({"state": "finalized", "kept_until": None}, job("pending", "agent"), "gone"),
-        ({"state": "consumed", "kept_until": None}, job("running", "agent"), "gone"),
-        ({"state": "consumed", "kept_until": 5.0}, job("completed", "agent"), "gone"),
+        # Every job gets the snapshot read-only (an agent works on its own copy).
+        ({"state": "finalized", "kept_until": None}, job("pending", "agent"), "copy"),
+        ({"state": "consumed", "kept_until": None}, job("running", "agent"), "copy"),
+        ({"state": "consumed", "kept_until": 5.0}, job("completed", "agent"), "move"),
     ],
 )
 def test_what_a_base_is_good_for(
@@ -138,17 +138,17 @@ def test_a_finished_jobs_snapshot_is_kept_then_moved_into_the_next_upload(api: A
     assert os.listdir(api.config.uploads_path / "upload_c") == []
 
 
-def test_a_snapshot_an_agent_had_read_write_is_never_a_base(api: Api) -> None:
+def test_an_agents_snapshot_is_a_base_like_any_other(api: Api) -> None:
     api.upload("upload_agent", FILES)
     agent = {"type": "agent", "task": "t", "git_branch": "b", "files_id": "upload_agent"}
     job_id = api.post("/jobs", json=agent).json()["job_id"]
     api.runtime.run(job_id)
     running = create(api, "upload_during", base="upload_agent")
-    assert (running["base_upload_id"], running["base_unavailable"]) == (None, "gone")
+    assert (running["base_upload_id"], running["base_unavailable"]) == ("upload_agent", None)
     api.runtime.finish(job_id, 0)
-    assert not (api.config.snapshots_path / "upload_agent").exists()  # not kept
+    assert (api.config.snapshots_path / "upload_agent").is_dir()  # kept as the next base
     after = create(api, "upload_after", base="upload_agent")
-    assert (after["base_upload_id"], after["base_unavailable"]) == (None, "gone")
+    assert (after["base_upload_id"], after["base_unavailable"]) == ("upload_agent", None)
 
 
 def test_bases_that_cannot_be_used_give_a_full_upload(api: Api) -> None:

@@ -102,13 +102,6 @@ _ON_DISK_SQL = (
 )
 
 
-# Job types whose container has the snapshot read-write: runtime/podman.py mounts an
-# agent's /work from it (until the runtime copies it into the job instead, issue #10). A
-# snapshot such a job has held may have been changed through it, contents too with the
-# mtimes put back (which rsync's quick check would not see), so it is never a base.
-SNAPSHOT_WRITERS = frozenset({"agent"})
-
-
 def base_use(row: dict[str, Any] | None, job: dict[str, Any] | None) -> BaseUse | BaseProblem:
     """Pure: what a new upload can do with the upload `row` named as its base, given the
     job that reserved or consumed it (type, status, cancel_requested), if any."""
@@ -116,8 +109,6 @@ def base_use(row: dict[str, Any] | None, job: dict[str, Any] | None) -> BaseUse 
         return "not_found"
     if row["state"] == "uploading":
         return "not_finalized"
-    if job is not None and job["type"] in SNAPSHOT_WRITERS:
-        return "gone"
     job_holds_it = job is not None and holds_resources(job)
     if row["state"] == "finalized" or (row["state"] == "consumed" and job_holds_it):
         return "copy"
@@ -502,7 +493,6 @@ class Uploads:
             snapshot = self.snapshot_dir(upload_id)
             if (
                 row["state"] != "consumed"
-                or (job is not None and job["type"] in SNAPSHOT_WRITERS)
                 or superseded is not None
                 or not snapshot.is_dir()
                 or snapshot.is_symlink()
