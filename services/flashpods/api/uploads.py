@@ -104,7 +104,7 @@ _ON_DISK_SQL = (
 
 def base_use(row: dict[str, Any] | None, job: dict[str, Any] | None) -> BaseUse | BaseProblem:
     """Pure: what a new upload can do with the upload `row` named as its base, given the
-    job that reserved or consumed it (type, status, cancel_requested), if any."""
+    job that reserved or consumed it (status, cancel_requested), if any."""
     if row is None:
         return "not_found"
     if row["state"] == "uploading":
@@ -268,7 +268,7 @@ class Uploads:
         if row["job_id"] is None:
             return None
         return self.store.one(
-            "SELECT type, status, cancel_requested FROM jobs WHERE id = ?", (row["job_id"],)
+            "SELECT status, cancel_requested FROM jobs WHERE id = ?", (row["job_id"],)
         )
 
     def _move_base(self, base: dict[str, Any], upload_id: str) -> None:
@@ -477,13 +477,12 @@ class Uploads:
 
     def release(self, job_id: str) -> None:
         """The job ended. A snapshot it ran on is kept as the next upload's base unless a
-        newer upload built on it is finalized already or the job could write to it; a job
-        that never ran expires its upload."""
+        newer upload built on it is finalized already; a job that never ran expires its
+        upload."""
         row = self.store.one("SELECT * FROM uploads WHERE job_id = ?", (job_id,))
         if row is None:
             return
         upload_id = row["upload_id"]
-        job = self._job_of(row)
         with self.lock:
             superseded = self.store.one(
                 "SELECT 1 AS x FROM uploads WHERE base_upload_id = ? "
