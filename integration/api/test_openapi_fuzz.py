@@ -1,7 +1,8 @@
 """docs/openapi.yaml against a real flashpods-api (real podman behind it), by schemathesis:
 every documented operation with schema-valid and schema-invalid requests, every check
 (status codes, content types, headers, response schemas, valid data accepted, invalid
-data refused, unsupported methods 405 with Allow). A fixed seed and bounded examples keep
+data refused, unsupported methods 405 with Allow) but use-after-free (a DELETE keeps the
+record). A fixed seed and bounded examples keep
 it deterministic and under a minute; zero failures is the contract."""
 
 from __future__ import annotations
@@ -53,6 +54,10 @@ def test_the_api_meets_its_openapi_document(api: ApiProcess) -> None:
             f"Authorization: Bearer {TOKEN}",
             "--checks",
             "all",
+            # DELETE ends an upload or a job and keeps its record (state `expired`,
+            # status `cancelled`, api.md): a GET after it is 200 by design, never 404.
+            "--exclude-checks",
+            "use_after_free",
             "--seed",
             SEED,
             "--max-examples",
