@@ -17,7 +17,7 @@ from flashpods.api.runtime import JobSpec
 from flashpods.api.runtime.podman import PodmanRuntime
 from flashpods.common.polling import wait_until
 from flashpods_testing.localhost import JOB_IMAGE, HostError, podman_service
-from podman_support import INSTANCE, RecordingHooks, finalized, make_config, new_job_id
+from podman_support import INSTANCE, RecordingHooks, make_config, new_job_id, unpinned
 
 
 @pytest.fixture(scope="session")
@@ -61,10 +61,10 @@ def runtime(podman_socket: Path) -> Iterator[PodmanRuntime]:
 def hooks() -> Iterator[RecordingHooks]:
     recorded = RecordingHooks()
     yield recorded
-    # A job's end goes on after its outcome (pin released, container removed): the test
-    # is over only when that is done too, so nothing of it outlives the test.
+    # A job's end goes on after its outcome (its pin released, then its container
+    # removed, if podman is still there): no holder of a test's job outlives the test.
     for job_id in list(recorded.outcomes):
-        wait_until(lambda job_id=job_id: finalized(job_id), 60, f"the end of {job_id}")
+        wait_until(lambda job_id=job_id: unpinned(job_id), 60, f"the pin of {job_id}")
 
 
 SpecFactory = Callable[..., JobSpec]

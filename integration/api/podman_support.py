@@ -81,9 +81,9 @@ def container_exists(job_id: str) -> bool:
     return podman("container", "exists", f"job_{job_id}").returncode == 0
 
 
-def finalized(job_id: str) -> bool:
-    """The job's end is complete: its pin is released and its container removed."""
-    return not artifactpin.holders(job_id) and not container_exists(job_id)
+def unpinned(job_id: str) -> bool:
+    """The job's pin is released (the first step of its end after the outcome)."""
+    return not artifactpin.holders(job_id)
 
 
 def log_lines(spec: JobSpec) -> list[str]:

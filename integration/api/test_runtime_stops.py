@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from flashpods.api.runtime import JobSpec
+from flashpods.api.runtime import JobSpec, artifactpin
 from flashpods.api.runtime.joblog import format_size
 from flashpods.api.runtime.podman import PodmanRuntime
 from flashpods.common.polling import wait_until
@@ -269,4 +269,5 @@ def test_shutdown_leaves_no_exit_waiter_behind(tmp_path: Path, hooks, make_spec)
         service.stop()
         subprocess.run(["podman", "rm", "--force", "--time", "0", f"job_{spec.job_id}"],
                        capture_output=True, check=False)  # fmt: skip
+        artifactpin.release(spec.job_id)  # what the next start's recovery would do
     assert spec.job_id not in hooks.outcomes  # abandoned, not reported

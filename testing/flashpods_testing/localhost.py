@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import requests
+from flashpods.api.runtime import artifactpin
 from flashpods.common.polling import wait_until
 from flashpods.common.programs import ProgramFailure, run_program
 from flashpods.deployment import JOB_IMAGE
@@ -71,9 +72,13 @@ def instance_containers(instance: str) -> list[str]:
 
 
 def remove_instance_containers(instance: str) -> None:
+    """Remove them, and the holders of their pinned /artifacts (which outlive the API)."""
     leftover = instance_containers(instance)
     if leftover:
+        names = podman("inspect", "--format", "{{.Name}}", *leftover).stdout.split()
         podman("rm", "--force", "--ignore", "--time", "0", *leftover)
+        for name in names:
+            artifactpin.release(name.removeprefix("job_"))
 
 
 def stop_process(process: subprocess.Popen[bytes], timeout: float) -> None:

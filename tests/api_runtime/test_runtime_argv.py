@@ -10,6 +10,7 @@ from flashpods.api.runtime import JobSpec
 from flashpods.api.runtime import podman_cli as cli
 
 RAW = Path("/logs/.job_1.ctr.log")
+GATE = Path("/logs/.job_1.gate")
 
 
 def spec(**overrides: object) -> JobSpec:
@@ -37,6 +38,7 @@ def args_for(job: JobSpec, rootless: bool = True, pull: str = "never") -> list[s
         pull_policy=pull,
         raw_log_path=RAW,
         raw_log_max_bytes=1 << 20,
+        gate=GATE,
     )
 
 
@@ -53,7 +55,7 @@ def test_worker_command_goes_by_name_never_by_value() -> None:
         "localhost/flashpods-job:latest",
         "/bin/sh",
         "-c",
-        'eval "$FLASHPODS_COMMAND"',
+        'read _ < /run/flashpods/gate && eval "$FLASHPODS_COMMAND"',
     ]
     assert pairs(args, "-e") == ["FLASHPODS_COMMAND"]
     assert not any("rm -rf" in a for a in args)
@@ -79,7 +81,8 @@ def test_labels_limits_and_hardening() -> None:
     assert "--init" in args
     assert pairs(args, "--log-driver") == ["k8s-file"]
     assert pairs(args, "--log-opt") == [f"path={RAW}", f"max-size={1 << 20}"]
-    assert pairs(args, "-v") == []  # nothing of the host's is writable to the job
+    # Nothing of the host's is writable to the job; the gate is a FIFO it only reads.
+    assert pairs(args, "-v") == [f"{GATE}:/run/flashpods/gate:ro"]
 
 
 def test_rootless_keeps_id_and_rootful_runs_as_the_api_user() -> None:
@@ -93,7 +96,13 @@ def test_rootless_keeps_id_and_rootful_runs_as_the_api_user() -> None:
 def test_agent_texts_go_by_name_never_by_value() -> None:
     job = spec(job_type="agent", command=None, task="secret plan", context="c", git_branch="b")
     args = args_for(job)
-    assert args[-2:] == ["localhost/flashpods-job:latest", cli.AGENT_ENTRYPOINT]
+    assert args[-5:] == [
+        "localhost/flashpods-job:latest",
+        "/bin/sh",
+        "-c",
+        'read _ < /run/flashpods/gate && exec "$0"',
+        cli.AGENT_ENTRYPOINT,
+    ]
     assert pairs(args, "-e") == [
         "FLASHPODS_TASK",
         "FLASHPODS_CONTEXT",
@@ -164,18 +173,38 @@ def test_without_an_upload_an_agent_gets_an_empty_writable_work() -> None:
     assert mounts_of(args)[2] == (
         f"type=tmpfs,destination=/work,tmpfs-size={1 << 30},tmpfs-mode=0755,chown=true"
     )
-    assert pairs(args, "-v") == []
+    assert pairs(args, "-v") == [f"{GATE}:/run/flashpods/gate:ro"]
 
 
 def test_with_an_upload_a_worker_reads_it_at_work() -> None:
     args = args_for(spec(upload_dir=Path("/snap/u1")))
     assert [m for m in mounts_of(args) if "destination=/work" in m] == []
-    assert pairs(args, "-v") == ["/snap/u1:/work:ro"]
+    assert pairs(args, "-v") == ["/snap/u1:/work:ro", f"{GATE}:/run/flashpods/gate:ro"]
 
 
 def test_with_an_upload_an_agent_writes_a_private_copy_never_the_upload() -> None:
     args = args_for(agent(upload_dir=Path("/snap/u1"), disk_gb=2))
-    assert pairs(args, "-v") == [f"/snap/u1:{cli.UPLOAD_TARGET}:ro"]
+    assert pairs(args, "-v") == [
+        f"/snap/u1:{cli.UPLOAD_TARGET}:ro",
+        f"{GATE}:/run/flashpods/gate:ro",
+    ]
     assert f"type=tmpfs,destination=/work,tmpfs-size={2 << 30},tmpfs-mode=0755,chown=true" in (
         mounts_of(args)
     )
+
+
+def test_without_a_gate_the_command_starts_at_once() -> None:
+    worker = cli.create_args(
+        spec(),
+        instance="inst",
+        user=cli.ContainerUser(rootless=True, uid=1000, gid=100),
+        mounts=[],
+        pull_policy="never",
+        raw_log_path=RAW,
+        raw_log_max_bytes=1 << 20,
+    )
+    assert worker[-3:] == list(cli.WORKER_SHELL)
+    assert pairs(worker, "-v") == []
+    assert cli.entry_argv(spec(job_type="agent", command=None), gated=False) == [
+        cli.AGENT_ENTRYPOINT
+    ]

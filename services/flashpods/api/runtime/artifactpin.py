@@ -2,10 +2,12 @@
 
 /artifacts is a size-limited tmpfs inside the container (podman_cli.scratch_mounts), so
 the kernel bounds it while the job runs; it dies with the container's mount namespace
-unless something holds it. Between `podman init` (namespaces and mounts exist, the
-command has not started) and `podman start`, the runtime opens the tmpfs through the
-container's PID 1 (`/proc/<pid>/root/artifacts`, by descriptor, never following a
-symlink) and hands it to a holder: a `sleep` process whose working directory it is.
+unless something holds it. The job's command waits on a gate (a FIFO, podman_cli
+GATE_TARGET) while the runtime opens the tmpfs through the container's PID 1 (`podman
+init`'s process would be earlier, but in rootful podman it is root's until it execs, so
+the API's user may not look into it) by descriptor (`/proc/<pid>/root/artifacts`, never
+following a symlink) and hands it to a holder: a `sleep` process whose working directory
+it is; then the gate opens.
 The holder is a session of its own, so it outlives an API restart (the NixOS unit's
 KillMode=process leaves it too); the collector reopens the tmpfs through
 `/proc/<holder>/cwd`, and the holder is killed once the artifacts are copied out or the
@@ -22,6 +24,8 @@ import signal
 import subprocess
 import threading
 from pathlib import Path
+
+from flashpods.common.polling import poll
 
 PIN_ENV = "FLASHPODS_ARTIFACTS_PIN"
 TARGET = "/artifacts"
@@ -40,10 +44,30 @@ class PinError(OSError):
         super().__init__(errno.ENOENT, text)
 
 
-def pin(container_pid: int, job_id: str, size_bytes: int, lifetime_seconds: int) -> int:
-    """Start the holder of the job's /artifacts; returns its pid. The container must be
-    initialized but not started (nothing of the job's has run, so the path is ours)."""
-    fd = os.open(f"/proc/{container_pid}/root{TARGET}", _DIR)
+def _open_through(container_pid: int, timeout: float) -> int:
+    """/artifacts of the container's PID 1. Right after `podman start` PID 1 may still be
+    the runtime's init (root's in rootful podman) a moment before it execs: EACCES is
+    retried until `timeout`."""
+    found: list[int] = []
+
+    def opened() -> bool:
+        try:
+            found.append(os.open(f"/proc/{container_pid}/root{TARGET}", _DIR))
+        except PermissionError:
+            return False
+        return True
+
+    if not poll(opened, timeout, interval=0.01):
+        raise PermissionError(errno.EACCES, f"{TARGET} of pid {container_pid} stays closed")
+    return found[0]
+
+
+def pin(
+    container_pid: int, job_id: str, size_bytes: int, lifetime_seconds: int, timeout: float
+) -> int:
+    """Start the holder of the job's /artifacts; returns its pid. The job's command must
+    still wait on its gate (nothing of the job's has run, so the path is ours)."""
+    fd = _open_through(container_pid, timeout)
     try:
         fs = os.fstatvfs(fd)
         if fs.f_blocks * fs.f_frsize != size_bytes:  # not the tmpfs we asked podman for
@@ -95,6 +119,29 @@ def open_pinned(job_id: str) -> int:
         with contextlib.suppress(OSError):  # it ended between the scan and the open
             return os.open(f"/proc/{pid}/cwd", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     raise PinError(f"no pin holds the artifacts of job {job_id}")
+
+
+def open_gate(gate: Path, timeout: float) -> bool:
+    """Let the job's command go: one line to its gate FIFO once the command is reading
+    it. False if nobody read it within `timeout` (0: only if reading now)."""
+    found: list[int] = []
+
+    def reader_there() -> bool:
+        try:  # O_NONBLOCK: ENXIO while no reader has it open
+            found.append(os.open(gate, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC))
+        except OSError as exc:
+            if exc.errno not in (errno.ENXIO, errno.ENOENT):  # ENOENT: the gate is gone
+                raise
+            return False
+        return True
+
+    if not poll(reader_there, timeout, interval=0.005):
+        return False
+    try:
+        os.write(found[0], b"go\n")
+    finally:
+        os.close(found[0])
+    return True
 
 
 def release(job_id: str | None, uid: int | None = None) -> None:

@@ -43,6 +43,9 @@ PODMAN_TIMEOUT_SECONDS = 120
 # keeps going after our capture stopped), but never more than this.
 RAW_LOG_FACTOR = 4
 NOT_STARTED = ("created", "initialized")
+# How long a started container may take to reach its gate (PID 1 exec'd, the shell
+# waiting on the FIFO).
+GATE_SECONDS = 30.0
 LIVE_STATES = ("running", "paused", *NOT_STARTED)
 RAW_LOG_MIN_BYTES = 8 << 20
 
@@ -94,6 +97,11 @@ class PodmanConfig:
 def raw_log_path(spec: JobSpec) -> Path:
     """conmon's file for the job, next to the job log (same owner, same cleanup)."""
     return spec.log_path.with_name(f".{spec.job_id}.ctr.log")
+
+
+def gate_path(spec: JobSpec) -> Path:
+    """The job's gate FIFO (podman_cli.GATE_TARGET), next to the job log."""
+    return spec.log_path.with_name(f".{spec.job_id}.gate")
 
 
 def _parse_time(text: str | None) -> datetime | None:
@@ -252,6 +260,8 @@ class PodmanRuntime:
         spec.log_path.touch(0o600)
         # Created by us, so it is ours even when a rootful conmon appends to it.
         raw_log_path(spec).touch(0o600)
+        gate_path(spec).unlink(missing_ok=True)
+        os.mkfifo(gate_path(spec), 0o600)
 
     def _finalize(self, spec: JobSpec) -> None:
         """After on_finished: the container, its pinned /artifacts and the job's scratch
@@ -259,11 +269,13 @@ class PodmanRuntime:
         artifactpin.release(spec.job_id)  # collected: the tmpfs may go
         self._podman(["rm", "--force", "--time", "0", f"job_{spec.job_id}"])
         raw_log_path(spec).unlink(missing_ok=True)
+        gate_path(spec).unlink(missing_ok=True)
 
     def _fail_start(self, spec: JobSpec, error: ContainerError) -> ContainerError:
         self._podman(["rm", "--force", "--time", "0", f"job_{spec.job_id}"])
         artifactpin.release(spec.job_id)
         raw_log_path(spec).unlink(missing_ok=True)
+        gate_path(spec).unlink(missing_ok=True)
         joblog.append_runtime_lines(spec.log_path, self.config.log_max_bytes, [str(error)])
         return error
 
@@ -325,12 +337,13 @@ class PodmanRuntime:
             pull_policy=self.config.pull_policy,
             raw_log_path=raw_log_path(spec),
             raw_log_max_bytes=raw_max,
+            gate=gate_path(spec),
         )
         env = cli.job_environment(spec, self.config.agent_command, self.config.model_service)
         try:
             self._checked(args, env=env, timeout=600)  # a pull may take a while
-            self._init_and_pin(spec)
             self._checked(["start", name])
+            self._pin_and_open_gate(spec, name)
             info, pid = self._running_pid(name)
         except ContainerError as exc:
             raise self._fail_start(spec, exc) from exc
@@ -338,12 +351,12 @@ class PodmanRuntime:
         hooks.on_running(spec.job_id, started_at)
         sup.supervise(started_at, pid)
 
-    def _init_and_pin(self, spec: JobSpec) -> None:
-        """`podman init` sets up the container's mounts without running anything of the
-        job's; its /artifacts tmpfs is pinned then, before the command can exit."""
-        name = cli.container_name(spec.job_id)
-        self._checked(["init", name])
+    def _pin_and_open_gate(self, spec: JobSpec, name: str) -> None:
+        """The container runs; its command waits on the gate. Pin its /artifacts through
+        PID 1, then let the command go."""
         self._pin(spec, name)
+        if not artifactpin.open_gate(gate_path(spec), GATE_SECONDS):
+            raise ContainerError("the job's command did not start", f"{name}: nobody read its gate")
 
     def _pin(self, spec: JobSpec, name: str) -> None:
         if artifactpin.holders(spec.job_id):
@@ -357,6 +370,7 @@ class PodmanRuntime:
                 spec.job_id,
                 spec.disk_gb * cli.GIB,
                 spec.timeout_minutes * 60 + artifactpin.MARGIN_SECONDS,
+                GATE_SECONDS,
             )
         except OSError as exc:
             raise ContainerError(
@@ -379,17 +393,16 @@ class PodmanRuntime:
             started_at = info.started_at
             if info.state in NOT_STARTED:
                 # The API died between create and start: carry on with the start.
-                if info.state == "created":
-                    self._checked(["init", name])
-                self._pin(spec, name)
                 self._checked(["start", name])
+                self._pin_and_open_gate(spec, name)
                 refreshed = self.inspect(name)
                 started_at = (refreshed.started_at if refreshed else None) or utc_now()
                 hooks.on_running(spec.job_id, started_at)
             running = info.state in LIVE_STATES
             if info.state in ("running", "paused"):
-                try:  # its holder is gone (killed by hand, say): pin again while we can
+                try:  # the API died before the gate opened, or the holder is gone
                     self._pin(spec, name)
+                    artifactpin.open_gate(gate_path(spec), 0)
                 except ContainerError as exc:
                     log.warning("job %s: %s; its artifacts will be lost", spec.job_id, exc.cause)
             pid = self._running_pid(name)[1] if running else None

@@ -68,6 +68,9 @@ class Tmpfs:
 
 
 UPLOAD_TARGET = "/run/flashpods/upload"  # an agent's upload, copied into its /work
+# A FIFO the job's command waits on until the runtime has pinned its /artifacts: a fast
+# job could otherwise exit, and take its tmpfs with it, first (artifactpin.py).
+GATE_TARGET = "/run/flashpods/gate"
 
 
 def scratch_mounts(spec: JobSpec) -> list[Tmpfs]:
@@ -124,6 +127,18 @@ def container_name(job_id: str) -> str:
 WORKER_SHELL = ("/bin/sh", "-c", 'eval "$FLASHPODS_COMMAND"')
 
 
+def entry_argv(spec: JobSpec, gated: bool) -> list[str]:
+    """What the container runs: the worker's shell or the agent's entrypoint, behind the
+    gate (one line read from GATE_TARGET) when `gated`."""
+    wait = f"read _ < {GATE_TARGET} && "
+    if spec.job_type == "agent":
+        if not gated:
+            return [AGENT_ENTRYPOINT]
+        return ["/bin/sh", "-c", wait + 'exec "$0"', AGENT_ENTRYPOINT]
+    shell, flag, command = WORKER_SHELL
+    return [shell, flag, (wait if gated else "") + command]
+
+
 def job_environment(
     spec: JobSpec, agent_command: str, model_service: ModelService
 ) -> dict[str, str]:
@@ -149,8 +164,11 @@ def create_args(
     pull_policy: str,
     raw_log_path: Path,
     raw_log_max_bytes: int,
+    gate: Path | None = None,
 ) -> list[str]:
-    """Arguments after `podman --url ...` for `create` of one job's container."""
+    """Arguments after `podman --url ...` for `create` of one job's container. The runtime
+    always passes `gate` (a FIFO it opens once /artifacts is pinned); without one the
+    command starts at once (tests that never collect artifacts)."""
     if pull_policy not in PULL_POLICIES:
         raise ValueError(f"unknown pull policy {pull_policy!r}")
     args = [
@@ -200,17 +218,15 @@ def create_args(
     ]
     for mount in mounts:
         args += mount.args()
+    if gate is not None:
+        args += Mount(gate, GATE_TARGET, read_only=True).args()
     for scratch in scratch_mounts(spec):
         args += scratch.args()
     if spec.job_type != "agent" and not spec.command:
         raise ValueError("a worker job needs a command")
     for name in job_environment(spec, "", ModelService()):
         args += ["-e", name]
-    if spec.job_type == "agent":
-        args += ["--workdir", "/work", spec.image, AGENT_ENTRYPOINT]
-    else:
-        args += ["--workdir", "/work", spec.image, *WORKER_SHELL]
-    return args
+    return [*args, "--workdir", "/work", spec.image, *entry_argv(spec, gate is not None)]
 
 
 def stop_args(name_or_id: str) -> list[str]:
