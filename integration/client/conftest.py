@@ -60,8 +60,10 @@ def rsync_url(tmp_path_factory: pytest.TempPathFactory, api: Api) -> Iterator[st
 
 @pytest.fixture
 def client_env(api: Api, rsync_url: str, tmp_path: Path) -> dict[str, str]:
-    """What a laptop's shell has: the token and where the host is, nothing else."""
+    """What a laptop's shell has: the token and where the host is, nothing else (but
+    PYTHONPATH, so a checkout other than the editable install's tests its own code)."""
     return {
+        **{k: v for k, v in os.environ.items() if k == "PYTHONPATH"},
         "PATH": os.environ["PATH"],
         "HOME": str(tmp_path / "home"),
         "FLASHPODS_API_TOKEN": api.token,

@@ -7,15 +7,21 @@ rsync's own --stats (Upload.transfer) are the bytes on the socket from the lapto
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import re
+import subprocess
 from pathlib import Path
+from typing import Any
 
+import anyio
 import pytest
-from client_stack import Api
+from client_stack import BIN, Api
 from flashpods.client.bases import UploadBases
 from flashpods.client.sdk import Flashpods
 from flashpods.common.polling import wait_until
 from flashpods_testing.trees import tree_record, write_tree
+from mcp import ClientSession, StdioServerParameters, stdio_client
 
 FILES, TOTAL = 400, 8 * 1024 * 1024
 # What a job prints for its /work: one line per file, "sha256  ./path", sorted.
@@ -133,3 +139,47 @@ def test_a_base_in_use_is_copied_and_never_changes(
     # job's container has stopped.
     wait_until(lambda: not snapshot.exists(), 60, "the base snapshot to go")
     assert client.get_upload(first.upload_id).state == "consumed"
+
+
+def test_the_cli_and_the_mcp_server_start_from_the_folders_last_upload(
+    api: Api, client_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Both go through the SDK with the same cache (the laptop's HOME): the MCP server's
+    upload of a folder starts from the CLI's upload of it, and the CLI's next from that."""
+    project = tmp_path / "project"
+    write_tree(project, FILES, TOTAL)
+
+    def cli_run() -> tuple[str, str]:
+        """(upload id, bytes sent as the CLI prints them)"""
+        proc = subprocess.run(
+            [str(BIN / "flashpods"), "run", "--dir", str(project), "--", "true"],
+            env=client_env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
+        match = re.search(r"uploaded \d+ files \(.*, (.*) sent\) as (upload_\w+)", proc.stderr)
+        assert match, proc.stderr
+        return match.group(2), match.group(1)
+
+    async def mcp_spawn() -> dict[str, Any]:
+        params = StdioServerParameters(command=str(BIN / "flashpods-mcp"), env=client_env)
+        async with stdio_client(params) as (read, write), ClientSession(read, write) as session:
+            await session.initialize()
+            result = await session.call_tool(
+                "spawn_worker", {"command": "true", "files": str(project), "cpus": 1}
+            )
+            body: dict[str, Any] = json.loads(result.content[0].text)
+            assert not result.is_error, body
+            return body
+
+    first, sent = cli_run()
+    assert sent.endswith(" MB")  # the whole tree
+    spawned = anyio.run(mcp_spawn)
+    fp = api.client("rsync://unused")
+    assert fp.get_upload(spawned["files_id"]).base_upload_id == first
+    fp.wait(spawned["job_id"], timeout=120)
+    third, sent = cli_run()
+    assert fp.get_upload(third).base_upload_id == spawned["files_id"]
+    assert sent.endswith(" KB") and float(sent.split()[0]) < TOTAL / 100 / 1024, sent
