@@ -22,11 +22,14 @@ from typing import Any
 
 import anyio
 import pytest
+from flashpods.client.bases import UploadBases
+from flashpods.client.upload import AGENT_EXCLUDES
 from flashpods.lab import lab
 from flashpods.lab.demo import AGENT_BRANCH, git, sample_repository
 from flashpods.lab.model_endpoint import NOTES_NAME, NOTES_TEXT, SUMMARY
 from flashpods.lab.proc import in_netns
 from flashpods.lab.topology import LOG_DIR, Topology
+from flashpods_testing.trees import tree_record
 from lab_helpers import Laptop, secrets_file
 from mcp import ClientSession, StdioServerParameters, stdio_client
 
@@ -149,6 +152,37 @@ def test_sub_agent_edits_work_with_the_real_cli_and_pushes_its_branch(
     secrets = secrets_file(values)
     for text in (log, summary_text, patch_text):
         assert secrets["anthropic_api_key"] not in text and secrets["github_token"] not in text
+
+
+def test_an_agent_changes_nothing_of_its_snapshot_which_the_next_upload_starts_from(
+    laptop: Laptop, topo: Topology, values: dict[str, Any], tmp_path: Path
+) -> None:
+    """The agent commits and pushes in its /work, a copy: its snapshot, kept after the job
+    as the folder's next base, is unchanged to the byte and the inode, and the next
+    upload of the same folder starts from it and sends no file data."""
+    project, bare = sample_repository(tmp_path, topo)
+    snapshots = Path(values["apiEnvironment"]["FLASHPODS_UPLOADS_PATH"]).parent / "snapshots"
+    bases = UploadBases(tmp_path / "cache")
+
+    def upload() -> Any:
+        with laptop.client(upload_bases=bases) as fp:
+            return fp.upload(project, excludes=AGENT_EXCLUDES)
+
+    first = laptop.call(upload)
+    before = tree_record(snapshots / first.upload_id, atimes=False)
+
+    def run_agent() -> Any:
+        with laptop.client() as fp:
+            created = fp.create_agent("Write notes.", BRANCH, files_id=first.upload_id)
+            return fp.wait(created.job_id, timeout=240)
+
+    job = laptop.call(run_agent)
+    assert job.status == "completed", job
+    assert git("--git-dir", str(bare), "rev-parse", "--verify", BRANCH)  # it did push
+    assert tree_record(snapshots / first.upload_id, atimes=False) == before
+    second = laptop.call(upload)
+    assert second.base_upload_id == first.upload_id
+    assert second.transfer is not None and second.transfer.literal_bytes == 0, second.transfer
 
 
 @pytest.fixture
