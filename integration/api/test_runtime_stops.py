@@ -142,6 +142,36 @@ def test_resume_after_crash_keeps_the_log_exact(podman_socket: Path, hooks, make
     assert [strip_prefix(line) for line in log_lines(spec)] == [f"tick {i}" for i in range(30)]
 
 
+class _Crash(BaseException):
+    """The API dies (not an error the runtime handles)."""
+
+
+class _DiesBeforeTheGate(PodmanRuntime):
+    def _pin_and_open_gate(self, spec: JobSpec, name: str) -> None:
+        raise _Crash
+
+
+def test_a_job_whose_api_died_before_its_gate_opened_waits_and_resume_lets_it_go(
+    podman_socket: Path, hooks, make_spec
+) -> None:
+    spec = make_spec("echo ran > /artifacts/ran.txt; echo ran")
+    first = _DiesBeforeTheGate(make_config(podman_socket))
+    with pytest.raises(_Crash):
+        first.start(spec, hooks)
+    first.shutdown()
+    second = PodmanRuntime(make_config(podman_socket))
+    info = next(i for i in second.list_job_containers() if i.job_id == spec.job_id)
+    assert info.state == "running"  # its command is still waiting on the gate
+    assert spec.log_path.read_text() == ""
+    assert not artifactpin.holders(spec.job_id)
+    second.resume(spec, hooks, info)
+    outcome = hooks.wait(spec.job_id, 30)
+    second.shutdown()
+    assert (outcome.status, outcome.exit_code) == ("completed", 0)
+    assert [a.name for a in outcome.artifacts] == ["ran.txt"]
+    assert (spec.artifacts_dir / "ran.txt").read_text() == "ran\n"
+
+
 def test_resume_of_an_exited_container_collects_it(podman_socket: Path, hooks, make_spec) -> None:
     spec = make_spec("sleep 1; echo one; echo two > /artifacts/two.txt")
     first = PodmanRuntime(make_config(podman_socket))

@@ -402,7 +402,9 @@ class PodmanRuntime:
             if info.state in ("running", "paused"):
                 try:  # the API died before the gate opened, or the holder is gone
                     self._pin(spec, name)
-                    artifactpin.open_gate(gate_path(spec), 0)
+                    # A command just started may not be reading its gate yet.
+                    age = (utc_now() - (started_at or utc_now())).total_seconds()
+                    artifactpin.open_gate(gate_path(spec), max(0.0, GATE_SECONDS - age))
                 except ContainerError as exc:
                     log.warning("job %s: %s; its artifacts will be lost", spec.job_id, exc.cause)
             pid = self._running_pid(name)[1] if running else None
