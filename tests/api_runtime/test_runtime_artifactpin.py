@@ -43,7 +43,8 @@ def test_release_kills_exactly_the_jobs_holders(
     )
     procs += [mine, other, foreign]
     assert artifactpin.holders("job_a") == [mine.pid]
-    assert sorted(artifactpin.holders(None)) == sorted([mine.pid, other.pid])
+    every = artifactpin.holders(None)  # other sessions' holders may be there too
+    assert mine.pid in every and other.pid in every and foreign.pid not in every
     assert artifactpin.holders("job_a", NOBODY_UID) == [foreign.pid]
     artifactpin.release("job_a")
     assert mine.wait(10) == -9
