@@ -74,7 +74,7 @@ class IdentityStack:
         self._log_files.append(log)
         full_env = dict(os.environ, **(env or {}))
         if sock is not None:
-            proc = spawn_with_socket(argv, sock, full_env, stdout=log, stderr=subprocess.STDOUT)
+            proc = spawn_with_socket(argv, sock, full_env, stdout=log)
         else:
             proc = subprocess.Popen(argv, env=full_env, stdout=log, stderr=subprocess.STDOUT)
         self._procs[name] = proc

@@ -34,8 +34,8 @@ def env_for(tmp_path: Path, secrets: Path) -> dict[str, str]:
 
 def stop(proc: subprocess.Popen[bytes]) -> bytes:
     proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=10)
-    return err or b""
+    out, err = proc.communicate(timeout=10)
+    return (out or b"") + (err or b"")
 
 
 def health(sock: Path, timeout: float = 10) -> dict[str, str]:
@@ -173,7 +173,7 @@ def test_socket_activation_keeps_the_inode_across_restarts(tmp_path: Path) -> No
     env = env_for(tmp_path, secrets)
     try:
         for _ in range(2):
-            proc = spawn_with_socket([SERVICE], listener, env, stderr=subprocess.PIPE)
+            proc = spawn_with_socket([SERVICE], listener, env, stdout=subprocess.PIPE)
             try:
                 assert health(sock_path)["secrets"] == "ok"
             finally:

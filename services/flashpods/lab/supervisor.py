@@ -32,12 +32,8 @@ from typing import Any
 from flashpods.common.polling import poll
 from flashpods.lab.proc import in_netns
 from flashpods.lab.units import FileMode, Unit, load, start_order
-from flashpods.tokens.activation import activation_env, listen_pid_script, listen_unix
+from flashpods.tokens.activation import listen_unix, spawn_with_socket
 
-# The socket a `socket` unit receives sits at this fd in the supervisor and is moved to
-# fd 3 by a one-line sh wrapper that also sets LISTEN_PID to the final pid (sh, nsenter
-# and setpriv all exec, so $$ is the service's pid). dash only knows fds 0-9.
-HELD_FD = 9
 STOP_GRACE = 10.0
 
 
@@ -123,13 +119,7 @@ class Supervisor:
     def _spawn(self, svc: Service) -> None:
         unit = svc.unit
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        argv = list(unit.argv)
-        pass_fds: tuple[int, ...] = ()
         env = dict(unit.env)
-        if unit.socket is not None:
-            argv = ["sh", "-c", listen_pid_script(HELD_FD), unit.name, *argv]
-            env.update(activation_env(Path(unit.socket.path).name))
-            pass_fds = (HELD_FD,)
         with open(self.log_dir / f"{unit.name}.log", "ab") as log:
             log.write(
                 f"--- {time.strftime('%H:%M:%S')} supervisor: starting {unit.name}\n".encode()
@@ -146,15 +136,20 @@ class Supervisor:
                 ).returncode
                 if code != 0:
                     raise PreStartFailed(f"{unit.name}: {pre[0]} exited {code}")
-            svc.proc = subprocess.Popen(
-                argv,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                pass_fds=pass_fds,
-            )
+            if unit.socket is not None:
+                assert self.held is not None, f"{unit.name}: its socket was never made"
+                svc.proc = spawn_with_socket(
+                    unit.argv, self.held, env, stdout=log, start_new_session=True
+                )
+            else:
+                svc.proc = subprocess.Popen(
+                    unit.argv,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
         svc.started_at = time.time()
         svc.boot_started_at = svc.boot_started_at or svc.started_at
         svc.state = "starting"
@@ -287,7 +282,6 @@ class Supervisor:
             self.stop(unit.name)
         if self.held is not None:
             self.held.close()
-            os.close(HELD_FD)
             for unit in self.order:
                 if unit.socket is not None:
                     Path(unit.socket.path).unlink(missing_ok=True)
@@ -381,10 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(socket_units) > 1:
         raise SystemExit("the lab supervisor passes at most one listening socket")
     if socket_units:
-        held = make_listen_socket(socket_units[0].socket)  # type: ignore[arg-type]
-        os.dup2(held.fileno(), HELD_FD, inheritable=True)
-        held.close()
-        sup.held = socket.socket(fileno=os.dup(HELD_FD))
+        sup.held = make_listen_socket(socket_units[0].socket)  # type: ignore[arg-type]
     (state_dir / "supervisor.pid").write_text(f"{os.getpid()}\n")
     signal.signal(signal.SIGTERM, lambda *_: sup._shutdown_and_exit())
     threading.Thread(

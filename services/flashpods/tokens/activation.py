@@ -1,9 +1,10 @@
 """The listening unix socket: inherited from systemd (LISTEN_FDS) or bound here.
 
 Job containers bind-mount the socket *file*, so its inode must survive service restarts:
-under systemd a socket unit owns it; the lab and the tests do the same with
-`listen_unix` + `spawn_with_socket`. When the service binds it itself, mode and owner
-are set before listen(), so no connection is accepted with the wrong permissions.
+under systemd a socket unit owns it; the lab's supervisor and the tests do the same
+with `listen_unix` + `spawn_with_socket` (the one implementation of the passing). When
+the service binds it itself, mode and owner are set before listen(), so no connection
+is accepted with the wrong permissions.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import stat
 import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import IO, Any
 
 SD_LISTEN_FDS_START = 3
 
@@ -70,40 +72,33 @@ def listen_unix(
     return sock
 
 
-def activation_env(name: str) -> dict[str, str]:
-    """What systemd sets besides LISTEN_PID for one passed socket named `name`."""
-    return {"LISTEN_FDS": "1", "LISTEN_FDNAMES": name}
-
-
-def listen_pid_script(held_fd: int = SD_LISTEN_FDS_START) -> str:
-    """`sh -c` script (run with the service's argv as "$@"): the socket held at `held_fd`
-    becomes fd 3 and LISTEN_PID the service's own pid: `sh` sets it to `$$` and execs in
-    place (so do nsenter and setpriv after it). dash knows fds 0-9 only."""
-    if not 0 <= held_fd <= 9:
-        raise ValueError(f"fd {held_fd}: sh redirects only fds 0-9")
-    move = "" if held_fd == SD_LISTEN_FDS_START else f"exec 3<&{held_fd} {held_fd}<&-; "
-    return f'{move}LISTEN_PID=$$; export LISTEN_PID; exec "$@"'
+# Run by `sh -c` with the service's argv as "$@": the socket, handed over as stdin,
+# becomes fd 3 and stdin /dev/null (systemd's StandardInput=null); LISTEN_PID is `sh`'s
+# own pid, which stays the service's because sh, nsenter and setpriv all exec in place.
+_AS_FD_3 = 'exec 3<&0 0</dev/null; LISTEN_PID=$$; export LISTEN_PID; exec "$@"'
 
 
 def spawn_with_socket(
-    argv: Sequence[str], sock: socket.socket, env: Mapping[str, str], **popen: object
+    argv: Sequence[str],
+    sock: socket.socket,
+    env: Mapping[str, str],
+    *,
+    stdout: int | IO[Any] | None = None,
+    start_new_session: bool = False,
 ) -> subprocess.Popen[bytes]:
-    """Start `argv` the way systemd starts a socket-activated service (fd 3, LISTEN_*).
+    """Start `argv` the way systemd starts a socket-activated service: `sock` at fd 3,
+    LISTEN_PID/LISTEN_FDS/LISTEN_FDNAMES set, stdin /dev/null, stderr with stdout, no
+    other descriptor of ours inherited.
 
-    LISTEN_PID must be the service's own pid: `sh` sets it to `$$` and execs in place.
-    close_fds=False is safe: Python's own descriptors are non-inheritable (PEP 446); only
-    the dup2'ed fd 3 and stdio cross the exec.
-    """
-    fd = sock.fileno()
-
-    def as_fd_3() -> None:
-        os.dup2(fd, SD_LISTEN_FDS_START)
-        os.set_inheritable(SD_LISTEN_FDS_START, True)
-
-    return subprocess.Popen(  # type: ignore[call-overload,no-any-return]
-        ["/bin/sh", "-c", listen_pid_script(), "sh", *argv],
-        env={**env, **activation_env(Path(sock.getsockname()).name)},
-        close_fds=False,
-        preexec_fn=as_fd_3,
-        **popen,
+    The socket travels as the child's stdin, which subprocess puts in place after the
+    fork by itself: no preexec_fn (unsafe in a threaded parent) and no fixed descriptor
+    in the parent (dash can only name fds 0-9)."""
+    name = Path(sock.getsockname()).name
+    return subprocess.Popen(
+        ["/bin/sh", "-c", _AS_FD_3, "sh", *argv],
+        env={**env, "LISTEN_FDS": "1", "LISTEN_FDNAMES": name},
+        stdin=sock.fileno(),
+        stdout=stdout,
+        stderr=subprocess.STDOUT,
+        start_new_session=start_new_session,
     )
