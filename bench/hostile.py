@@ -20,7 +20,6 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -40,13 +39,7 @@ from flashpods_testing.hostile import (
     ORPHAN,
     DiskPeak,
 )
-from flashpods_testing.localhost import (
-    api_environment,
-    api_process,
-    free_port,
-    podman_service,
-    write_token,
-)
+from flashpods_testing.localhost import bench_host, free_port
 
 TOKEN = "d" * 64
 HOST_CPUS = 2
@@ -208,37 +201,25 @@ def main() -> None:
     parser.add_argument("--skip-flood", action="store_true")
     parser.add_argument("--api-code", type=Path, help="services/ directory the API runs from")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="flashpods-bench-") as tmp:
-        root = Path(tmp)
-        write_token(root / "api-token", TOKEN)
-        instance = f"bench-{os.getpid()}"
-        port = free_port()
-        trivial = subprocess.Popen([sys.executable, "-c", TRIVIAL_SERVER, str(port)])
-        try:
-            with podman_service(root, instance) as sock:
-                env = api_environment(
-                    root,
-                    sock,
-                    instance,
-                    FLASHPODS_HOST_CPUS=str(HOST_CPUS),
-                    FLASHPODS_HOST_MEMORY_GB="16",
-                    FLASHPODS_RATE_LIMIT_PER_SECOND="0",
-                    FLASHPODS_LOG_LEVEL="warning",
-                )
-                if args.api_code:
-                    env["PYTHONPATH"] = str(args.api_code.resolve())
-                with api_process(root, env) as process:
-                    api = Client(process.url)
-                    trivial_url = f"http://127.0.0.1:{port}/health"
-                    wait_until(lambda: _up(trivial_url), 10, "trivial server")
-                    if not args.skip_flood:
-                        assert process.proc is not None
-                        flood(api, trivial_url, process.proc.pid)
-                    if not args.skip_table:
-                        table(api, root, sock)
-        finally:
-            trivial.kill()
-            trivial.wait()
+    port = free_port()
+    trivial = subprocess.Popen([sys.executable, "-c", TRIVIAL_SERVER, str(port)])
+    # --api-code: the API runs that checkout's services/ (a before-value).
+    code = {"PYTHONPATH": str(args.api_code.resolve())} if args.api_code else {}
+    try:
+        with bench_host(
+            TOKEN, FLASHPODS_HOST_CPUS=str(HOST_CPUS), FLASHPODS_HOST_MEMORY_GB="16", **code
+        ) as (process, sock):
+            api = Client(process.url)
+            trivial_url = f"http://127.0.0.1:{port}/health"
+            wait_until(lambda: _up(trivial_url), 10, "trivial server")
+            if not args.skip_flood:
+                assert process.proc is not None
+                flood(api, trivial_url, process.proc.pid)
+            if not args.skip_table:
+                table(api, process.root, sock)
+    finally:
+        trivial.kill()
+        trivial.wait()
 
 
 def _up(url: str) -> bool:

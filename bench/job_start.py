@@ -16,11 +16,9 @@ each) so both see the same machine state:
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -29,13 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "testing"))
 
 import requests
 from flashpods.common.jobstates import ENDED
-from flashpods_testing.localhost import (
-    JOB_IMAGE,
-    api_environment,
-    api_process,
-    podman_service,
-    write_token,
-)
+from flashpods_testing.localhost import JOB_IMAGE, bench_host
 
 TOKEN = "c" * 64
 
@@ -86,30 +78,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=20)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="flashpods-bench-") as tmp:
-        root = Path(tmp)
-        write_token(root / "api-token", TOKEN)
-        instance = f"bench-{os.getpid()}"
-        with podman_service(root, instance) as sock:
-            env = api_environment(
-                root,
-                sock,
-                instance,
-                FLASHPODS_RATE_LIMIT_PER_SECOND="0",
-                FLASHPODS_LOG_LEVEL="warning",
-            )
-            with api_process(root, env) as api:
-                session = requests.Session()
-                session.headers["Authorization"] = f"Bearer {TOKEN}"
-                api_run(session, api.url)  # warm-up: image layers, page cache, podman's state
-                plain_run(sock)
-                created, running, completed, plain = [], [], [], []
-                for _ in range(args.runs):
-                    c, r, d = api_run(session, api.url)
-                    created.append(c)
-                    running.append(r)
-                    completed.append(d)
-                    plain.append(plain_run(sock))
+    with bench_host(TOKEN) as (api, sock):
+        session = requests.Session()
+        session.headers["Authorization"] = f"Bearer {TOKEN}"
+        api_run(session, api.url)  # warm-up: image layers, page cache, podman's state
+        plain_run(sock)
+        created, running, completed, plain = [], [], [], []
+        for _ in range(args.runs):
+            c, r, d = api_run(session, api.url)
+            created.append(c)
+            running.append(r)
+            completed.append(d)
+            plain.append(plain_run(sock))
     print(f"job start overhead, image {JOB_IMAGE}, command `true`, {args.runs} runs each")
     print(summary("api: POST /jobs → 201", created))
     print(summary("api: POST → running seen", running))

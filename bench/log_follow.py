@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -29,7 +28,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "testing"))
 
 import requests
-from flashpods_testing.localhost import api_environment, api_process, podman_service, write_token
+from flashpods.common.polling import wait_until
+from flashpods_testing.localhost import bench_host
 
 TOKEN = "d" * 64
 PRINTER = "while :; do date +%s.%N; sleep 0.1; done"
@@ -40,6 +40,11 @@ def start_job(session: requests.Session, url: str) -> str:
     if created.status_code != 201:
         raise SystemExit(f"POST /jobs: {created.status_code} {created.text}")
     return str(created.json()["job_id"])
+
+
+def printed(session: requests.Session, url: str, job_id: str) -> bool:
+    answer = session.get(f"{url}/jobs/{job_id}/output", params={"tail": 1}, timeout=10)
+    return bool(answer.json()["output"])
 
 
 def stamps(data: bytes) -> list[float]:
@@ -130,51 +135,40 @@ def main() -> None:
     parser.add_argument("--window", type=float, default=10.0, help="seconds per measurement")
     parser.add_argument("--followers", type=int, default=50)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="flashpods-bench-") as tmp:
-        root = Path(tmp)
-        write_token(root / "api-token", TOKEN)
-        instance = f"bench-{os.getpid()}"
-        with podman_service(root, instance) as sock:
-            env = api_environment(
-                root,
-                sock,
-                instance,
-                FLASHPODS_RATE_LIMIT_PER_SECOND="0",
-                FLASHPODS_LOG_LEVEL="warning",
-                FLASHPODS_HOST_CPUS="8",  # the cancelled first job may still hold its CPUs
-            )
-            with api_process(root, env) as api:
-                assert api.proc is not None
-                pid = api.proc.pid
-                session = requests.Session()
-                session.headers["Authorization"] = f"Bearer {TOKEN}"
+    # The cancelled first job may still hold its CPUs when the second starts.
+    with bench_host(TOKEN, FLASHPODS_HOST_CPUS="8") as (api, _sock):
+        assert api.proc is not None
+        pid = api.proc.pid
+        session = requests.Session()
+        session.headers["Authorization"] = f"Bearer {TOKEN}"
 
-                # 1. Latency: one pushed follower and one poller on the same job.
-                job = start_job(session, api.url)
-                stop = threading.Event()
-                pushed, poller = Follower(api.url, job, stop), Poller(api.url, job, stop)
-                pushed.start()
-                poller.start()
-                pushed.first_line.wait(60)
-                time.sleep(args.window)
-                stop.set()
-                session.delete(f"{api.url}/jobs/{job}", timeout=30)
+        # 1. Latency: one pushed follower and one poller on the same job.
+        job = start_job(session, api.url)
+        stop = threading.Event()
+        pushed, poller = Follower(api.url, job, stop), Poller(api.url, job, stop)
+        pushed.start()
+        poller.start()
+        pushed.first_line.wait(60)
+        time.sleep(args.window)
+        stop.set()
+        session.delete(f"{api.url}/jobs/{job}", timeout=30)
 
-                # 2. Cost: the same job without followers, then with N.
-                job = start_job(session, api.url)
-                time.sleep(1)  # past the container's start
-                idle = api_cpu_share(pid, args.window)
-                stop_many = threading.Event()
-                many = [Follower(api.url, job, stop_many) for _ in range(args.followers)]
-                for follower in many:
-                    follower.start()
-                for follower in many:
-                    follower.first_line.wait(60)
-                followed = api_cpu_share(pid, args.window)
-                stop_many.set()
-                session.delete(f"{api.url}/jobs/{job}", timeout=30)
-                for thread in (pushed, poller, *many):
-                    thread.join(35)
+        # 2. Cost: the same job without followers, then with N.
+        job = start_job(session, api.url)
+        # Past the container's start: the window measures a printing job, not podman.
+        wait_until(lambda: printed(session, api.url, job), 60, "the job's first line")
+        idle = api_cpu_share(pid, args.window)
+        stop_many = threading.Event()
+        many = [Follower(api.url, job, stop_many) for _ in range(args.followers)]
+        for follower in many:
+            follower.start()
+        for follower in many:
+            follower.first_line.wait(60)
+        followed = api_cpu_share(pid, args.window)
+        stop_many.set()
+        session.delete(f"{api.url}/jobs/{job}", timeout=30)
+        for thread in (pushed, poller, *many):
+            thread.join(35)
     crowd = [x for follower in many for x in follower.latencies]
     print("a line printed by a job, until it reaches the client (job prints every 100 ms)")
     print(f"{'':<36} {'p50 ms':>7} {'p90 ms':>7} {'lines':>7}")

@@ -15,7 +15,7 @@ import requests
 from flashpods.api.runtime import JobOutcome, JobSpec, artifactpin
 from flashpods.api.runtime.podman import PodmanConfig
 from flashpods.common.polling import wait_until
-from flashpods_testing.localhost import ApiProcess, api_environment, podman, write_token
+from flashpods_testing.localhost import ApiProcess, local_api, podman
 
 INSTANCE = f"test-{uuid.uuid4().hex[:10]}"
 
@@ -121,23 +121,22 @@ class Api(ApiProcess):
 
 A = TypeVar("A", bound=Api)
 
+# The hostile suites' host: 2 CPUs of capacity, like the issue's measurements.
+HOSTILE_CPUS = 2
+HOSTILE_HOST = {"FLASHPODS_HOST_CPUS": str(HOSTILE_CPUS), "FLASHPODS_HOST_MEMORY_GB": "16"}
+
 
 @contextmanager
 def running_api(cls: type[A], root: Path, podman_socket: Path, **overrides: str) -> Iterator[A]:
     """`flashpods-api` on this session's podman socket and instance, everything under
     `root`, rate limit off, reconciling every 2 s; `overrides` (FLASHPODS_*) win."""
-    write_token(root / "api-token", TOKEN)
     settings = {
         "FLASHPODS_RATE_LIMIT_PER_SECOND": "0",
         "FLASHPODS_RECONCILE_INTERVAL_SECONDS": "2",
         **overrides,
     }
-    process = cls(root, api_environment(root, podman_socket, INSTANCE, **settings))
-    process.start()
-    try:
+    with local_api(cls, root, podman_socket, INSTANCE, TOKEN, **settings) as process:
         yield process
-    finally:
-        process.stop()
 
 
 def post_concurrently(api: Api, bodies: list[dict[str, Any]]) -> list[requests.Response]:

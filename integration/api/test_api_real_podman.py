@@ -8,23 +8,17 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from flashpods.api.runtime import artifactpin
+from flashpods.common.jobstates import WITH_CONTAINER
 from flashpods.common.polling import wait_until
-from flashpods_testing.localhost import (
-    JOB_IMAGE,
-    api_environment,
-    api_process,
-    write_token,
-)
+from flashpods_testing.localhost import JOB_IMAGE, podman
 from podman_support import (
     INSTANCE,
-    TOKEN,
     Api,
     cancel_all,
     container_exists,
@@ -61,7 +55,8 @@ def test_sigkill_mid_job_then_restart_ends_the_job_right(api: Api) -> None:
         "some output",
     )
     api.kill()
-    time.sleep(1.5)  # the job keeps printing while nobody watches
+    # The job keeps printing while nobody watches.
+    wait_until(lambda: "tick 10" in podman("logs", f"job_{job_id}").stdout, 20, "unwatched output")
     api.start()
     job = api.wait_status(job_id, {"completed", "failed", "timed_out", "cancelled"}, 40)
     assert (job["status"], job["exit_code"], job["error"]) == ("failed", 5, None)
@@ -107,7 +102,7 @@ def test_concurrent_creates_never_overcommit(api: Api) -> None:
     assert {r.status_code for r in refused} == {429}
     assert {r.json()["error"] for r in refused} == {"insufficient_resources"}
     active = [api.job(job_id) for job_id in accepted]
-    assert sum(job["cpus"] for job in active if job["status"] in ("starting", "running")) <= 4
+    assert sum(job["cpus"] for job in active if job["status"] in WITH_CONTAINER) <= 4
     cancel_all(api, accepted)
 
 
@@ -121,19 +116,21 @@ def test_orphan_container_of_this_instance_is_removed(api: Api, podman_socket: P
             capture_output=True, text=True, check=True,
         ).stdout.strip()  # fmt: skip
 
+    def exists(container: str) -> bool:
+        return podman("container", "exists", container).returncode == 0
+
     orphan, foreign = run(INSTANCE), run(f"{INSTANCE}-foreign")
+    later = ""
     try:
         # No job row has this ID: the reconciliation loop (every 2 s here) removes it.
-        wait_until(
-            lambda: subprocess.run(["podman", "container", "exists", orphan]).returncode == 1,
-            30,
-            "orphan removal",
-        )
-        time.sleep(3)  # another pass: the other instance's container is never touched
-        assert subprocess.run(["podman", "container", "exists", foreign]).returncode == 0
+        wait_until(lambda: not exists(orphan), 30, "orphan removal")
+        # A pass that began after that one removes a second orphan: that pass too saw the
+        # other instance's container and left it alone.
+        later = run(INSTANCE)
+        wait_until(lambda: not exists(later), 30, "the second orphan's removal")
+        assert exists(foreign)
     finally:
-        subprocess.run(["podman", "rm", "--force", "--ignore", "--time", "0", orphan, foreign],
-                       capture_output=True, check=False)  # fmt: skip
+        podman("rm", "--force", "--ignore", "--time", "0", orphan, foreign, *filter(None, [later]))
 
 
 def test_podman_failure_body_is_scrubbed_and_the_log_line_keeps_the_path(tmp_path: Path) -> None:
@@ -141,11 +138,8 @@ def test_podman_failure_body_is_scrubbed_and_the_log_line_keeps_the_path(tmp_pat
     client's error has no host path; the API's log line has podman's full message and
     the request id the client got, so one finds the other."""
     socket = tmp_path / "no-podman" / "podman.sock"
-    write_token(tmp_path / "api-token", TOKEN)
-    env = api_environment(tmp_path, socket, INSTANCE, FLASHPODS_RATE_LIMIT_PER_SECOND="0")
     request_id = str(uuid.uuid4())
-    with api_process(tmp_path, env) as process:
-        api = Api(process.root, process.env)
+    with running_api(Api, tmp_path, socket) as api:
         response = api.call(
             "POST",
             "/jobs",
@@ -158,7 +152,7 @@ def test_podman_failure_body_is_scrubbed_and_the_log_line_keeps_the_path(tmp_pat
         job_id = response.json()["details"]["job_id"]
         assert str(tmp_path) not in response.text
         assert str(tmp_path) not in api.call("GET", f"/jobs/{job_id}").text
-        log_text = process.log_path.read_text()
+        log_text = api.log_path.read_text()
     [line] = [line for line in log_text.splitlines() if f"request {request_id}: " in line]
     assert "container_error: job " + job_id in line
     assert str(socket) in line  # podman's own words: "dial unix <the socket>: connect: ..."

@@ -21,11 +21,11 @@ from typing import Any
 import pytest
 from flashpods.common.jobstates import ENDED
 from flashpods.common.polling import wait_until
-from podman_support import Api, container_exists, running_api
+from podman_support import HOSTILE_CPUS, HOSTILE_HOST, Api, container_exists, running_api
 
 pytestmark = [pytest.mark.podman, pytest.mark.slow]
 
-HOST_CPUS = 2
+HOST_CPUS = HOSTILE_CPUS
 FINAL = set(ENDED)
 TABLE: list[str] = []
 
@@ -51,13 +51,7 @@ class HostileApi(Api):
 
 @pytest.fixture
 def api(tmp_path: Path, podman_socket: Path) -> Iterator[HostileApi]:
-    with running_api(
-        HostileApi,
-        tmp_path,
-        podman_socket,
-        FLASHPODS_HOST_CPUS=str(HOST_CPUS),
-        FLASHPODS_HOST_MEMORY_GB="16",
-    ) as process:
+    with running_api(HostileApi, tmp_path, podman_socket, **HOSTILE_HOST) as process:
         yield process
 
 

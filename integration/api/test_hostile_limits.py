@@ -26,29 +26,32 @@ from flashpods_testing.hostile import (
     ORPHAN,
     DiskPeak,
 )
-from flashpods_testing.localhost import JOB_IMAGE, api_environment, write_token
-from podman_support import INSTANCE, TOKEN, Api, cancel_all, container_exists, post_concurrently
+from flashpods_testing.localhost import JOB_IMAGE
+from podman_support import (
+    HOSTILE_CPUS,
+    HOSTILE_HOST,
+    INSTANCE,
+    Api,
+    cancel_all,
+    container_exists,
+    post_concurrently,
+    running_api,
+)
 
-HOST_CPUS = 2
+HOST_CPUS = HOSTILE_CPUS
 LOG_LIMIT = 8 << 20
 
 
 @pytest.fixture
 def api(tmp_path: Path, podman_socket: Path) -> Iterator[Api]:
-    write_token(tmp_path / "api-token", TOKEN)
-    env = api_environment(
+    with running_api(
+        Api,
         tmp_path,
         podman_socket,
-        INSTANCE,
-        FLASHPODS_HOST_CPUS=str(HOST_CPUS),
-        FLASHPODS_HOST_MEMORY_GB="16",
-        FLASHPODS_RATE_LIMIT_PER_SECOND="0",
+        **HOSTILE_HOST,
         FLASHPODS_LOG_MAX_BYTES=str(LOG_LIMIT),
-    )
-    process = Api(tmp_path, env)
-    process.start()
-    yield process
-    process.stop()
+    ) as process:
+        yield process
 
 
 def create(api: Api, command: str, **extra: Any) -> str:

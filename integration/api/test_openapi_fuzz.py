@@ -13,31 +13,26 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from flashpods_testing.localhost import ApiProcess, api_environment, api_process, write_token
-from podman_support import INSTANCE
+from podman_support import TOKEN, Api, running_api
 
 REPO = Path(__file__).resolve().parents[2]
-TOKEN = "f" * 64
 SEED = "1"
 MAX_EXAMPLES = "10"
 
 
 @pytest.fixture
-def api(tmp_path: Path, podman_socket: Path) -> Iterator[ApiProcess]:
-    write_token(tmp_path / "api-token", TOKEN)
-    env = api_environment(
-        tmp_path,
+def api(tmp_path: Path, podman_socket: Path) -> Iterator[Api]:
+    with running_api(
+        Api,
+        tmp_path / "api",
         podman_socket,
-        INSTANCE,
-        FLASHPODS_RATE_LIMIT_PER_SECOND="0",
         FLASHPODS_HOST_CPUS="64",
         FLASHPODS_HOST_MEMORY_GB="256",
-    )
-    with api_process(tmp_path / "api", env) as process:
+    ) as process:
         yield process
 
 
-def test_the_api_meets_its_openapi_document(api: ApiProcess) -> None:
+def test_the_api_meets_its_openapi_document(api: Api) -> None:
     schemathesis = shutil.which("schemathesis")
     assert schemathesis, "schemathesis is a test dependency (pyproject [test])"
     proc = subprocess.run(

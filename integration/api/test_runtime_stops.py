@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from flashpods.api.runtime import JobSpec, artifactpin
 from flashpods.api.runtime.joblog import format_size
-from flashpods.api.runtime.podman import PodmanRuntime
+from flashpods.api.runtime.podman import PodmanRuntime, raw_log_path
 from flashpods.common.polling import wait_until
 from flashpods_testing.localhost import JOB_IMAGE, PodmanService
 from podman_support import (
@@ -131,7 +131,8 @@ def test_resume_after_crash_keeps_the_log_exact(podman_socket: Path, hooks, make
     # A crash can leave a torn last line; the resumed capture must repair it.
     with spec.log_path.open("ab") as fh:
         fh.write(b"[00:00:00.000] tick 9")
-    time.sleep(1)
+    # The job prints on while nobody watches (conmon's own file has what the capture missed).
+    wait_until(lambda: b"tick 15" in raw_log_path(spec).read_bytes(), 10, "unwatched ticks")
     second = PodmanRuntime(make_config(podman_socket))
     info = next(i for i in second.list_job_containers() if i.job_id == spec.job_id)
     second.resume(spec, hooks, info)
@@ -255,7 +256,9 @@ def test_timeout_after_one_minute(timeout_job: tuple[JobSpec, RecordingHooks]) -
     assert 60 <= (outcome.ended_at - started).total_seconds() < 75
 
 
-def test_podman_service_restart_mid_job_is_survived(tmp_path: Path, hooks, make_spec) -> None:
+def test_podman_service_restart_mid_job_is_survived(
+    tmp_path: Path, hooks, make_spec, caplog: pytest.LogCaptureFixture
+) -> None:
     service = PodmanService(tmp_path)
     runtime = PodmanRuntime(make_config(service.start()))
     spec = make_spec("echo before; sleep 4; echo after > /artifacts/after.txt; echo after")
@@ -263,7 +266,8 @@ def test_podman_service_restart_mid_job_is_survived(tmp_path: Path, hooks, make_
         runtime.start(spec, hooks)
         wait_until(lambda: "before" in spec.log_path.read_text(), 10, "first line")
         service.kill()  # the socket service dies; conmon keeps the container running
-        time.sleep(1)
+        # The runtime's wait for the job found podman gone (and retries) before it is back.
+        wait_until(lambda: "podman unreachable while waiting" in caplog.text, 20, "the outage")
         service.start()  # same socket path, the stale socket file removed first
         outcome = hooks.wait(spec.job_id, 40)
     finally:

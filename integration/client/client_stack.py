@@ -26,11 +26,10 @@ from flashpods_testing.localhost import (
     API_CONSOLE_SCRIPT,
     ApiProcess,
     HostError,
-    api_environment,
     free_port,
     instance_containers,
+    local_api,
     remove_instance_containers,
-    write_token,
 )
 
 BIN = Path(sys.executable).parent
@@ -65,24 +64,20 @@ class Api:
 @contextmanager
 def flashpods_api(root: Path, podman_socket: Path, name: str, **extra: str) -> Iterator[Api]:
     """The console script with 2 CPUs / 8 GB of capacity; its containers go with it."""
-    token = secrets.token_hex(32)
-    write_token(root / "api-token", token)
-    env = api_environment(
-        root,
-        podman_socket,
-        f"client-{name}-{RUN_ID}",
-        FLASHPODS_HOST_CPUS="2",
-        FLASHPODS_HOST_MEMORY_GB="8",
-        FLASHPODS_LOG_LEVEL="info",
+    token, instance = secrets.token_hex(32), f"client-{name}-{RUN_ID}"
+    settings = {
+        "FLASHPODS_HOST_CPUS": "2",
+        "FLASHPODS_HOST_MEMORY_GB": "8",
+        "FLASHPODS_LOG_LEVEL": "info",
         **extra,
-    )
-    process = ApiProcess(root, env, API_CONSOLE_SCRIPT)
-    process.start()
+    }
     try:
-        yield Api(process.url, token, root, process.instance)
+        with local_api(
+            ApiProcess, root, podman_socket, instance, token, command=API_CONSOLE_SCRIPT, **settings
+        ) as process:
+            yield Api(process.url, token, root, instance)
     finally:
-        process.stop()
-        remove_instance_containers(process.instance)
+        remove_instance_containers(instance)
 
 
 @contextmanager

@@ -7,7 +7,9 @@ integration/identity) and the bench/ scripts share, with no pytest in here:
 - `PodmanService` / `podman_service()`: a private rootful `podman system service` on
   `<home>/podman.sock`, and on exit the removal of whatever a FLASHPODS_INSTANCE left;
 - `api_environment()` and `ApiProcess`: a real `flashpods-api` against temporary
-  directories on 127.0.0.1:<free port>, started as a subprocess, healthy when /health says so.
+  directories on 127.0.0.1:<free port>, started as a subprocess, healthy when /health says so;
+  `local_api()` the three steps in one (token file, environment, process);
+- `bench_host()`: for bench/, a temporary directory with a podman service and an API on it.
 
 Each caller passes its own instance label, so runs never touch the lab's or each other's
 containers. The lab itself runs at the real paths and does not use this.
@@ -21,10 +23,12 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import requests
 from flashpods.api.runtime import artifactpin
@@ -264,3 +268,48 @@ def api_process(
         yield api
     finally:
         api.stop()
+
+
+P = TypeVar("P", bound=ApiProcess)
+
+
+@contextmanager
+def local_api(
+    process: type[P],
+    root: Path,
+    podman_socket: Path,
+    instance: str,
+    token: str,
+    *,
+    command: Sequence[str] = API_MODULE_COMMAND,
+    **overrides: str,
+) -> Iterator[P]:
+    """`flashpods-api` (`command`) as a started `process` with everything under `root`
+    (api_environment, `overrides` winning) and `token` in its token file; stopped on exit."""
+    write_token(root / "api-token", token)
+    api = process(root, api_environment(root, podman_socket, instance, **overrides), command)
+    api.start()
+    try:
+        yield api
+    finally:
+        api.stop()
+
+
+@contextmanager
+def bench_host(token: str, **overrides: str) -> Iterator[tuple[ApiProcess, Path]]:
+    """For bench/: in a temporary directory, a private podman service and `flashpods-api`
+    on it (rate limit off, warnings only; `overrides` win). Yields the API and the podman
+    socket; on exit the instance's containers, the processes and the directory go."""
+    with tempfile.TemporaryDirectory(prefix="flashpods-bench-") as tmp:
+        root = Path(tmp)
+        instance = f"bench-{os.getpid()}"
+        settings = {
+            "FLASHPODS_RATE_LIMIT_PER_SECOND": "0",
+            "FLASHPODS_LOG_LEVEL": "warning",
+            **overrides,
+        }
+        with (
+            podman_service(root, instance) as sock,
+            local_api(ApiProcess, root, sock, instance, token, **settings) as api,
+        ):
+            yield api, sock
