@@ -4,7 +4,6 @@ ClientSession), against the real API and podman."""
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -59,13 +58,12 @@ def test_an_agent_spawns_polls_reads_and_downloads(
             assert not error, spawned
             seen["spawned"] = spawned
             job_id = spawned["job_id"]
-            deadline = time.monotonic() + 60
-            while True:
-                error, status = await call("get_job_status", {"job_id": job_id})
-                assert not error and time.monotonic() < deadline, status
-                if status["status"] not in ("pending", "starting", "running"):
-                    break
-                await anyio.sleep(0.2)
+            # Followed while it runs: the call returns once the job has ended (complete).
+            seen["live"] = await call(
+                "follow_job_output", {"job_id": job_id, "offset": 0, "wait_seconds": 60}
+            )
+            error, status = await call("get_job_status", {"job_id": job_id})
+            assert not error, status
             seen["status"] = status
             seen["output"] = await call("get_job_output", {"job_id": job_id, "tail": 10})
             seen["followed"] = await call(
@@ -98,10 +96,11 @@ def test_an_agent_spawns_polls_reads_and_downloads(
     assert (seen["status"]["status"], seen["status"]["exit_code"]) == ("failed", 3)
     error, output = seen["output"]
     assert not error and output["output"].endswith("hello from the laptop\n")
-    error, followed = seen["followed"]
-    assert not error and followed["complete"] is True, followed
-    assert followed["output"].endswith("hello from the laptop\n")
-    assert followed["next_offset"] == len(followed["output"].encode())
+    for key in ("live", "followed"):  # followed while it ran, and after its end
+        error, followed = seen[key]
+        assert not error and followed["complete"] is True, followed
+        assert followed["output"].endswith("hello from the laptop\n")
+        assert followed["next_offset"] == len(followed["output"].encode())
     error, artifacts = seen["artifacts"]
     assert [a["name"] for a in artifacts["artifacts"]] == ["report.txt"]
     error, download = seen["download"]
