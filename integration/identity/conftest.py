@@ -48,7 +48,9 @@ def identity() -> Iterator[Containers]:
             "github_token": "ghp_test" + secrets.token_hex(16),
         },
     )
-    containers = Containers(stack, uid, gid, instance=f"identity-test-{uuid.uuid4().hex[:8]}")
+    containers = Containers(
+        stack, uid, gid, instance=f"identity-test-{uuid.uuid4().hex[:8]}", scratch=base / "jobs"
+    )
     try:
         stack.start()
         wait_until_issued(containers)

@@ -1,22 +1,46 @@
-"""Helpers of the identity integration tests: containers of the job image run against
-the test's own podman API socket, with the SPIRE socket directory, the token socket
-and the tools directory mounted as the API mounts them.
+"""Helpers of the identity integration tests: containers of the job image, made by the
+runtime's own create_args (flashpods_testing.job_containers), against the test's own
+podman API socket, with the SPIRE socket directory, the token socket and the tools
+directory mounted as the API mounts them.
 """
 
 from __future__ import annotations
 
 import json
 import subprocess
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 
+from flashpods.api.runtime.podman_cli import ContainerUser
 from flashpods.common.polling import poll
 from flashpods.common.programs import run_program
 from flashpods.deployment import JOB_IMAGE
 from flashpods_testing.identity_stack import IdentityStack
+from flashpods_testing.job_containers import (
+    SAME_ROLE,
+    JobContainers,
+    Ran,
+    identity_mounts,
+    job_spec,
+)
 from flashpods_testing.localhost import as_assertion
 
 AUDIENCE = "flashpods-token-service"
 TEST_UID = 62001
+FETCH_JWT = (
+    "/opt/flashpods/bin/spire-agent",
+    "api",
+    "fetch",
+    "jwt",
+    "-socketPath",
+    "/run/spire/sockets/agent.sock",
+    "-output",
+    "json",
+    "-timeout",
+    "3s",
+    "-audience",
+)
 
 
 @dataclass
@@ -25,6 +49,19 @@ class Containers:
     uid: int
     gid: int
     instance: str
+    scratch: Path  # the jobs' log files and artifacts directories
+    jobs: JobContainers = field(init=False)
+
+    def __post_init__(self) -> None:
+        settings = self.stack.settings
+        self.jobs = JobContainers(
+            podman=("podman", "--url", f"unix://{self.stack.podman_socket}"),
+            instance=self.instance,
+            user=ContainerUser(rootless=False, uid=self.uid, gid=self.gid),
+            mounts=identity_mounts(
+                settings.agent_socket_path.parent, self.stack.token_socket, self.stack.tools_dir
+            ),
+        )
 
     def podman(
         self, *args: str, check: bool = True, timeout: float = 120
@@ -32,62 +69,27 @@ class Containers:
         cmd = ["podman", "--url", f"unix://{self.stack.podman_socket}", *args]
         return run_program(cmd, fail=as_assertion, check=check, timeout=timeout)
 
-    def run_args(
+    def run(
         self,
-        command: list[str],
+        command: Sequence[str],
         *,
         role: str | None,
         image: str = JOB_IMAGE,
-        user: str | None = None,
-        detach: bool = False,
-        extra: tuple[str, ...] = (),
-    ) -> list[str]:
-        args = ["run", "--pull=never", "--label", f"flashpods-instance={self.instance}"]
-        args += ["-d"] if detach else ["--rm"]
-        args += ["--user", user or f"{self.uid}:{self.gid}"]
-        # Hardened as the API runs jobs (api.md "Container").
-        args += ["--cap-drop", "ALL", "--security-opt", "no-new-privileges", "--init"]
-        if role is not None:
-            args += ["--label", f"flashpods-job-type={role}"]
-        args += [
-            "-v",
-            f"{self.stack.settings.agent_socket_path.parent}:/run/spire/sockets:ro",
-            "-v",
-            f"{self.stack.token_socket}:/run/flashpods/token.sock:ro",
-            "-v",
-            f"{self.stack.tools_dir}:/opt/flashpods:ro",
-            *extra,
-            image,
-            *command,
-        ]
-        return args
-
-    def run(
-        self, command: list[str], *, role: str | None, **kw: object
-    ) -> subprocess.CompletedProcess[str]:
-        return self.podman(*self.run_args(command, role=role, **kw), check=False)  # type: ignore[arg-type]
+        uid: int | None = None,
+    ) -> Ran:
+        """`command` as a worker's, in a container carrying the role label `role` (none:
+        no label), running as `uid` (default: the workload's, like the API's jobs)."""
+        spec = job_spec(self.scratch, "worker", command=command, image=image)
+        user = None if uid is None else ContainerUser(rootless=False, uid=uid, gid=uid)
+        return self.jobs.run(spec, role=SAME_ROLE if role == "worker" else role, user=user)
 
     def fetch_jwt(
-        self, *, role: str | None, audience: str = AUDIENCE, **kw: object
-    ) -> subprocess.CompletedProcess[str]:
-        cmd = [
-            "/opt/flashpods/bin/spire-agent",
-            "api",
-            "fetch",
-            "jwt",
-            "-audience",
-            audience,
-            "-socketPath",
-            "/run/spire/sockets/agent.sock",
-            "-output",
-            "json",
-            "-timeout",
-            "3s",
-        ]
-        return self.run(cmd, role=role, **kw)
+        self, *, role: str | None, audience: str = AUDIENCE, uid: int | None = None
+    ) -> Ran:
+        return self.run([*FETCH_JWT, audience], role=role, uid=uid)
 
-    def jwt(self, *, role: str, audience: str = AUDIENCE, **kw: object) -> str:
-        proc = self.fetch_jwt(role=role, audience=audience, **kw)
+    def jwt(self, *, role: str, audience: str = AUDIENCE) -> str:
+        proc = self.fetch_jwt(role=role, audience=audience)
         assert proc.returncode == 0, proc.stderr
         token: str = json.loads(proc.stdout)[0]["svids"][0]["svid"]
         return token

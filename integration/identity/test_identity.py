@@ -9,14 +9,18 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 import stat
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from flashpods.api.runtime.podman_cli import Mount, upload_mount
 from flashpods.common.polling import wait_until
 from flashpods.tokens.client import exchange
-from identity_support import JOB_IMAGE, Containers, wait_until_issued
+from flashpods_testing.job_containers import SAME_ROLE, Ran, job_spec
+from identity_support import AUDIENCE, FETCH_JWT, JOB_IMAGE, Containers, wait_until_issued
 
 pytestmark = [pytest.mark.spire, pytest.mark.podman, pytest.mark.slow]
 
@@ -36,9 +40,7 @@ def report(stdout: str) -> dict[str, str]:
     return dict(line.split("=", 1) for line in stdout.splitlines() if "=" in line)
 
 
-def svid_id(
-    identity: Containers, role: str | None, **kw: object
-) -> subprocess.CompletedProcess[str]:
+def svid_id(identity: Containers, role: str | None, image: str = JOB_IMAGE) -> Ran:
     cmd = [
         "/opt/flashpods/bin/spire-agent",
         "api",
@@ -51,7 +53,7 @@ def svid_id(
         "-timeout",
         "3s",
     ]
-    return identity.run(cmd, role=role, **kw)
+    return identity.run(cmd, role=role, image=image)
 
 
 def test_worker_gets_worker_id_and_only_github_token(identity: Containers) -> None:
@@ -91,10 +93,20 @@ def test_agent_gets_agent_id_and_both_secrets(identity: Containers) -> None:
 
 
 def test_unlabelled_container_gets_no_svid_and_no_secret(identity: Containers) -> None:
-    fetched = identity.fetch_jwt(role=None)
-    assert fetched.returncode != 0
+    # The container says it ran, then the fetch's own exit status: a container that never
+    # ran, or a fetch that was never made, cannot pass.
+    fetch = shlex.join([*FETCH_JWT, AUDIENCE])
+    fetched = identity.run(["sh", "-c", f'echo container-ran; {fetch}; echo "fetch=$?"'], role=None)
+    assert "flashpods-job-type" not in fetched.labels
+    assert fetched.labels["flashpods-instance"] == identity.instance
+    assert fetched.returncode == 0, fetched.stderr
+    said = fetched.stdout.splitlines()
+    assert said[:1] == ["container-ran"] and said[-1] not in ("fetch=", "fetch=0"), said
+    assert said[-1].startswith("fetch="), said
     assert "no identity issued" in fetched.stderr
+    assert "svid" not in fetched.stdout
     proc = identity.run([HELPER, "sh", "-c", REPORT], role=None)
+    assert "flashpods-job-type" not in proc.labels
     assert proc.returncode == 70
     assert proc.stderr.strip().splitlines()[-1] == "flashpods-failure: spire_attestation_timeout"
     assert "anthropic=" not in proc.stdout and "github=" not in proc.stdout
@@ -102,7 +114,8 @@ def test_unlabelled_container_gets_no_svid_and_no_secret(identity: Containers) -
 
 def test_worker_label_with_another_uid_gets_no_svid(identity: Containers) -> None:
     """The entries also pin the uid the API runs containers as (unix:uid selector)."""
-    fetched = identity.fetch_jwt(role="worker", user="4242:4242")
+    fetched = identity.fetch_jwt(role="worker", uid=4242)
+    assert fetched.labels["flashpods-job-type"] == "worker"
     assert fetched.returncode != 0
     assert "no identity issued" in fetched.stderr
 
@@ -126,6 +139,7 @@ def test_image_label_agent_started_as_worker_stays_worker(
         labels = json.loads(identity.podman("image", "inspect", image).stdout)[0]["Labels"]
         assert labels["flashpods-job-type"] == "agent"
         x509 = svid_id(identity, "worker", image=image)
+        assert x509.labels["flashpods-job-type"] == "worker"  # the container's label wins
         assert x509.returncode == 0, x509.stderr
         assert [s["spiffe_id"] for s in json.loads(x509.stdout)["svids"]] == [
             "spiffe://flashpods.local/worker"
@@ -179,50 +193,55 @@ def test_rotated_secrets_file_is_served_on_next_exchange(identity: Containers) -
 
 
 ENTRYPOINT = "/opt/flashpods/bin/flashpods-agent-entrypoint"
-# Stand-in for the Claude CLI: proves it got both secrets (as hashes), edits /work.
+# Stand-in for the Claude CLI: leaves the secrets it got (as hashes) in /artifacts, edits
+# /work (its copy of the upload, committed and pushed by the entrypoint).
 STAND_IN = """#!/bin/sh
-printf '%s' "$ANTHROPIC_API_KEY" | sha256sum | cut -c1-16 > /work/.saw-anthropic
-printf '%s' "$GITHUB_TOKEN" | sha256sum | cut -c1-16 > /work/.saw-github
+printf '%s' "$ANTHROPIC_API_KEY" | sha256sum | cut -c1-16 > /artifacts/saw-anthropic
+printf '%s' "$GITHUB_TOKEN" | sha256sum | cut -c1-16 > /artifacts/saw-github
 [ "$1" = -p ] && printf '%s\\n' "$2" > /work/prompt.txt
 echo "stand-in agent ran"
 """
 
 
+def git_show(repository: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", "--git-dir", str(repository), "show", *args],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+
+
 def agent_job(
     identity: Containers, tmp_path: Path, role: str | None
-) -> tuple[subprocess.CompletedProcess[str], Path, Path, Path]:
-    work, artifacts, remote = tmp_path / "work", tmp_path / "artifacts", tmp_path / "remote.git"
+) -> tuple[Ran, Path, Path, Path]:
+    """An agent job (the entrypoint, task, context and branch from the API's environment,
+    its upload mounted as the runtime mounts it) in a container whose role label is
+    `role`; the upload in `work`, its origin beside."""
+    work, remote = tmp_path / "work", tmp_path / "remote.git"
     work.mkdir()
-    artifacts.mkdir()
     subprocess.run(["git", "init", "-q", "--bare", str(remote)], check=True)
     (work / "README").write_text("upload\n")
     (work / "stand-in-agent").write_text(STAND_IN)
     os.chmod(work / "stand-in-agent", 0o755)
     subprocess.run(["git", "-C", str(work), "init", "-q"], check=True)
     subprocess.run(["git", "-C", str(work), "remote", "add", "origin", "/remote.git"], check=True)
-    for path in (work, artifacts, remote):
+    spec = job_spec(
+        identity.scratch,
+        "agent",
+        upload_dir=work,
+        task="write the prompt down",
+        context="it is a test",
+        git_branch="flashpods/test-branch",
+    )
+    for path in (work, remote):
         subprocess.run(["chown", "-R", f"{identity.uid}:{identity.gid}", str(path)], check=True)
-    env = {
-        "FLASHPODS_TASK": "write the prompt down",
-        "FLASHPODS_CONTEXT": "it is a test",
-        "FLASHPODS_GIT_BRANCH": "flashpods/test-branch",
-        "FLASHPODS_JOB_ID": "job_test",
-        "FLASHPODS_AGENT_COMMAND": "/work/stand-in-agent",
-    }
-    extra: list[str] = [
-        "-v",
-        f"{work}:/work:rw",
-        "-v",
-        f"{artifacts}:/artifacts:rw",
-        "-v",
-        f"{remote}:/remote.git:rw",
-        "--workdir",
-        "/work",
-    ]
-    for name, value in env.items():
-        extra += ["-e", f"{name}={value}"]
-    proc = identity.run([ENTRYPOINT], role=role, extra=tuple(extra))
-    return proc, work, artifacts, remote
+    upload = upload_mount(spec)
+    assert upload is not None
+    mounts = [upload, Mount(remote, "/remote.git", read_only=False)]
+    jobs = replace(identity.jobs, agent_command="/work/stand-in-agent")
+    ran = jobs.run(spec, role=SAME_ROLE if role == "agent" else role, mounts=mounts)
+    return ran, work, spec.artifacts_dir, remote
 
 
 def test_agent_entrypoint_runs_the_agent_with_both_secrets(
@@ -231,21 +250,18 @@ def test_agent_entrypoint_runs_the_agent_with_both_secrets(
     proc, work, artifacts, remote = agent_job(identity, tmp_path, "agent")
     assert proc.returncode == 0, proc.stderr
     secrets = identity.stack.secrets
-    assert (work / ".saw-anthropic").read_text().strip() == digest(secrets["anthropic_api_key"])
-    assert (work / ".saw-github").read_text().strip() == digest(secrets["github_token"])
-    assert (work / "prompt.txt").read_text() == "write the prompt down\n\nContext:\nit is a test\n"
+    assert (artifacts / "saw-anthropic").read_text().strip() == digest(secrets["anthropic_api_key"])
+    assert (artifacts / "saw-github").read_text().strip() == digest(secrets["github_token"])
+    prompt = git_show(remote, "flashpods/test-branch:prompt.txt")
+    assert prompt == "write the prompt down\n\nContext:\nit is a test\n"
+    assert sorted(p.name for p in work.iterdir()) == [".git", "README", "stand-in-agent"]
     patch = (artifacts / "changes.patch").read_text()
     assert "+write the prompt down" in patch
     summary = (artifacts / "summary.md").read_text()
     assert (
         "flashpods/test-branch" in summary and "pushed to origin/flashpods/test-branch" in summary
     )
-    pushed = subprocess.run(
-        ["git", "--git-dir", str(remote), "log", "--format=%s", "flashpods/test-branch"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    pushed = git_show(remote, "--format=%s", "-s", "flashpods/test-branch")
     assert "flashpods: write the prompt down" in pushed
     for text in (proc.stdout, proc.stderr, patch, summary):
         assert secrets["anthropic_api_key"] not in text and secrets["github_token"] not in text
@@ -261,11 +277,10 @@ def test_agent_entrypoint_runs_the_agent_with_both_secrets(
 def test_agent_entrypoint_fails_without_agent_identity(
     identity: Containers, tmp_path: Path, role: str | None, code: int, failure: str
 ) -> None:
-    proc, work, artifacts, _remote = agent_job(identity, tmp_path, role)
+    proc, _work, artifacts, _remote = agent_job(identity, tmp_path, role)
     assert proc.returncode == code, proc.stderr
     assert proc.stderr.strip().splitlines()[-1] == f"flashpods-failure: {failure}"
-    assert not (work / ".saw-github").exists()  # the agent never ran
-    assert list(artifacts.iterdir()) == []
+    assert list(artifacts.iterdir()) == []  # the agent, which leaves its marks there, never ran
 
 
 # A container that exchanges once, waits for /work/go, then exchanges again.
@@ -282,26 +297,29 @@ def test_restarts_of_token_service_and_spire_agent(identity: Containers, tmp_pat
     work.mkdir()
     os.chmod(work, 0o755)
     inode = os.stat(stack.token_socket).st_ino
-    started = identity.podman(
-        *identity.run_args(
-            ["sh", "-c", TWICE], role="worker", detach=True, extra=("-v", f"{work}:/work:ro")
+    spec = job_spec(identity.scratch, "worker", command=["sh", "-c", TWICE], upload_dir=work)
+    upload = upload_mount(spec)  # the worker's /work, read-only
+    assert upload is not None
+    started = identity.jobs.create(spec, mounts=[upload])
+    try:
+        identity.jobs.start(spec, started)
+        wait_until(
+            lambda: "first=granted" in identity.podman("logs", started).stdout,
+            30,
+            "the first exchange",
+            interval=0.3,
         )
-    ).stdout.strip()
-    wait_until(
-        lambda: "first=granted" in identity.podman("logs", started).stdout,
-        30,
-        "the first exchange",
-        interval=0.3,
-    )
 
-    stack.restart_token_service()
-    resumed = stack.restart_agent()
-    assert not resumed.join_token_issued, "a healthy agent must resume without a new token"
-    assert os.stat(stack.token_socket).st_ino == inode
+        stack.restart_token_service()
+        resumed = stack.restart_agent()
+        assert not resumed.join_token_issued, "a healthy agent must resume without a new token"
+        assert os.stat(stack.token_socket).st_ino == inode
 
-    (work / "go").touch()
-    waited = identity.podman("wait", started, timeout=60).stdout.strip()
-    logs = identity.podman("logs", started)
+        (work / "go").touch()
+        waited = identity.podman("wait", started, timeout=60).stdout.strip()
+        logs = identity.podman("logs", started)
+    finally:
+        identity.jobs.remove(spec, started)
     assert waited == "0", logs.stderr
     assert "second=granted" in logs.stdout
 

@@ -11,9 +11,12 @@ from typing import Any
 
 import pytest
 from flashpods import deployment
+from flashpods.api.runtime.podman_cli import ContainerUser
 from flashpods.lab import lab
+from flashpods.lab.proc import in_netns
 from flashpods.lab.services import default_inputs
 from flashpods.lab.topology import Topology
+from flashpods_testing.job_containers import JobContainers, identity_mounts
 from lab_helpers import Laptop, Podman
 
 
@@ -44,16 +47,25 @@ def topo(lab_up: lab.UpReport) -> Topology:
 
 
 @pytest.fixture(scope="session")
-def podman(topo: Topology, values: dict[str, Any]) -> Podman:
+def podman(
+    topo: Topology, values: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
+) -> Podman:
+    """The lab's podman, and job containers made on it as the lab's API makes them: as
+    its user, with the mounts of its environment (instance label: lab-test)."""
     user = pwd.getpwnam(values["user"])
-    tools = default_inputs(Path("/"), Path("/")).tools_dir
-    return Podman(
-        topo.host_ns,
-        values["apiEnvironment"]["FLASHPODS_PODMAN_SOCKET"],
-        user.pw_uid,
-        user.pw_gid,
-        str(tools),
+    api = values["apiEnvironment"]
+    socket = api["FLASHPODS_PODMAN_SOCKET"]
+    jobs = JobContainers(
+        podman=tuple(in_netns(topo.host_ns, ["podman", "--url", f"unix://{socket}"])),
+        instance="lab-test",
+        user=ContainerUser(rootless=False, uid=user.pw_uid, gid=user.pw_gid),
+        mounts=identity_mounts(
+            Path(api["FLASHPODS_SPIRE_SOCKET_DIR"]),
+            Path(api["FLASHPODS_TOKEN_SOCKET"]),
+            default_inputs(Path("/"), Path("/")).tools_dir,
+        ),
     )
+    return Podman(topo.host_ns, socket, jobs, tmp_path_factory.mktemp("lab-jobs"))
 
 
 @pytest.fixture(scope="session")

@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,10 +20,15 @@ from typing import Any, TypeVar
 
 from flashpods.common.polling import wait_until
 from flashpods.common.programs import run_program
-from flashpods.deployment import JOB_IMAGE
 from flashpods.lab import lab
 from flashpods.lab.proc import in_netns
 from flashpods.lab.topology import Topology
+from flashpods_testing.job_containers import (
+    SAME_ROLE,
+    JobContainers,
+    Ran,
+    job_spec,
+)
 from flashpods_testing.localhost import as_assertion
 
 T = TypeVar("T")
@@ -99,9 +105,8 @@ class Podman:
 
     host_ns: str
     socket: str
-    uid: int
-    gid: int
-    tools_dir: str
+    jobs: JobContainers  # job containers as the API makes them, on this podman
+    scratch: Path  # their log files and artifacts directories
 
     def run(self, args: list[str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
         argv = in_netns(self.host_ns, ["podman", "--url", f"unix://{self.socket}", *args])
@@ -109,34 +114,14 @@ class Podman:
 
     def job_container(
         self, role: str | None, network: str, command: list[str], timeout: float = 120
-    ) -> subprocess.CompletedProcess[str]:
-        """A container like the API's jobs: role label (none when `role` is None),
-        flashpods uid, the two sockets and the tools, removed afterwards."""
-        role_label = [] if role is None else ["--label", f"flashpods-job-type={role}"]
-        return self.run(
-            [
-                "run",
-                "--rm",
-                "--pull=never",
-                f"--network={network}",
-                "--label",
-                "flashpods-job=true",
-                *role_label,
-                "--label",
-                "flashpods-instance=lab-test",
-                "--user",
-                f"{self.uid}:{self.gid}",
-                "--cap-drop=ALL",
-                "--security-opt=no-new-privileges",
-                "-v",
-                "/run/spire/sockets:/run/spire/sockets:ro",
-                "-v",
-                "/run/flashpods/token.sock:/run/flashpods/token.sock:ro",
-                "-v",
-                f"{self.tools_dir}:/opt/flashpods:ro",
-                JOB_IMAGE,
-                *command,
-            ],
+    ) -> Ran:
+        """`command` as a worker's, in a container the runtime's create_args makes, on
+        `network`, carrying the role label `role` (None: no role label)."""
+        spec = job_spec(self.scratch, "worker", command=command)
+        return self.jobs.run(
+            spec,
+            role=SAME_ROLE if role == "worker" else role,
+            network=network,
             timeout=timeout,
         )
 
@@ -176,6 +161,20 @@ class Laptop:
 
     def close(self) -> None:
         self._pool.shutdown()
+
+
+def run_demo(cwd: Path, *options: str) -> subprocess.CompletedProcess[str]:
+    """`flashpods-lab demo [options]` run from `cwd`, as a user would; it must succeed."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "flashpods.lab.cli", "demo", *options],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
 
 
 def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:

@@ -13,9 +13,7 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,16 +28,15 @@ from flashpods.lab.model_endpoint import NOTES_NAME, NOTES_TEXT, SUMMARY
 from flashpods.lab.proc import in_netns
 from flashpods.lab.topology import LOG_DIR, Topology
 from flashpods_testing.trees import tree_record
-from lab_helpers import Laptop, secrets_file
+from lab_helpers import Laptop, run_demo, secrets_file
 from mcp import ClientSession, StdioServerParameters, stdio_client
 
-TERMINAL = ("completed", "failed", "timed_out", "cancelled")
 BRANCH = "agent/notes"
 
 
 def mcp_session(topo: Topology, downloads: Path, calls: list[tuple[str, dict[str, Any]]]) -> Any:
     """Run `flashpods-mcp` in the laptop namespace and make the calls in order; a call
-    named "wait" polls get_job_status of the spawned job until it ends."""
+    named "wait" follows the spawned job's log until it has ended, then gets its status."""
     mcp = shutil.which("flashpods-mcp", path=str(Path(sys.executable).parent))
     assert mcp is not None
     argv = in_netns(topo.laptop_ns, [mcp])
@@ -64,14 +61,14 @@ def mcp_session(topo: Topology, downloads: Path, calls: list[tuple[str, dict[str
             job_id = ""
             for name, args in calls:
                 if name == "wait":
-                    deadline = time.monotonic() + 240
-                    while True:
-                        status = await call("get_job_status", {"job_id": job_id})
-                        if status["status"] in TERMINAL:
-                            break
-                        assert time.monotonic() < deadline, status
-                        await anyio.sleep(0.5)
-                    answers.append(status)
+                    # Pushed: each call returns once the job has ended and its whole log
+                    # is read (or 1 MiB later); no output for 240 s is a hung job.
+                    piece = {"next_offset": 0, "complete": False}
+                    while not piece["complete"]:
+                        where = {"job_id": job_id, "offset": piece["next_offset"]}
+                        piece = await call("follow_job_output", {**where, "wait_seconds": 240})
+                        assert piece["complete"] or piece["output"], piece
+                    answers.append(await call("get_job_status", {"job_id": job_id}))
                     continue
                 answer = await call(name, {"job_id": job_id, **args} if job_id else args)
                 job_id = job_id or answer.get("job_id", "")
@@ -246,16 +243,7 @@ def test_the_model_service_down_fails_the_job_before_its_timeout(
 
 
 def test_demo_agent_prints_the_pushed_commit(lab_up: lab.UpReport, tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "flashpods.lab.cli", "demo", "--agent"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    out = proc.stdout
-    assert proc.returncode == 0, out + proc.stderr
+    out = run_demo(tmp_path, "--agent").stdout
     pushed = out.split("\npushed commit: ", 1)[1]
     assert pushed.startswith(f"{AGENT_BRANCH} of demo-")
     assert "commit " in pushed and f"{NOTES_NAME} " in pushed  # git log -1 --stat

@@ -3,26 +3,16 @@ the SDK (upload over rsync, worker, log, artifact download), checked in detail."
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 from flashpods.lab.demo import SAMPLE_FILES, write_sample
-from lab_helpers import Laptop, secrets_file
+from lab_helpers import Laptop, run_demo, secrets_file
 
 
 def test_demo_runs_a_job_end_to_end(lab_up, tmp_path: Path, values: dict[str, Any]) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "flashpods.lab.cli", "demo"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    proc = run_demo(tmp_path)
     out = proc.stdout
-    assert proc.returncode == 0, out + proc.stderr
     assert "got a GITHUB_TOKEN from the token service" in out
     assert "./src/wordcount.py" in out  # the worker read /work
     for phase in ("upload", "finalize", "start", "run", "artifact download", "end to end"):

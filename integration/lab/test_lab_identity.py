@@ -1,8 +1,9 @@
 """SPIRE attestation of job containers and the token exchange, in the running lab.
 
-The containers are made like the API makes jobs (role label, flashpods uid, the SPIRE
-socket directory, the token socket, the tools at /opt/flashpods); the secrets are
-compared by hash so they never appear in the test output.
+The containers are made by the runtime's own create_args, as the lab's API makes jobs
+(role label, flashpods uid, hardening, the SPIRE socket directory, the token socket, the
+tools at /opt/flashpods), only their role label changed where a test says so; the
+secrets are compared by hash so they never appear in the test output.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ def test_a_container_without_a_known_role_gets_no_identity(
     podman: Podman, role: str | None
 ) -> None:
     denied = podman.job_container(role, "bridge", ["sh", "-c", FETCH_STATUS])
+    assert denied.labels.get("flashpods-job-type") == role  # None: no role label at all
     # The container ran the fetch (exit 0 is the script's), and the agent refused it.
     assert denied.returncode == 0, denied.stderr
     assert denied.stdout.splitlines()[0] not in ("", "fetch=0"), denied.stdout
@@ -46,6 +48,7 @@ def test_a_container_without_a_known_role_gets_no_identity(
     assert "spiffe://" not in denied.stdout
     # The same script in a worker's container does get its SVID: the check can fail.
     granted = podman.job_container("worker", "bridge", ["sh", "-c", FETCH_STATUS])
+    assert granted.labels["flashpods-job-type"] == "worker"
     assert granted.stdout.split() == ["fetch=0", "spiffe://flashpods.local/worker"], granted
 
 

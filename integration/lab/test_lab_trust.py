@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from flashpods.lab.proc import in_netns, run
 from flashpods.lab.topology import Topology
+from flashpods_testing.job_containers import job_spec
 from lab_helpers import (
     CONTAINER_PROBE,
     EXCHANGE,
@@ -152,7 +153,7 @@ while pending and time.monotonic() < end:
         pending.discard(s)
         refused += s.recv(64).startswith(b"HTTP/1.1 429")
 print(f"holding {len(pending)} refused {refused}", flush=True)
-while True:  # one header line per second on every connection
+while True:  # a slow client, on purpose: one header line per second per connection
     for s in conns:
         try:
             s.send(b"X-Slow: 1\r\n")
@@ -165,36 +166,21 @@ while True:  # one header line per second on every connection
 def test_an_agent_exchange_succeeds_while_a_worker_hogs_the_token_service(
     podman: Podman, values: dict[str, Any]
 ) -> None:
-    name = f"hog-{uuid.uuid4().hex[:8]}"
-    argv = [
-        "run",
-        "--rm",
-        "--name",
-        name,
-        "--pull=never",
-        "--label",
-        "flashpods-job-type=worker",
-        "--label",
-        "flashpods-instance=lab-test",
-        "--user",
-        f"{podman.uid}:{podman.gid}",
-        "-v",
-        "/run/flashpods/token.sock:/run/flashpods/token.sock:ro",
-        "localhost/flashpods-job:latest",
-        "python3",
-        "-c",
-        HOG,
-    ]
-    hog = subprocess.Popen(
-        in_netns(podman.host_ns, ["podman", "--url", f"unix://{podman.socket}", *argv]),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    spec = job_spec(podman.scratch, "worker", command=["python3", "-c", HOG])
+    hog = podman.jobs.create(spec)
     try:
-        assert hog.stdout is not None and hog.stderr is not None
-        report = hog.stdout.readline().split()  # once its connections are open
-        assert report == ["holding", "8", "refused", "292"], report or hog.stderr.read()
+        podman.jobs.start(spec, hog)
+        said: list[str] = []
+
+        def reported() -> bool:  # once its connections are open
+            logs = podman.run(["logs", hog])
+            said[:] = logs.stdout.splitlines()
+            running = podman.run(["inspect", "--format", "{{.State.Running}}", hog]).stdout
+            assert said or running.strip() == "true", f"the hog ended: {logs.stderr}"
+            return bool(said)
+
+        wait_for(reported, 60, "the hog's report")
+        assert said[0].split() == ["holding", "8", "refused", "292"], said
         agent = podman.job_container("agent", "bridge", ["sh", "-c", EXCHANGE])
         assert agent.returncode == 0, agent.stderr
         secrets = secrets_file(values)
@@ -218,8 +204,7 @@ def test_an_agent_exchange_succeeds_while_a_worker_hogs_the_token_service(
         )
         assert health.returncode == 0 and '"healthy"' in health.stdout
     finally:
-        podman.run(["rm", "-f", "-t", "0", name])
-        hog.wait(timeout=60)
+        podman.jobs.remove(spec, hog)
 
 
 # --- W3/W4: a local user reads nothing of the service's ---------------------------------

@@ -1,0 +1,216 @@
+"""Job containers for the attestation tests, made by the runtime's own argv.
+
+`podman create` gets exactly what `podman_cli.create_args` gives the API (labels, user,
+hardening, read-only root, the scratch and /artifacts tmpfs, the worker's shell reading
+FLASHPODS_COMMAND from the environment `job_environment` fills, behind its gate); then,
+as the runtime does, `podman start`, the /artifacts pin through PID 1 (artifactpin) and
+the gate opened; `run` waits for the end and reads `podman logs`. What a test may
+change, and only through this module:
+
+- the role label (`role=`): replaced or left out, for the containers SPIRE must not
+  trust (`with_role` checks create_args set it exactly once);
+- the podman network (`network=`): create_args leaves it to podman's default, the lab's
+  tests pick one per trust boundary;
+- the mounts: the caller's, as the API's own `_mounts` would give them (the upload's:
+  `podman_cli.upload_mount`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from flashpods.api.config import ModelService
+from flashpods.api.runtime import JobSpec, JobType, artifactpin
+from flashpods.api.runtime import podman_cli as cli
+from flashpods.api.runtime.podman import (
+    GATE_SECONDS,
+    RAW_LOG_MIN_BYTES,
+    gate_path,
+    raw_log_path,
+)
+from flashpods.common.limits import LIMITS
+from flashpods.common.programs import run_program
+from flashpods.deployment import JOB_IMAGE
+
+from flashpods_testing.localhost import as_assertion
+
+SAME_ROLE = "same"  # with_role: keep the label create_args set
+
+
+def with_role(args: list[str], spec: JobSpec, role: str | None) -> list[str]:
+    """create_args' output for `spec` with its role label (the one SPIRE attests by)
+    set to `role`, or left out when `role` is None."""
+    label = ["--label", f"{cli.LABEL_JOB_TYPE}={spec.job_type}"]
+    places = [i for i in range(len(args) - 1) if args[i : i + 2] == label]
+    assert len(places) == 1, f"create_args must set the role label once: {args}"
+    given = [] if role is None else ["--label", f"{cli.LABEL_JOB_TYPE}={role}"]
+    at = places[0]
+    return [*args[:at], *given, *args[at + 2 :]]
+
+
+def with_network(args: list[str], network: str) -> list[str]:
+    assert args[0] == "create", args
+    assert not any(a.startswith("--network") for a in args), "create_args chose a network"
+    return ["create", f"--network={network}", *args[1:]]
+
+
+def job_spec(
+    scratch: Path,
+    job_type: JobType,
+    *,
+    command: Sequence[str] = (),
+    image: str = JOB_IMAGE,
+    upload_dir: Path | None = None,
+    task: str | None = None,
+    context: str | None = None,
+    git_branch: str | None = None,
+) -> JobSpec:
+    """A job as the API would hand it to the runtime, its files under `scratch`; a
+    worker's `command` (an argv) becomes its command text."""
+    job_id = uuid.uuid4().hex
+    limits = LIMITS[job_type]
+    return JobSpec(
+        job_id=job_id,
+        job_type=job_type,
+        image=image,
+        cpus=limits.default_cpus,
+        memory_gb=limits.default_memory_gb,
+        timeout_minutes=limits.default_timeout,
+        artifacts_dir=scratch / job_id / "artifacts",
+        log_path=scratch / job_id / "job.log",
+        upload_dir=upload_dir,
+        command=shlex.join(command) if job_type == "worker" else None,
+        task=task,
+        context=context,
+        git_branch=git_branch,
+    )
+
+
+def identity_mounts(
+    spire_socket_dir: Path, token_socket: Path, tools_dir: Path
+) -> tuple[cli.Mount, ...]:
+    """The read-only mounts the API gives every job (podman.py's `_mounts`)."""
+    return (
+        cli.Mount(spire_socket_dir, "/run/spire/sockets", read_only=True),
+        cli.Mount(token_socket, "/run/flashpods/token.sock", read_only=True),
+        cli.Mount(tools_dir, "/opt/flashpods", read_only=True),
+    )
+
+
+@dataclass(frozen=True)
+class Ran:
+    """A container that ran to its end: what it said, and the labels it carried."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+    labels: dict[str, str]
+
+
+@dataclass(frozen=True)
+class JobContainers:
+    podman: tuple[str, ...]  # the argv up to and including `--url unix://…`
+    instance: str
+    user: cli.ContainerUser
+    mounts: tuple[cli.Mount, ...]
+    agent_command: str = "claude"
+
+    def _podman(
+        self, args: Sequence[str], *, env: dict[str, str] | None = None, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        full_env = None if env is None else {**os.environ, **env}
+        return run_program(
+            [*self.podman, *args], fail=as_assertion, check=False, env=full_env, timeout=timeout
+        )
+
+    def create(
+        self,
+        spec: JobSpec,
+        *,
+        role: str | None = SAME_ROLE,
+        network: str | None = None,
+        user: cli.ContainerUser | None = None,
+        mounts: Sequence[cli.Mount] = (),
+    ) -> str:
+        """The container's id, created as the runtime creates `spec`'s: its command waits
+        on its gate until `start` has pinned its /artifacts."""
+        user = user or self.user
+        spec.log_path.parent.mkdir(parents=True, exist_ok=True)
+        gate = gate_path(spec)
+        os.mkfifo(gate, 0o600)
+        os.chown(gate, user.uid, user.gid)  # the API's own user, as the container's
+        args = cli.create_args(
+            spec,
+            instance=self.instance,
+            user=user,
+            mounts=[*self.mounts, *mounts],
+            pull_policy="never",
+            raw_log_path=raw_log_path(spec),
+            raw_log_max_bytes=RAW_LOG_MIN_BYTES,
+            gate=gate,
+        )
+        if role != SAME_ROLE:
+            args = with_role(args, spec, role)
+        if network is not None:
+            args = with_network(args, network)
+        env = cli.job_environment(spec, self.agent_command, ModelService())
+        created = self._podman(args, env=env)
+        assert created.returncode == 0, created.stderr
+        return created.stdout.strip()
+
+    def start(self, spec: JobSpec, container: str) -> None:
+        """As the runtime starts a job: start, pin /artifacts through PID 1, open the gate."""
+        started = self._podman(["start", container])
+        assert started.returncode == 0, started.stderr
+        lifetime = spec.timeout_minutes * 60
+        pid = self._state(container)["Pid"]
+        artifactpin.pin(pid, spec.job_id, spec.disk_gb * cli.GIB, lifetime, GATE_SECONDS)
+        assert artifactpin.open_gate(gate_path(spec), GATE_SECONDS), "nobody read the gate"
+
+    def labels(self, container: str) -> dict[str, str]:
+        inspected = self._podman(cli.inspect_args([container]))
+        assert inspected.returncode == 0, inspected.stderr
+        labels: dict[str, str] = json.loads(inspected.stdout)[0]["Config"]["Labels"] or {}
+        return labels
+
+    def remove(self, spec: JobSpec, container: str) -> None:
+        artifactpin.release(spec.job_id)
+        self._podman(["rm", "--force", "--time", "0", container])
+        gate_path(spec).unlink(missing_ok=True)
+
+    def _state(self, container: str) -> dict[str, Any]:
+        inspected = self._podman(cli.inspect_args([container]))
+        assert inspected.returncode == 0, inspected.stderr
+        state: dict[str, Any] = json.loads(inspected.stdout)[0]["State"]
+        return state
+
+    def run(self, spec: JobSpec, *, timeout: float = 120, **create: Any) -> Ran:
+        """Create (with `create`'s options) and start as the runtime does, wait for the
+        end; then what it printed, what it left in /artifacts (copied to
+        spec.artifacts_dir) and the container is removed."""
+        container = self.create(spec, **create)
+        try:
+            labels = self.labels(container)
+            self.start(spec, container)
+            waited = self._podman(["wait", container], timeout=timeout)
+            assert waited.returncode == 0, waited.stderr
+            ended = self._state(container)
+            assert ended["Status"] == "exited", ended
+            said = self._podman(["logs", container])
+            pinned = artifactpin.open_pinned(spec.job_id)
+            try:
+                shutil.copytree(f"/proc/self/fd/{pinned}", spec.artifacts_dir, dirs_exist_ok=True)
+            finally:
+                os.close(pinned)
+            return Ran(ended["ExitCode"], said.stdout, said.stderr, labels)
+        finally:
+            self.remove(spec, container)
