@@ -18,10 +18,8 @@ connection per request (as the container helper does):
 from __future__ import annotations
 
 import argparse
-import json
 import secrets
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -33,12 +31,10 @@ from pathlib import Path
 # Test and benchmark scaffolding lives with the tests, outside the installed package.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "testing"))
 
-from flashpods.deployment import JOB_IMAGE
 from flashpods.tokens.client import exchange
+from flashpods_testing.identity_jobs import AUDIENCE, Containers, wait_until_issued
 from flashpods_testing.identity_stack import IdentityStack
 from spiffe.workloadapi.workload_api_client import WorkloadApiClient
-
-AUDIENCE = "flashpods-token-service"
 
 
 @dataclass
@@ -115,27 +111,6 @@ def timed(fn: Callable[[], object], n: int) -> list[float]:
     return out
 
 
-def worker_jwt(stack: IdentityStack, uid: int, gid: int) -> str:
-    cmd = [
-        "podman", "--url", f"unix://{stack.podman_socket}", "run", "--rm", "--pull=never",
-        "--user", f"{uid}:{gid}", "--label", "flashpods-job-type=worker",
-        "--label", "flashpods-instance=bench-token-exchange",
-        "-v", f"{stack.settings.agent_socket_path.parent}:/run/spire/sockets:ro",
-        "-v", f"{stack.tools_dir}:/opt/flashpods:ro", JOB_IMAGE,
-        "/opt/flashpods/bin/spire-agent", "api", "fetch", "jwt", "-audience", AUDIENCE,
-        "-socketPath", "/run/spire/sockets/agent.sock", "-output", "json",
-    ]  # fmt: skip
-    deadline = time.monotonic() + 60
-    while True:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
-        if proc.returncode == 0:
-            token: str = json.loads(proc.stdout)[0]["svids"][0]["svid"]
-            return token
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"no SVID for the worker container: {proc.stderr}")
-        time.sleep(1)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=2000)
@@ -151,9 +126,11 @@ def main() -> None:
         workload_gid=gid,
         secrets={"anthropic_api_key": secrets.token_hex(20), "github_token": secrets.token_hex(20)},
     )
+    containers = Containers(stack, uid, gid, instance="bench-token-exchange", scratch=base / "jobs")
     try:
         stack.start()
-        token = worker_jwt(stack, uid, gid)
+        wait_until_issued(containers, 60)  # a worker container as the API makes it
+        token = containers.jwt(role="worker", audience=AUDIENCE)
         for _ in range(50):  # warm-up: imports, first bundle use, page cache
             one(stack, token)
         print(f"token service: {stack.token_socket} (JWT-SVID ES256, worker)")
@@ -172,6 +149,7 @@ def main() -> None:
         print(f"  (mean {statistics.fmean(agent):.3f} ms; not used by the service, which")
         print("   validates locally against the streamed bundle)")
     finally:
+        containers.remove_all()
         stack.close()
         stack.remove()
 

@@ -16,8 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from flashpods_testing.identity_jobs import JOB_IMAGE, TEST_UID, Containers, wait_until_issued
 from flashpods_testing.identity_stack import IdentityStack
-from identity_support import JOB_IMAGE, TEST_UID, Containers, wait_until_issued
 
 
 def _require(condition: bool, message: str) -> None:

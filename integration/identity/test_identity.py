@@ -19,8 +19,14 @@ import pytest
 from flashpods.api.runtime.podman_cli import Mount, upload_mount
 from flashpods.common.polling import wait_until
 from flashpods.tokens.client import exchange
+from flashpods_testing.identity_jobs import (
+    AUDIENCE,
+    FETCH_JWT,
+    JOB_IMAGE,
+    Containers,
+    wait_until_issued,
+)
 from flashpods_testing.job_containers import SAME_ROLE, Ran, job_spec
-from identity_support import AUDIENCE, FETCH_JWT, JOB_IMAGE, Containers, wait_until_issued
 
 pytestmark = [pytest.mark.spire, pytest.mark.podman, pytest.mark.slow]
 

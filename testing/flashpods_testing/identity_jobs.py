@@ -1,6 +1,6 @@
-"""Helpers of the identity integration tests: containers of the job image, made by the
-runtime's own create_args (flashpods_testing.job_containers), against the test's own
-podman API socket, with the SPIRE socket directory, the token socket and the tools
+"""Job containers on an IdentityStack (the identity tests and bench/token_exchange.py):
+made by the runtime's own create_args (flashpods_testing.job_containers), against the
+stack's podman API socket, with its SPIRE socket directory, token socket and tools
 directory mounted as the API mounts them.
 """
 
@@ -16,6 +16,7 @@ from flashpods.api.runtime.podman_cli import ContainerUser
 from flashpods.common.polling import poll
 from flashpods.common.programs import run_program
 from flashpods.deployment import JOB_IMAGE
+
 from flashpods_testing.identity_stack import IdentityStack
 from flashpods_testing.job_containers import (
     SAME_ROLE,
