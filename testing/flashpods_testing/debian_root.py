@@ -26,6 +26,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from flashpods import deployment, host_programs
+from flashpods.common.programs import ProgramFailure, run_program
 
 SUITE = "bookworm"
 MIRROR = "http://deb.debian.org/debian"
@@ -62,9 +63,12 @@ def root_key(packages: Sequence[str]) -> str:
 
 def _run(argv: list[str], what: str) -> None:
     env = {"PATH": ROOT_PATH, "DEBIAN_FRONTEND": "noninteractive", "LC_ALL": "C"}
-    result = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
-    if result.returncode != 0:
-        raise DebianRootError(f"{what} exited {result.returncode}: {result.stderr[-3000:]}")
+
+    def failed(failure: ProgramFailure) -> DebianRootError:
+        return DebianRootError(f"{what}: {failure.reason}: {failure.output[-3000:]}")
+
+    # debootstrap and apt-get download: an hour is a hung mirror, not a slow one.
+    run_program(argv, fail=failed, env=env, timeout=3600)
 
 
 @contextlib.contextmanager

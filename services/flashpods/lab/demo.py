@@ -14,7 +14,6 @@ commits and pushes the branch; the demo prints the artifacts and the pushed comm
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import tempfile
 import textwrap
@@ -23,6 +22,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from flashpods.lab.proc import run
 from flashpods.lab.topology import GIT_DIR, Topology
 
 SAMPLE_FILES = {
@@ -80,12 +80,8 @@ def git(*args: str, cwd: Path | None = None) -> str:
         "GIT_COMMITTER_NAME": "Lab laptop",
         "GIT_COMMITTER_EMAIL": "laptop@lab.invalid",
     }
-    proc = subprocess.run(
-        ["git", *args], cwd=cwd, env=env, capture_output=True, text=True, check=False
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(f"git {' '.join(args)} failed: {proc.stderr.strip()}")
-    return proc.stdout
+    where = [] if cwd is None else ["-C", str(cwd)]
+    return run(["git", *where, *args], env=env, timeout=120).stdout
 
 
 def sample_repository(root: Path, topo: Topology) -> tuple[Path, Path]:

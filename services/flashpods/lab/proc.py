@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from flashpods.common.programs import ProgramFailure, run_program
 from flashpods.lab.topology import NETNS_DIR
@@ -32,10 +32,15 @@ def as_user(user: str, group: str, argv: Sequence[str], *, no_new_privs: bool) -
 
 
 def run(
-    argv: Sequence[str], *, check: bool = True, input: str | None = None, timeout: float = 60
+    argv: Sequence[str],
+    *,
+    check: bool = True,
+    input: str | None = None,
+    timeout: float = 60,
+    env: Mapping[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run and capture; a failure becomes a LabError naming the command and its stderr."""
-    return run_program(argv, fail=_lab_error, check=check, input=input, timeout=timeout)
+    return run_program(argv, fail=_lab_error, check=check, input=input, timeout=timeout, env=env)
 
 
 def _lab_error(failure: ProgramFailure) -> LabError:
