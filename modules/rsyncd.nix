@@ -36,6 +36,12 @@ in
       # RLIMIT_FSIZE (systemd.exec(5) LimitFSIZE=, bytes): no uploaded file grows past the
       # upload limit while rsync writes it; the lab runs rsyncd under `prlimit --fsize`.
       serviceConfig.LimitFSIZE = data.rsync.maxFileBytes;
+      # The module's `pre-xfer exec` (flashpods-rsync-watch, the upload's total while
+      # rsync writes) is found on the unit's PATH (systemd-unit-options.nix `path`). It
+      # runs as the daemon's root, outside the chroot: nixpkgs' unit sets ProtectSystem=
+      # full, PrivateDevices, NoNewPrivileges and no capability bounds, so it can read
+      # /proc/<pid>/io of the transfer's processes and kill them (CAP_SYS_PTRACE, CAP_KILL).
+      path = [ cfg.package ];
     };
   };
 }

@@ -7,6 +7,7 @@ container); the podman service they drive is flashpods_testing.localhost.podman_
 
 from __future__ import annotations
 
+import os
 import secrets
 import socket
 import subprocess
@@ -17,6 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import flashpods
 from flashpods.client.retry import RetryPolicy
 from flashpods.client.sdk import Flashpods, PollSchedule, RetryEvent
 from flashpods.common.polling import wait_until
@@ -80,18 +82,35 @@ def flashpods_api(root: Path, podman_socket: Path, name: str, **extra: str) -> I
         remove_instance_containers(instance)
 
 
+def watch_program(bin_dir: Path) -> None:
+    """flashpods-rsync-watch (the module's pre-xfer exec) for this checkout's code: the
+    development venv's console scripts may predate it or point at another checkout."""
+    bin_dir.mkdir(exist_ok=True)
+    script = bin_dir / "flashpods-rsync-watch"
+    services = Path(flashpods.__file__).resolve().parents[1]
+    script.write_text(
+        f'#!/bin/sh\nPYTHONPATH={services} exec {sys.executable} -m flashpods.rsyncwatch "$@"\n'
+    )
+    script.chmod(0o755)
+
+
 @contextmanager
-def rsync_daemon(home: Path, uploads: Path) -> Iterator[str]:
+def rsync_daemon(home: Path, uploads: Path, upload_max_bytes: int | None = None) -> Iterator[str]:
     """rsyncd from the deployment's settings, moved to 127.0.0.1:<port> and the API's
-    uploads directory (and root, as the API here runs as root)."""
+    uploads directory (and root, as the API here runs as root); `upload_max_bytes`
+    replaces the limit its pre-xfer exec (flashpods-rsync-watch) holds uploads to."""
     deployment = values()
     settings = {k: dict(v) for k, v in deployment["rsyncd"].items()}
     module = deployment["rsync"]["module"]
     port = free_port()
     settings["global"].update({"address": "127.0.0.1", "hosts allow": "127.0.0.1"})
     settings[module].update({"path": str(uploads), "uid": "root", "gid": "root"})
+    if upload_max_bytes is not None:
+        program = settings[module]["pre-xfer exec"].split()[0]
+        settings[module]["pre-xfer exec"] = f"{program} {upload_max_bytes}"
     conf = home / "rsyncd.conf"
     conf.write_text(rsyncd.render(settings))
+    watch_program(home / "bin")
     daemon = subprocess.Popen(
         [
             "rsync",
@@ -100,7 +119,8 @@ def rsync_daemon(home: Path, uploads: Path) -> Iterator[str]:
             f"--port={port}",
             f"--config={conf}",
             f"--log-file={home / 'log'}",
-        ]
+        ],
+        env={**os.environ, "PATH": f"{home / 'bin'}:{os.environ['PATH']}"},
     )
 
     def listening() -> bool:

@@ -5,6 +5,7 @@ Each test is the attack that once got through; docs/trust.md's table points here
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import pwd
 import shutil
@@ -15,9 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from flashpods.client.upload import CUT_MARKER, classify_failure
 from flashpods.lab.proc import in_netns, run
 from flashpods.lab.topology import Topology
 from flashpods_testing.job_containers import job_spec
+from flashpods_testing.trees import LargestSize, tree_size
 from lab_helpers import (
     CONTAINER_PROBE,
     EXCHANGE,
@@ -360,6 +363,60 @@ def test_rsync_cannot_write_a_file_past_the_upload_limit(
             f"rsync -a {source}/ rsync://{topo.host_addr}/uploads/{upload_id}-ok/",
             timeout=120,
         )
+        assert again.returncode == 0, again.stderr
+    finally:
+        for path in (target, target.with_name(f"{upload_id}-ok")):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+# What rsync writes over the tunnel in one 20 ms poll of the watcher plus scheduling on a
+# loaded 2-core host (docs/trust.md W6 gives the measured values).
+LAB_OVERSHOOT = 64 << 20
+
+
+def test_many_files_under_the_limit_are_cut_when_the_upload_passes_it(
+    topo: Topology, values: dict[str, Any], tmp_path: Path
+) -> None:
+    """2.5 GiB in 4 MiB files (each far under RLIMIT_FSIZE) from the laptop: the daemon's
+    pre-xfer watcher cuts the transfer once the upload passes the 2 GiB limit; the
+    upload's directory, sampled while rsync runs, never holds more than the limit plus
+    the overshoot, and the laptop can read why (the marker the client maps to
+    upload_too_large). The next upload of the same daemon goes through."""
+    limit = int(values["rsync"]["maxFileBytes"])
+    module = values["rsync"]["module"]
+    assert values["rsyncd"][module]["pre-xfer exec"] == f"flashpods-rsync-watch {limit}"
+    upload_id = f"upload_many{uuid.uuid4().hex[:8]}"
+    source = tmp_path / "src"
+    source.mkdir()
+    for n in range(640):  # sparse here; rsync without -S writes every byte on the host
+        with open(source / f"part{n:04d}.bin", "wb") as f:
+            f.truncate(4 << 20)
+    target = Path(values["apiEnvironment"]["FLASHPODS_UPLOADS_PATH"]) / upload_id
+    url = f"rsync://{topo.host_addr}/{module}"
+    try:
+        with LargestSize(target, every=0.02) as sampled:
+            proc = ns_sh(topo.laptop_ns, f"rsync -a {source}/ {url}/{upload_id}/", timeout=600)
+        print(f"W6: largest sampled {sampled.largest} bytes, limit {limit}")
+        assert proc.returncode != 0, proc.stdout
+        # The count includes rsync's protocol bytes, so the cut may come up to a file
+        # before the tree itself passes the limit; never after the overshoot.
+        assert limit - (4 << 20) < sampled.largest <= limit + LAB_OVERSHOOT
+        assert tree_size(target) <= limit + LAB_OVERSHOOT
+        marker = ns_sh(
+            topo.laptop_ns,
+            f"rsync -q {url}/{upload_id}/{CUT_MARKER} {tmp_path}/ && cat {tmp_path}/{CUT_MARKER}",
+        )
+        assert marker.returncode == 0, marker.stderr
+        cut = json.loads(marker.stdout)
+        print(f"W6: counted at the cut {cut['measured_bytes']} bytes")
+        assert cut["limit_bytes"] == limit
+        assert limit < cut["measured_bytes"] <= limit + LAB_OVERSHOOT
+        error = classify_failure(proc.returncode, proc.stderr, cut)
+        assert error.code == "upload_too_large"
+        small = tmp_path / "small"
+        small.mkdir()
+        (small / "fits.txt").write_text("fits\n")
+        again = ns_sh(topo.laptop_ns, f"rsync -a {small}/ {url}/{upload_id}-ok/", timeout=120)
         assert again.returncode == 0, again.stderr
     finally:
         for path in (target, target.with_name(f"{upload_id}-ok")):

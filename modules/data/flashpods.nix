@@ -6,7 +6,8 @@
 # Names, paths, modes and ports are the seed's (../shared/seed/13-nixos.md).
 let
   # An upload's size limit: the API's FLASHPODS_UPLOAD_MAX_BYTES (checked at finalize)
-  # and the rsync daemon's largest file (RLIMIT_FSIZE, while it writes).
+  # and the rsync daemon's largest file (RLIMIT_FSIZE, while it writes) and upload
+  # (pre-xfer exec flashpods-rsync-watch, while it writes).
   uploadMaxBytes = 2147483648;
 in
 {
@@ -129,6 +130,13 @@ in
       # rsync -a keeps the laptop's modes (0644 files, 0755 directories); nothing of an
       # upload is for group or others on the host.
       "incoming chmod" = "go-rwx";
+      # RLIMIT_FSIZE bounds each file; this bounds the upload: before each transfer rsync
+      # runs it (found on the daemon's PATH: the NixOS unit's `path`, the lab's service
+      # venv), and it cuts a transfer whose upload passes the limit while rsync writes
+      # (flashpods.rsyncwatch).
+      "pre-xfer exec" = "flashpods-rsync-watch ${toString uploadMaxBytes}";
+      # fallocate takes space without a write the watcher counts (up to a file's limit).
+      "refuse options" = "preallocate";
     };
   };
 

@@ -7,6 +7,7 @@ import hashlib
 import os
 import random
 import stat
+import threading
 from pathlib import Path
 
 # Per entry (by path relative to the root): inode, mode, uid, gid, size, links, atime,
@@ -62,3 +63,43 @@ def write_tree(root: Path, files: int, total_bytes: int, *, per_dir: int = 20) -
         path.write_bytes(rng.randbytes(size + (1 if n < extra else 0)))
         paths.append(path)
     return paths
+
+
+def tree_size(root: Path) -> int:
+    """Bytes of the non-directory entries under root, by lstat, as finalize counts them;
+    entries that vanish while rsync writes (its temporary files) are skipped."""
+    size = 0
+    for directory, _, files in os.walk(root):
+        for name in files:
+            try:
+                info = os.lstat(os.path.join(directory, name))
+            except FileNotFoundError:
+                continue
+            size += info.st_size
+    return size
+
+
+class LargestSize:
+    """The largest tree_size of a directory seen while something writes it, sampled
+    every `every` seconds in a thread, from `with` to its end."""
+
+    def __init__(self, root: Path, every: float = 0.005) -> None:
+        self.root = root
+        self.every = every
+        self.largest = 0
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            self.largest = max(self.largest, tree_size(self.root))
+            self.samples += 1
+
+    def __enter__(self) -> LargestSize:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()

@@ -94,6 +94,19 @@ def test_rsync_failures_are_classified() -> None:
     assert "Connection refused" in other.message
 
 
+def test_an_upload_cut_at_the_limit_is_upload_too_large() -> None:
+    """The host's marker (the upload's total) or rsync's EFBIG (one file, RLIMIT_FSIZE)."""
+    closed = "rsync: connection unexpectedly closed (3807 bytes received so far) [sender]\n"
+    cut = classify_failure(12, closed, {"limit_bytes": 2147483648, "measured_bytes": 2150000000})
+    assert (cut.code, cut.status) == ("upload_too_large", None)
+    assert "limit of 2147483648 bytes" in cut.message
+    assert cut.details["cut"] == {"limit_bytes": 2147483648, "measured_bytes": 2150000000}
+    assert cut.details["rsync_exit"] == 12
+    one_file = classify_failure(11, 'rsync: write failed on "/big.bin": File too large (27)\n')
+    assert (one_file.code, "cut" in one_file.details) == ("upload_too_large", False)
+    assert classify_failure(12, closed).code == "upload_failed"  # no marker: not ours to say
+
+
 def test_progress2_lines_parse() -> None:
     assert parse_progress("    1,234,567  42%    1.18MB/s    0:00:01 (xfr#3, to-chk=0/5)") == (
         1234567,

@@ -10,6 +10,7 @@ firewall, nftables table, SPIRE configs, rsyncd settings, tmpfiles, WireGuard.
 from __future__ import annotations
 
 import dataclasses
+import tomllib
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -114,6 +115,14 @@ def test_rsyncd_is_the_datas(deployed: dict[str, Any], data: dict[str, Any]) -> 
         "settings": settings,
         "socketActivated": False,
     }
+    # The module's pre-xfer exec is the package's console script, on the unit's PATH.
+    module = data["rsyncd"][data["rsync"]["module"]]
+    program = module["pre-xfer exec"].split()[0]
+    unit = deployed["config"]["systemd"]["services"]["rsync"]
+    assert unit["path"] == [deployed["config"]["services"]["flashpods"]["package"]]
+    scripts = tomllib.loads((deployment.repo_root() / "pyproject.toml").read_text())
+    assert scripts["project"]["scripts"][program] == "flashpods.rsyncwatch:main"
+    assert module["pre-xfer exec"] == f"{program} {data['rsync']['maxFileBytes']}"
 
 
 def test_tmpfiles_create_the_datas_paths(deployed: dict[str, Any], data: dict[str, Any]) -> None:

@@ -2,7 +2,7 @@
 
 It carries the API's error code and HTTP status when the API answered, and a client
 code (status None) when it did not: network_error, upload_failed, upload_disk_full,
-invalid_artifact_path, missing_token, invalid_config, invalid_response, ...
+upload_too_large, invalid_artifact_path, missing_token, invalid_config, invalid_response, ...
 """
 
 from __future__ import annotations

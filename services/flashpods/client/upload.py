@@ -9,6 +9,7 @@ as, and rsync's quick check (size and mtime) skips what is already there.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
@@ -18,6 +19,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from flashpods.client.errors import FlashpodsError
 
@@ -25,6 +27,9 @@ DEFAULT_EXCLUDES = (".git", "node_modules", "target", "__pycache__", ".venv")
 # An agent's /work keeps its repository: the agent works on a branch of it and pushes
 # that branch to the repository's own `origin`.
 AGENT_EXCLUDES = tuple(p for p in DEFAULT_EXCLUDES if p != ".git")
+# Left in an upload by the host when it cut the transfer at the per-upload limit
+# (flashpods.rsyncwatch.MARKER): JSON {"limit_bytes", "measured_bytes"}.
+CUT_MARKER = ".flashpods-upload-too-large"
 UPLOAD_ID_RE = re.compile(r"^upload_[A-Za-z0-9_-]{1,64}$")
 # rsync --info=progress2 lines: "   1,234,567  42%   1.23MB/s    0:00:01 (xfr#3, to-chk=0/5)"
 _PROGRESS_RE = re.compile(r"^\s*([\d,]+)\s+(\d+)%\s+(\S+)")
@@ -75,9 +80,26 @@ def parse_stats(text: str) -> TransferStats | None:
     return TransferStats(found["Total bytes sent"], found["Literal data"], found["Total file size"])
 
 
-def classify_failure(returncode: int, stderr: str) -> FlashpodsError:
-    """Pure: the error for a failed rsync run."""
+def classify_failure(
+    returncode: int, stderr: str, cut: dict[str, Any] | None = None
+) -> FlashpodsError:
+    """Pure: the error for a failed rsync run; `cut` is the host's CUT_MARKER, if any."""
     tail = stderr.strip()[-2000:]
+    if cut is not None or "File too large" in stderr:
+        # The host cut the transfer (the upload's total) or refused one file (RLIMIT_FSIZE,
+        # the same limit): either way the upload is over the per-upload limit.
+        limit = (cut or {}).get("limit_bytes")
+        return FlashpodsError(
+            "upload_too_large",
+            "the upload is over the host's per-upload limit"
+            + (f" of {limit} bytes" if isinstance(limit, int) else "")
+            + "; rsync was stopped while it wrote. Upload less (see --exclude)",
+            details={
+                **({} if cut is None else {"cut": cut}),
+                "rsync_exit": returncode,
+                "rsync_stderr": tail,
+            },
+        )
     if "No space left" in stderr:
         return FlashpodsError(
             "upload_disk_full",
@@ -120,8 +142,29 @@ def run_rsync(
         errfile.seek(0)
         stderr = errfile.read().decode(errors="replace")
     if returncode != 0:
-        raise classify_failure(returncode, stderr)
+        raise classify_failure(returncode, stderr, read_cut_marker(rsync_url, upload_id))
     return parse_stats(stdout)
+
+
+def read_cut_marker(rsync_url: str, upload_id: str) -> dict[str, Any] | None:
+    """The host's CUT_MARKER in the upload (fetched over rsync), None if there is none.
+    Asked only after rsync failed: the host's watcher writes it before it ends the
+    transfer, so a cut upload always has it."""
+    with tempfile.TemporaryDirectory() as tmp:
+        fetch = subprocess.run(
+            ["rsync", "-q", "--timeout=30", f"{rsync_url}/{upload_id}/{CUT_MARKER}", f"{tmp}/"],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+        if fetch.returncode != 0:
+            return None
+        try:
+            cut = json.loads((Path(tmp) / CUT_MARKER).read_bytes())
+        except (OSError, ValueError):
+            return None
+    return cut if isinstance(cut, dict) else None
 
 
 def _pump_output(fd: int, on_progress: Callable[[int, int], None] | None) -> str:

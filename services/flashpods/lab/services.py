@@ -163,7 +163,9 @@ def build(values: dict[str, Any], topo: Topology, inputs: LabInputs) -> list[Uni
                 ],
             )
         ),
-        env=root_env,
+        # The module's pre-xfer exec, flashpods-rsync-watch, comes from the service venv
+        # (the NixOS unit's `path`).
+        env={**root_env, "PATH": f"{inputs.service_bin}:{root_env['PATH']}"},
         after=("network.target",),
         ready=Readiness("listen", netns=host, port=int(values["rsync"]["port"])),
     )
