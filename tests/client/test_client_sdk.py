@@ -288,6 +288,29 @@ def test_create_upload_whose_first_send_landed_returns_the_upload(stub: Stub) ->
     assert err.value.code == "upload_already_exists"
 
 
+def test_an_open_upload_named_again_is_completed_and_a_finalized_one_never_deleted(
+    stub: Stub, tmp_path: Path
+) -> None:
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "f.txt").write_text("x")
+    (tmp_path / "host").mkdir()
+    client = stub.client(rsync_url=str(tmp_path / "host"))
+    stub.script.on("POST", "/uploads", error(409, "upload_already_exists"))
+    stub.script.on(
+        "GET", "/uploads/upload_open", Reply(200, upload_object("upload_open", "uploading"))
+    )
+    stub.script.on("POST", "/uploads/upload_open/finalize", finalized_upload)
+    assert client.upload(tmp_path / "src", upload_id="upload_open").state == "finalized"
+    assert (tmp_path / "host" / "upload_open" / "f.txt").read_text() == "x"
+    stub.script.on(
+        "GET", "/uploads/upload_done", Reply(200, upload_object("upload_done", "finalized"))
+    )
+    with pytest.raises(FlashpodsError) as err:
+        client.upload(tmp_path / "src", upload_id="upload_done")
+    assert err.value.code == "upload_already_exists"
+    assert stub.script.requests("DELETE", "/uploads/upload_done") == []
+
+
 # ----------------------------------------------------------------------------- downloads
 
 ART = JOB + "/artifacts"

@@ -206,17 +206,27 @@ class Flashpods:
     ) -> Upload:
         """Create a fresh upload id, starting from this folder's last upload when one is
         remembered (rsync then sends only what changed), rsync `source` into it and
-        finalize it. On failure the partial upload is deleted so it does not count
-        against the host's quota for 30 min."""
+        finalize it. A given `upload_id` that is still open (an rsync into it was cut
+        off) is completed instead. On failure the partial upload is deleted so it does
+        not count against the host's quota for 30 min."""
         if self.rsync_url is None:
             raise FlashpodsError("invalid_config", "no rsync URL configured for uploads")
         check_source(source)
+        resumable = upload_id is not None
         upload_id = upload_id or new_upload_id()
         bases = self.upload_bases
         base = bases.get(self.base_url, source) if bases is not None else None
         try:
             created = self.create_upload(upload_id, base_upload_id=base)
-            if created.base_unavailable is not None:
+        except FlashpodsError as exc:
+            # Not ours to delete unless it is an open upload we complete now.
+            if not (resumable and exc.code == "upload_already_exists"):
+                raise
+            if self.get_upload(upload_id).state != "uploading":
+                raise
+            created = None
+        try:
+            if created is not None and created.base_unavailable is not None:
                 log.info("upload %s: base %s %s", upload_id, base, created.base_unavailable)
             transfer = run_rsync(source, self.rsync_url, upload_id, excludes, on_progress)
             upload = self.finalize_upload(upload_id)
