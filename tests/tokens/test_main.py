@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 from flashpods.common.polling import wait_until
+from flashpods.common.unixhttp import UnixHTTPConnection
 from flashpods.tokens.activation import listen_unix, socket_owner, spawn_with_socket
-from flashpods.tokens.client import UnixHTTPConnection, request
+from flashpods.tokens.client import request
 
 SERVICE = str(Path(sys.executable).with_name("flashpods-token-service"))
 GOOD = {"anthropic_api_key": "sk-ant-main-SECRET", "github_token": "ghp_mainSECRET"}

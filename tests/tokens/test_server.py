@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 from flashpods.common.polling import wait_until
+from flashpods.common.unixhttp import UnixHTTPConnection
 from flashpods.tokens.activation import listen_unix
 from flashpods.tokens.bundles import BundleSource
-from flashpods.tokens.client import Response, UnixHTTPConnection, exchange, request
+from flashpods.tokens.client import Response, exchange, request
 from flashpods.tokens.policy import Policy
 from flashpods.tokens.secrets_file import SecretsFile
 from flashpods.tokens.server import TokenServer

@@ -2,24 +2,12 @@
 
 from __future__ import annotations
 
-import http.client
 import json
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-
-class UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, socket_path: Path, timeout: float = 10.0) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self.socket_path = socket_path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        sock.connect(str(self.socket_path))
-        self.sock = sock
+from flashpods.common.unixhttp import UnixHTTPConnection
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,153 @@
+"""PodmanApi (podman's REST API) against a real podman service: every operation the
+runtime uses, what each does with a container that is not there, and the errors.
+
+Containers are made with the podman CLI, as the runtime makes them, and carry this
+session's instance label (the session removes whatever is left)."""
+
+from __future__ import annotations
+
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from flashpods.api.runtime import ContainerError
+from flashpods.api.runtime.podman_rest import PodmanApi
+from flashpods.deployment import JOB_IMAGE
+from flashpods_testing.localhost import podman
+from podman_support import INSTANCE
+
+
+@pytest.fixture
+def api(podman_socket: Path) -> PodmanApi:
+    return PodmanApi(podman_socket)
+
+
+@pytest.fixture
+def create(podman_socket: Path) -> Iterator[object]:
+    """create(*argv, label=..., init=...) → the new container's name; all go at the end."""
+    made: list[str] = []
+
+    def make(*argv: str, label: str = "rest", init: bool = True) -> str:
+        name = f"rest_{uuid.uuid4().hex[:12]}"
+        subprocess.run(
+            ["podman", "--url", f"unix://{podman_socket}", "create", "--name", name,
+             "--label", f"flashpods-instance={INSTANCE}", "--label", f"probe={label}",
+             *(["--init"] if init else []), "--pull=never", JOB_IMAGE, *argv],
+            check=True, capture_output=True, text=True,
+        )  # fmt: skip
+        made.append(name)
+        return name
+
+    yield make
+    if made:
+        podman("rm", "--force", "--ignore", "--time", "0", *made)
+
+
+def exists(name: str) -> bool:
+    return podman("container", "exists", name).returncode == 0
+
+
+def state(api: PodmanApi, name: str) -> tuple[str, int]:
+    found = api.inspect(name)
+    assert found is not None
+    return found["State"]["Status"], found["State"]["ExitCode"]
+
+
+def test_rootless_is_what_podman_info_says(api: PodmanApi) -> None:
+    said = podman("info", "--format", "{{.Host.Security.Rootless}}").stdout.strip()
+    assert api.rootless() is (said == "true")
+
+
+def test_init_start_wait_inspect_remove(api: PodmanApi, create) -> None:
+    name = create("sh", "-c", "echo hi; exit 3")
+    found = api.inspect(name)
+    assert found is not None and found["Name"] == name and found["State"]["Status"] == "created"
+    api.init(name)
+    assert state(api, name) == ("initialized", 0)
+    api.init(name)  # already initialized: fine
+    api.start(name)
+    assert api.wait(name) == 3
+    status, code = state(api, name)
+    assert (status, code) == ("exited", 3)
+    assert api.remove(name) is True
+    assert not exists(name)
+    assert api.inspect(name) is None
+    assert api.remove(name) is False  # gone already: not an error
+    assert api.wait(name) is None
+
+
+def test_start_of_a_running_container_is_fine(api: PodmanApi, create) -> None:
+    name = create("sleep", "300")
+    api.start(name)
+    api.start(name)
+    found = api.inspect(name)
+    assert found is not None and found["State"]["Status"] == "running"
+    assert found["State"]["Pid"] > 0
+
+
+def test_stop_returns_once_down_and_twice_is_fine(api: PodmanApi, create) -> None:
+    name = create("sleep", "300")
+    api.start(name)
+    api.stop(name, 10)  # --init forwards SIGTERM: sleep ends at once, long before 10 s
+    assert state(api, name) == ("exited", 143)
+    api.stop(name, 10)
+
+
+def test_stop_kills_after_the_grace(api: PodmanApi, create) -> None:
+    name = create("sh", "-c", "trap '' TERM; sleep 300 & wait; wait")
+    api.start(name)
+    api.stop(name, 1)
+    assert state(api, name) == ("exited", 137)
+
+
+def test_remove_kills_a_running_container(api: PodmanApi, create) -> None:
+    name = create("sleep", "300")
+    api.start(name)
+    assert api.remove(name) is True
+    assert not exists(name)
+
+
+def test_list_ids_filters_on_every_label(api: PodmanApi, create) -> None:
+    mine = create("true", label="list-a")
+    other = create("true", label="list-b")
+    ids = {name: podman("inspect", "--format", "{{.Id}}", name).stdout.strip()
+           for name in (mine, other)}  # fmt: skip
+    assert api.list_ids({"flashpods-instance": INSTANCE, "probe": "list-a"}) == [ids[mine]]
+    assert api.list_ids({"flashpods-instance": "nobody", "probe": "list-a"}) == []
+    both = api.list_ids({"flashpods-instance": INSTANCE})
+    assert {ids[mine], ids[other]} <= set(both)
+
+
+@pytest.mark.parametrize("operation", ["init", "start", "stop"])
+def test_a_missing_container_is_an_error_for(api: PodmanApi, operation: str) -> None:
+    name = f"rest_missing_{uuid.uuid4().hex[:8]}"
+    call = {"init": api.init, "start": api.start, "stop": lambda n: api.stop(n, 1)}[operation]
+    with pytest.raises(ContainerError) as raised:
+        call(name)
+    assert str(raised.value) == (
+        f'podman {operation} failed: no container with name or ID "{name}" found: no such container'
+    )
+    assert raised.value.cause.startswith(f"podman {operation} answered 404: ")
+
+
+def test_a_failed_start_says_why_without_host_paths(api: PodmanApi, create) -> None:
+    name = create("/nonexistent/binary", init=False)  # the OCI runtime itself cannot exec it
+    with pytest.raises(ContainerError) as raised:
+        api.start(name)
+    message = str(raised.value)
+    assert message.startswith("podman start failed: ")
+    assert "/nonexistent" not in message and "<path>" in message
+    assert "/nonexistent/binary" in raised.value.cause
+    assert raised.value.cause.startswith("podman start answered 500: ")
+
+
+def test_an_unreachable_podman_is_an_error_without_its_path(tmp_path: Path) -> None:
+    api = PodmanApi(tmp_path / "no-podman.sock")
+    for call in (api.rootless, lambda: api.inspect("x"), lambda: api.wait("x")):
+        with pytest.raises(ContainerError) as raised:
+            call()
+        assert "no answer from podman (FileNotFoundError)" in str(raised.value)
+        assert str(tmp_path) not in str(raised.value)
+        assert str(tmp_path) in raised.value.cause

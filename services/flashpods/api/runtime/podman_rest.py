@@ -1,0 +1,208 @@
+"""podman's REST API on the service's unix socket: one HTTP request per operation.
+
+Every `podman --url …` call is a process of its own (a Go client starting, tens of ms,
+far more on a loaded host); the same operation sent to the service that client would
+talk to costs a connect and a few hundred bytes. The runtime uses this for everything
+but `create`, whose argv (podman_cli.create_args) stays the one definition of a job's
+container.
+
+Only libpod endpoints and parameters that podman 4.3 (Debian 12: the lab, CI) and
+podman 5 (NixOS) both serve, under the oldest libpod API version podman 5 still accepts
+(4.0.0). A failure becomes a ContainerError as the CLI's did: `podman <operation>
+failed: <podman's message, host paths scrubbed>` to show, podman's whole answer (paths
+kept) for the service's own log.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlencode
+
+from flashpods.api.runtime import ContainerError
+from flashpods.api.runtime.podman_cli import one_line, scrub_paths
+from flashpods.common.unixhttp import UnixHTTPConnection
+
+API_PREFIX = "/v4.0.0/libpod"
+REQUEST_TIMEOUT_SECONDS = 120.0
+WAIT_CONDITIONS = ("stopped", "exited")
+
+Query = list[tuple[str, str]]
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    body: bytes
+
+    def error_text(self) -> str:
+        """podman's words: the `message` of its error body ({"cause", "message",
+        "response"}), else the body as text."""
+        try:
+            data = json.loads(self.body)
+        except ValueError:
+            data = None
+        if isinstance(data, dict) and isinstance(data.get("message"), str):
+            return str(data["message"])
+        return self.body.decode("utf-8", "replace").strip()
+
+    def is_missing(self) -> bool:
+        """podman says there is no such container (a 404 of an unknown route, or of a
+        podman too old for an endpoint, is not that: it is an error)."""
+        if self.status != 404:
+            return False
+        try:
+            data = json.loads(self.body)
+        except ValueError:
+            return False
+        return isinstance(data, dict) and "no such container" in str(data.get("cause", ""))
+
+    def json(self, operation: str) -> Any:
+        try:
+            return json.loads(self.body)
+        except ValueError as exc:
+            raise ContainerError(
+                f"podman {operation} failed: podman answered no JSON",
+                f"podman {operation} answered {self.status} without JSON: {self.body[:200]!r}",
+            ) from exc
+
+
+def _failed(operation: str, answer: Answer) -> ContainerError:
+    said = answer.error_text()
+    return ContainerError(
+        f"podman {operation} failed: {scrub_paths(said) or f'HTTP {answer.status}'}",
+        f"podman {operation} answered {answer.status}: {one_line(said)}",
+    )
+
+
+class PodmanApi:
+    """The container operations the runtime needs, against `socket_path`. Thread-safe:
+    every call opens its own connection."""
+
+    def __init__(self, socket_path: Path, timeout: float = REQUEST_TIMEOUT_SECONDS) -> None:
+        self.socket_path = socket_path
+        self.timeout = timeout
+
+    # ---- transport -----------------------------------------------------------------
+
+    def request(
+        self,
+        operation: str,
+        method: str,
+        path: str,
+        query: Query | None = None,
+        *,
+        timeout: float | None,
+    ) -> Answer:
+        """One request; ContainerError when podman cannot be reached or the exchange
+        breaks off (the service went away mid-request). `timeout` None: no limit."""
+        target = API_PREFIX + path + (f"?{urlencode(query)}" if query else "")
+        conn = UnixHTTPConnection(self.socket_path, timeout)
+        try:
+            conn.request(method, target)
+            response = conn.getresponse()
+            return Answer(response.status, response.read())
+        except (OSError, http.client.HTTPException) as exc:
+            reason = type(exc).__name__
+            raise ContainerError(
+                f"podman {operation} failed: no answer from podman ({reason})",
+                f"podman {operation}: {method} {target} on {self.socket_path}: {reason}: {exc}",
+            ) from exc
+        finally:
+            conn.close()
+
+    def _call(self, operation: str, method: str, path: str, query: Query | None = None) -> Answer:
+        return self.request(operation, method, path, query, timeout=self.timeout)
+
+    @staticmethod
+    def _container(name: str) -> str:
+        return "/containers/" + quote(name, safe="")
+
+    def _expect(self, operation: str, answer: Answer, *ok: int) -> Answer:
+        if answer.status not in ok:
+            raise _failed(operation, answer)
+        return answer
+
+    # ---- operations ----------------------------------------------------------------
+
+    def rootless(self) -> bool:
+        """Does the service run rootless (`podman info`: host.security.rootless)?"""
+        answer = self._expect("info", self._call("info", "GET", "/info"), 200)
+        info = answer.json("info")
+        try:
+            return bool(info["host"]["security"]["rootless"])
+        except (KeyError, TypeError) as exc:
+            raise ContainerError(
+                "podman info failed: no host.security.rootless in its answer",
+                f"podman info answered without host.security.rootless: {answer.body[:200]!r}",
+            ) from exc
+
+    def inspect(self, name: str) -> dict[str, Any] | None:
+        """`podman container inspect`'s object for one container; None if it does not exist."""
+        answer = self._call("inspect", "GET", self._container(name) + "/json")
+        if answer.is_missing():
+            return None
+        data = self._expect("inspect", answer, 200).json("inspect")
+        if not isinstance(data, dict):
+            raise _failed("inspect", Answer(answer.status, b"not a JSON object"))
+        return data
+
+    def init(self, name: str) -> None:
+        """Prepare the container (mounts, OCI runtime create) without starting its process;
+        already initialized is fine (304)."""
+        answer = self._call("init", "POST", self._container(name) + "/init")
+        self._expect("init", answer, 204, 304)
+
+    def start(self, name: str) -> None:
+        """Start it; already running is fine (304)."""
+        answer = self._call("start", "POST", self._container(name) + "/start")
+        self._expect("start", answer, 204, 304)
+
+    def wait(self, name: str) -> int | None:
+        """Block until the container has stopped or exited and its conmon is gone (podman
+        4.3 and 5 both wait for conmon, which runs `podman container cleanup` first); its
+        exit code, or None when it does not exist (any more). No time limit."""
+        query = [("condition", condition) for condition in WAIT_CONDITIONS]
+        path = self._container(name) + "/wait"
+        answer = self.request("wait", "POST", path, query, timeout=None)
+        if answer.is_missing():
+            return None
+        code = self._expect("wait", answer, 200).json("wait")
+        if not isinstance(code, int):
+            raise _failed("wait", Answer(answer.status, b"no exit code in the answer"))
+        return code
+
+    def stop(self, name: str, grace_seconds: int) -> None:
+        """SIGTERM (the container's stop signal), `grace_seconds`, SIGKILL; returns once it
+        is down. Already stopped is fine (304)."""
+        query = [("timeout", str(grace_seconds))]
+        answer = self.request(
+            "stop",
+            "POST",
+            self._container(name) + "/stop",
+            query,
+            timeout=self.timeout + grace_seconds,
+        )
+        self._expect("stop", answer, 204, 304)
+
+    def remove(self, name: str) -> bool:
+        """Kill (no grace) and remove it; False when there was no such container."""
+        query = [("force", "true"), ("timeout", "0")]
+        answer = self._call("rm", "DELETE", self._container(name), query)
+        if answer.is_missing():
+            return False
+        self._expect("rm", answer, 200, 204)
+        return True
+
+    def list_ids(self, labels: dict[str, str]) -> list[str]:
+        """IDs of every container (any state) carrying all of `labels`."""
+        filters = json.dumps({"label": [f"{key}={value}" for key, value in labels.items()]})
+        query = [("all", "true"), ("filters", filters)]
+        answer = self._expect("ps", self._call("ps", "GET", "/containers/json", query), 200)
+        listed = answer.json("ps")
+        if not isinstance(listed, list):
+            raise _failed("ps", Answer(answer.status, b"not a JSON list"))
+        return [str(item["Id"]) for item in listed if isinstance(item, dict) and "Id" in item]
