@@ -70,6 +70,9 @@ class OomWatch:
         self.oom_killed = False
         self.near_limit = False
         self._stop = threading.Event()
+        # Wakes the thread out of its wait for the cgroup's event at stop(): the container
+        # has ended, and its cgroup (whose removal would wake it) may outlive it a while.
+        self._wake = os.eventfd(0, os.EFD_CLOEXEC)
         self._file: Path | None = None
         try:
             self._file = memory_counter_file(Path(f"/proc/{pid}/cgroup").read_text())
@@ -84,8 +87,13 @@ class OomWatch:
     def stop(self, exit_code: int | None) -> bool:
         """The container ended with exit_code: was it OOM-killed?"""
         self._stop.set()
+        if self._wake >= 0:
+            os.eventfd_write(self._wake, 1)
         if self._thread.is_alive():
             self._thread.join(2)
+        if not self._thread.is_alive() and self._wake >= 0:
+            os.close(self._wake)
+            self._wake = -1
         self._check()
         return self.oom_killed or (self.near_limit and exit_code == 137)
 
@@ -105,14 +113,18 @@ class OomWatch:
     def _run(self) -> None:
         assert self._file is not None
         event_fd = self._register_eventfd(self._file)
+        events = select.poll()  # not select(): the API may hold more than 1024 descriptors
+        if event_fd is not None:
+            events.register(event_fd, select.POLLIN)
+            events.register(self._wake, select.POLLIN)
         try:
             while not self._stop.is_set() and not self.oom_killed:
                 self._check()
                 if event_fd is None:
                     self._stop.wait(POLL_SECONDS)
                     continue
-                ready, _, _ = select.select([event_fd], [], [], EVENT_WAIT_SECONDS)
-                if ready:
+                ready = [fd for fd, _ in events.poll(EVENT_WAIT_SECONDS * 1000)]
+                if event_fd in ready:
                     os.eventfd_read(event_fd)
                     # The event fires as the memcg goes under OOM, before the kill is
                     # counted, and once more when the cgroup is removed: an event while
