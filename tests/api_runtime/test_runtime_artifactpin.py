@@ -68,3 +68,29 @@ def test_open_pinned_reaches_the_holders_directory_and_fails_without_one(
     with pytest.raises(artifactpin.PinError) as raised:
         artifactpin.open_pinned("job_none")
     assert raised.value.errno == 2  # ENOENT: the collector's artifact_copy_container_gone
+
+
+def test_open_pinned_takes_a_known_holder_only_if_it_is_the_jobs(
+    tmp_path: Path, procs: list[subprocess.Popen[bytes]]
+) -> None:
+    mine, theirs = tmp_path / "mine", tmp_path / "theirs"
+    for place in (mine, theirs):
+        place.mkdir()
+        (place / f"{place.name}.txt").write_text("x")
+    procs += [holder(mine, "job_d"), holder(theirs, "job_e")]
+    for proc, place in zip(procs, (mine, theirs), strict=True):
+        wait_until(lambda p=proc, d=place: os.readlink(f"/proc/{p.pid}/cwd") == str(d), 10, "cd")
+
+    def listed(pinned: int) -> list[str]:
+        readable = os.open(".", os.O_RDONLY | os.O_DIRECTORY, dir_fd=pinned)
+        try:
+            return os.listdir(readable)
+        finally:
+            os.close(readable)
+            os.close(pinned)
+
+    assert listed(artifactpin.open_pinned("job_d", procs[0].pid)) == ["mine.txt"]
+    # Another job's holder named as this job's: not taken; the job's own is found.
+    assert listed(artifactpin.open_pinned("job_d", procs[1].pid)) == ["mine.txt"]
+    with pytest.raises(artifactpin.PinError):
+        artifactpin.open_pinned("job_f", procs[1].pid)
