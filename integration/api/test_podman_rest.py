@@ -60,13 +60,10 @@ def test_rootless_is_what_podman_info_says(api: PodmanApi) -> None:
     assert api.rootless() is (said == "true")
 
 
-def test_init_start_wait_inspect_remove(api: PodmanApi, create) -> None:
+def test_start_wait_inspect_remove(api: PodmanApi, create) -> None:
     name = create("sh", "-c", "echo hi; exit 3")
     found = api.inspect(name)
     assert found is not None and found["Name"] == name and found["State"]["Status"] == "created"
-    api.init(name)
-    assert state(api, name) == ("initialized", 0)
-    api.init(name)  # already initialized: fine
     api.start(name)
     assert api.wait(name) == 3
     status, code = state(api, name)
@@ -120,10 +117,10 @@ def test_list_ids_filters_on_every_label(api: PodmanApi, create) -> None:
     assert {ids[mine], ids[other]} <= set(both)
 
 
-@pytest.mark.parametrize("operation", ["init", "start", "stop"])
+@pytest.mark.parametrize("operation", ["start", "stop"])
 def test_a_missing_container_is_an_error_for(api: PodmanApi, operation: str) -> None:
     name = f"rest_missing_{uuid.uuid4().hex[:8]}"
-    call = {"init": api.init, "start": api.start, "stop": lambda n: api.stop(n, 1)}[operation]
+    call = {"start": api.start, "stop": lambda n: api.stop(n, 1)}[operation]
     with pytest.raises(ContainerError) as raised:
         call(name)
     assert str(raised.value) == (

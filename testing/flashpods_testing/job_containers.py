@@ -177,9 +177,7 @@ class JobContainers:
         assert artifactpin.open_gate(gate_path(spec), GATE_SECONDS), "nobody read the gate"
 
     def labels(self, container: str) -> dict[str, str]:
-        inspected = self._podman(cli.inspect_args([container]))
-        assert inspected.returncode == 0, inspected.stderr
-        labels: dict[str, str] = json.loads(inspected.stdout)[0]["Config"]["Labels"] or {}
+        labels: dict[str, str] = self._inspect(container)["Config"]["Labels"] or {}
         return labels
 
     def remove(self, spec: JobSpec, container: str) -> None:
@@ -188,10 +186,15 @@ class JobContainers:
         gate_path(spec).unlink(missing_ok=True)
 
     def _state(self, container: str) -> dict[str, Any]:
-        inspected = self._podman(cli.inspect_args([container]))
-        assert inspected.returncode == 0, inspected.stderr
-        state: dict[str, Any] = json.loads(inspected.stdout)[0]["State"]
+        state: dict[str, Any] = self._inspect(container)["State"]
         return state
+
+    def _inspect(self, container: str) -> dict[str, Any]:
+        # The plain JSON array: podman 4.3's remote client breaks on `--format '{"k":…}'`.
+        inspected = self._podman(["container", "inspect", container])
+        assert inspected.returncode == 0, inspected.stderr
+        found: dict[str, Any] = json.loads(inspected.stdout)[0]
+        return found
 
     def run(self, spec: JobSpec, *, timeout: float = 120, **create: Any) -> Ran:
         """Create (with `create`'s options) and start as the runtime does, wait for the

@@ -137,8 +137,7 @@ def test_mount_modes() -> None:
 
 
 def test_list_filters_on_this_instance() -> None:
-    args = cli.list_args("inst")
-    assert pairs(args, "--filter") == ["label=flashpods-job=true", "label=flashpods-instance=inst"]
+    assert cli.job_labels("inst") == {"flashpods-job": "true", "flashpods-instance": "inst"}
 
 
 def test_scrub_paths_hides_host_paths_but_keeps_image_names() -> None:

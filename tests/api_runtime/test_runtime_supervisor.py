@@ -25,15 +25,20 @@ def no_capture_left_running(tmp_path: Path) -> Iterator[None]:
 
 
 class FakePodman:
-    def __init__(self, exit_code: int = 0) -> None:
+    def __init__(self, exit_code: int = 0, wait_sees_the_end: bool = False) -> None:
         self.exit_code = exit_code
         self.exited = threading.Event()
+        self.wait_sees_the_end = wait_sees_the_end
         self.stops = 0
+        self.inspects = 0
         self.finalized: list[str] = []
         self.pinned: Path | None = None  # the job's /artifacts; None: its pin is gone
 
-    def wait(self, name: str) -> None:
+    def wait(self, name: str, pid: int | None) -> ContainerInfo | None:
         self.exited.wait(30)
+        if self.wait_sees_the_end:
+            return ContainerInfo("c", "job_1", "stopped", self.exit_code, False, None, None)
+        return None  # nothing seen (as if gone): the supervisor asks inspect
 
     def stop(self, name: str) -> None:
         self.stops += 1
@@ -41,6 +46,7 @@ class FakePodman:
         self.exited.set()
 
     def inspect(self, name: str) -> ContainerInfo | None:
+        self.inspects += 1
         now = datetime.now(UTC)
         state = "exited" if self.exited.is_set() else "running"
         return ContainerInfo("c", "job_1", state, self.exit_code, False, now, now)
@@ -117,6 +123,18 @@ def test_natural_exit_reports_then_finalizes(tmp_path: Path) -> None:
     assert hooks.outcome is not None and hooks.outcome.status == "completed"
     assert hooks.calls == ["copying", "finished"]
     assert podman.finalized == ["job_1"] and podman.stops == 0
+
+
+def test_the_end_the_wait_saw_is_not_asked_again(tmp_path: Path) -> None:
+    podman, hooks = FakePodman(exit_code=3, wait_sees_the_end=True), Hooks()
+    sup = make(tmp_path, podman, hooks)
+    sup.supervise(datetime.now(UTC), None)
+    podman.exited.set()
+    assert hooks.done.wait(10)
+    sup.join(10)
+    assert hooks.outcome is not None
+    assert (hooks.outcome.status, hooks.outcome.exit_code) == ("failed", 3)
+    assert podman.inspects == 0
 
 
 def test_cancel_stops_the_container(tmp_path: Path) -> None:

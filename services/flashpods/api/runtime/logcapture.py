@@ -335,10 +335,10 @@ class LogCapture:
         self._lock = threading.Lock()
 
     def start(self) -> None:
-        """Start the capture process; not once finish or abandon came (a shutdown that
-        raced the job's start would otherwise leave it running until the API exits)."""
+        """Start the capture process, once; not once finish or abandon came (a shutdown
+        that raced the job's start would otherwise leave it running until the API exits)."""
         with self._lock:
-            if self._stopped:
+            if self._stopped or self._process is not None:
                 return
             self._process = subprocess.Popen(
                 [

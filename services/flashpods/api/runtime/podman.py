@@ -1,16 +1,17 @@
-"""The real Runtime: podman's CLI against a podman API socket (`podman --url unix://…`).
+"""The real Runtime: podman's API socket, through its CLI for `create` (`podman --url
+unix://… create`, the one definition of a job's container) and its REST API for every
+other operation (podman_rest: a request, not a client process, per operation).
 
 The same code runs rootless on NixOS (user flashpods, `--userns=keep-id`) and against
 the lab's rootful `podman system service` (`--user` = the API's own uid:gid); which one
-is asked of `podman info` once.
+is asked of podman's info once.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import subprocess
+import select
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,8 +31,10 @@ from flashpods.api.runtime import (
 from flashpods.api.runtime import podman_cli as cli
 from flashpods.api.runtime.artifacts_collect import ArtifactLimits
 from flashpods.api.runtime.logcapture import LogCapture, parse_conmon_time
+from flashpods.api.runtime.podman_rest import PodmanApi
 from flashpods.api.runtime.supervisor import ContainerOps, JobSupervisor
 from flashpods.common import envconfig
+from flashpods.common.polling import poll
 from flashpods.common.programs import ProgramFailure, run_program
 from flashpods.common.timefmt import utc_now
 
@@ -42,12 +45,17 @@ PODMAN_TIMEOUT_SECONDS = 120
 # conmon's own file may hold more than the job log (its record overhead is larger, and it
 # keeps going after our capture stopped), but never more than this.
 RAW_LOG_FACTOR = 4
+RAW_LOG_MIN_BYTES = 8 << 20
 NOT_STARTED = ("created", "initialized")
 # How long a started container may take to reach its gate (PID 1 exec'd, the shell
 # waiting on the FIFO).
 GATE_SECONDS = 30.0
 LIVE_STATES = ("running", "paused", *NOT_STARTED)
-RAW_LOG_MIN_BYTES = 8 << 20
+NOT_ENDED = (*LIVE_STATES, "stopping")
+# After the container's PID 1 has exited, conmon drains the job's output into its log,
+# syncs it and writes the exit file; podman's state says "ended" from then on.
+EXIT_FILE_SECONDS = 5.0
+EXIT_FILE_POLL_SECONDS = 0.005
 
 
 @dataclass(frozen=True)
@@ -110,21 +118,12 @@ def _parse_time(text: str | None) -> datetime | None:
     return parse_conmon_time(text.encode())
 
 
-def _is_missing(stderr: str) -> bool:
-    """podman says the container does not exist (not: podman cannot be reached, whose
-    message also says "no such file or directory" about its socket)."""
-    text = stderr.lower()
-    return ("no such container" in text or "no such object" in text) and (
-        "unable to connect" not in text
-    )
-
-
 def _labels(raw: dict[str, Any]) -> dict[str, str]:
     return (raw.get("Config") or {}).get("Labels") or {}
 
 
 def _container_info(raw: dict[str, Any]) -> ContainerInfo:
-    """One element of `podman container inspect`'s JSON array."""
+    """podman's inspect object of one container."""
     state = raw.get("State") or {}
     exit_code = state.get("ExitCode")
     return ContainerInfo(
@@ -138,99 +137,151 @@ def _container_info(raw: dict[str, Any]) -> ContainerInfo:
     )
 
 
+def _ended(info: ContainerInfo | None) -> bool:
+    return info is None or info.state not in NOT_ENDED
+
+
+def _wait_for_exit(pidfd: int, wake: int) -> bool:
+    """Until the process of `pidfd` has exited (True) or `wake` is written (False).
+    poll(), not select(): the API may hold more than 1024 descriptors."""
+    events = select.poll()
+    events.register(pidfd, select.POLLIN)
+    events.register(wake, select.POLLIN)
+    while not (ready := [fd for fd, _ in events.poll()]):
+        pass
+    return pidfd in ready
+
+
 class PodmanRuntime:
     def __init__(self, config: PodmanConfig | Config) -> None:
         self.config = config if isinstance(config, PodmanConfig) else PodmanConfig.from_api(config)
+        self._api = PodmanApi(self.config.socket_path, PODMAN_TIMEOUT_SECONDS)
         self._lock = threading.Lock()
         self._jobs: dict[str, JobSupervisor] = {}
         self._user: cli.ContainerUser | None = None
         self._closed = threading.Event()  # shutdown(): waiters stop retrying
+        self._wakes: set[int] = set()  # eventfds of exit waiters, written at shutdown
+        self._holders: dict[str, int] = {}  # job id → pid of the pin holder we started
 
     # ---- podman plumbing -------------------------------------------------------------
 
-    def _podman(
-        self,
-        args: list[str],
-        *,
-        env: dict[str, str] | None = None,
-        timeout: float = PODMAN_TIMEOUT_SECONDS,
-    ) -> subprocess.CompletedProcess[str]:
+    def _create(self, args: list[str], env: dict[str, str]) -> None:
+        """`podman create`, the one call left to the CLI: its argv is the container's
+        definition (podman_cli.create_args), and it pulls the image when told to."""
         argv = cli.base(self.config.socket_path, self.config.podman_binary) + args
-        full_env = None if env is None else {**os.environ, **env}
-        return run_program(
-            argv, fail=_podman_error(args[0]), check=False, env=full_env, timeout=timeout
-        )
-
-    def _checked(
-        self,
-        args: list[str],
-        *,
-        env: dict[str, str] | None = None,
-        timeout: float = PODMAN_TIMEOUT_SECONDS,
-    ) -> str:
-        argv = cli.base(self.config.socket_path, self.config.podman_binary) + args
-        full_env = None if env is None else {**os.environ, **env}
-        return run_program(argv, fail=_podman_error(args[0]), env=full_env, timeout=timeout).stdout
+        # A pull may take a while.
+        run_program(argv, fail=_podman_error("create"), env={**os.environ, **env}, timeout=600)
 
     def container_user(self) -> cli.ContainerUser:
         if self._user is None:
-            rootless = self._checked(["info", "--format", "{{.Host.Security.Rootless}}"])
             self._user = cli.ContainerUser(
-                rootless=rootless.strip() == "true", uid=os.getuid(), gid=os.getgid()
+                rootless=self._api.rootless(), uid=os.getuid(), gid=os.getgid()
             )
         return self._user
 
-    def _inspect_raw(self, names: list[str]) -> list[dict[str, Any]]:
-        """Inspect data of those that exist (a missing one is not an error)."""
-        result = self._podman(cli.inspect_args(names))
-        try:
-            found = json.loads(result.stdout) if result.stdout.strip() else []
-        except json.JSONDecodeError as exc:
-            raise ContainerError("podman inspect returned no JSON") from exc
-        if result.returncode != 0 and not found and not _is_missing(result.stderr):
-            raise ContainerError(
-                f"podman inspect failed: {cli.scrub_paths(result.stderr)}",
-                f"podman inspect exited {result.returncode}: {cli.one_line(result.stderr)}",
-            )
-        return found
-
     def inspect(self, name: str) -> ContainerInfo | None:
-        found = self._inspect_raw([name])
-        return _container_info(found[0]) if found else None
+        found = self._api.inspect(name)
+        return _container_info(found) if found is not None else None
 
     def _running_pid(self, name: str) -> tuple[ContainerInfo | None, int | None]:
-        found = self._inspect_raw([name])
-        if not found:
+        found = self._api.inspect(name)
+        if found is None:
             return None, None
-        pid = (found[0].get("State") or {}).get("Pid")
-        return _container_info(found[0]), (pid if isinstance(pid, int) and pid > 0 else None)
+        pid = (found.get("State") or {}).get("Pid")
+        return _container_info(found), (pid if isinstance(pid, int) and pid > 0 else None)
 
-    def _wait(self, name: str) -> None:
-        """Block until the container is not running; survives podman hiccups and
-        restarts of the podman service (it keeps asking until podman answers, or until
-        shutdown: an abandoned job is resumed by the next start, not by this process)."""
+    def _wait(self, name: str, pid: int | None) -> ContainerInfo | None:
+        """Block until the container has ended; podman's view of it then (None: it is
+        gone). Seen first from its PID 1's exit, then from podman's state: podman's own
+        wait also waits for conmon, which runs `podman container cleanup` (a process of
+        its own, hundreds of ms on a busy host) before it exits. That wait remains the
+        fallback, and survives podman hiccups and restarts of the service: it keeps
+        asking until podman answers, or until shutdown (an abandoned job is resumed by
+        the next start, not by this process)."""
+        try:
+            seen = self._after_exit_of(name, pid)
+        except ContainerError as exc:
+            log.warning("watching %s end failed, asking podman to wait: %s", name, exc)
+        else:
+            if seen is not None:
+                return seen[0]
         while not self._closed.is_set():
             try:
-                result = self._podman(
-                    ["wait", "--condition", "stopped", "--condition", "exited", name],
-                    timeout=10 * 24 * 3600,
-                )
-                # `podman wait` can also end because the service went away: only podman's
+                code = self._api.wait(name)
+                # The wait can also end because the service went away: only podman's
                 # own view of the container says whether it has really ended.
-                info = self.inspect(name)
+                found = self.inspect(name)
             except ContainerError as exc:
                 log.warning("podman unreachable while waiting for %s, retrying: %s", name, exc)
                 self._closed.wait(2)
                 continue
-            if info is None or info.state not in (*LIVE_STATES, "stopping"):
-                return
-            log.warning("podman wait %s ended early, retrying: %s", name, result.stderr.strip())
+            if _ended(found):
+                return found
+            log.warning("podman wait %s ended early (%s), retrying", name, code)
             self._closed.wait(2)
+        return None
+
+    def _after_exit_of(self, name: str, pid: int | None) -> tuple[ContainerInfo | None] | None:
+        """Wait for PID 1 `pid` of the container to exit (None: it is not running), then
+        for podman to say it ended: (its info,); None when that was not seen (no pidfd
+        here, shutdown, or podman did not say so in time)."""
+        try:
+            pidfd = None if pid is None else os.pidfd_open(pid)
+        except ProcessLookupError:
+            pidfd = None  # it has exited already
+        except OSError as exc:
+            log.warning("no pidfd for %s (%s); podman waits for it", name, exc.strerror)
+            return None
+        try:
+            if pidfd is not None:
+                # A pid is reused only after its process is gone: while podman still
+                # says the container runs as `pid`, the descriptor is of its PID 1.
+                info, running = self._running_pid(name)
+                if _ended(info):
+                    return (info,)
+                if running == pid and not self._exit_of(pidfd):
+                    return None  # shutdown
+        finally:
+            if pidfd is not None:
+                os.close(pidfd)
+        seen: list[ContainerInfo | None] = []
+
+        def ended() -> bool:
+            found = self.inspect(name)
+            if _ended(found):
+                seen.append(found)
+            return bool(seen)
+
+        poll(ended, EXIT_FILE_SECONDS, interval=EXIT_FILE_POLL_SECONDS, stop=self._closed)
+        return (seen[0],) if seen else None
+
+    def _exit_of(self, pidfd: int) -> bool:
+        """Wait for the process of `pidfd` to exit (True), or for shutdown (False)."""
+        wake = os.eventfd(0, os.EFD_CLOEXEC)
+        try:
+            with self._lock:
+                if self._closed.is_set():
+                    return False
+                self._wakes.add(wake)
+            return _wait_for_exit(pidfd, wake)
+        finally:
+            with self._lock:
+                self._wakes.discard(wake)
+            os.close(wake)
 
     def _stop(self, name: str) -> None:
-        result = self._podman(cli.stop_args(name))
-        if result.returncode != 0:
-            log.warning("podman stop %s: %s", name, result.stderr.strip())
+        try:
+            self._api.stop(name, cli.STOP_GRACE_SECONDS)
+        except ContainerError as exc:
+            log.warning("podman stop %s: %s", name, exc.cause)
+
+    def _remove(self, name: str) -> None:
+        """Kill and remove, where a failure only delays it: the reconciler removes what
+        is left."""
+        try:
+            self._api.remove(name)
+        except ContainerError as exc:
+            log.warning("podman rm %s: %s", name, exc.cause)
 
     # ---- job scratch files -----------------------------------------------------------
 
@@ -267,13 +318,15 @@ class PodmanRuntime:
         """After on_finished: the container, its pinned /artifacts and the job's scratch
         files go."""
         artifactpin.release(spec.job_id)  # collected: the tmpfs may go
-        self._podman(["rm", "--force", "--time", "0", f"job_{spec.job_id}"])
+        self._forget_pin(spec.job_id)
+        self._remove(cli.container_name(spec.job_id))
         raw_log_path(spec).unlink(missing_ok=True)
         gate_path(spec).unlink(missing_ok=True)
 
     def _fail_start(self, spec: JobSpec, error: ContainerError) -> ContainerError:
-        self._podman(["rm", "--force", "--time", "0", f"job_{spec.job_id}"])
+        self._remove(cli.container_name(spec.job_id))
         artifactpin.release(spec.job_id)
+        self._forget_pin(spec.job_id)
         raw_log_path(spec).unlink(missing_ok=True)
         gate_path(spec).unlink(missing_ok=True)
         joblog.append_runtime_lines(spec.log_path, self.config.log_max_bytes, [str(error)])
@@ -287,7 +340,7 @@ class PodmanRuntime:
             stop=self._stop,
             inspect=self.inspect,
             finalize=self._finalize,
-            artifacts=lambda spec: artifactpin.open_pinned(spec.job_id),
+            artifacts=lambda spec: artifactpin.open_pinned(spec.job_id, self._holder(spec.job_id)),
         )
         capture = LogCapture(
             raw_log_path(spec),
@@ -309,6 +362,7 @@ class PodmanRuntime:
         try:
             self._start(spec, hooks, sup)
         except BaseException:
+            sup.capture.abandon()
             self._forget(spec.job_id)
             raise
 
@@ -340,32 +394,40 @@ class PodmanRuntime:
             gate=gate_path(spec),
         )
         env = cli.job_environment(spec, self.config.agent_command, self.config.model_service)
+        # The capture process starts (an interpreter, tens of ms) while podman creates and
+        # starts the container: a short job's end does not wait for it to come up.
+        sup.capture.start()
         try:
-            self._checked(args, env=env, timeout=600)  # a pull may take a while
-            self._checked(["start", name])
-            self._pin_and_open_gate(spec, name)
-            info, pid = self._running_pid(name)
+            self._create(args, env)
+            self._api.start(name)
+            info, pid = self._pin_and_open_gate(spec, name, pinned_maybe=False)
         except ContainerError as exc:
+            sup.capture.abandon()  # before the error line goes into the job log
             raise self._fail_start(spec, exc) from exc
         started_at = (info.started_at if info else None) or utc_now()
         hooks.on_running(spec.job_id, started_at)
         sup.supervise(started_at, pid)
 
-    def _pin_and_open_gate(self, spec: JobSpec, name: str) -> None:
+    def _pin_and_open_gate(
+        self, spec: JobSpec, name: str, *, pinned_maybe: bool
+    ) -> tuple[ContainerInfo | None, int | None]:
         """The container runs; its command waits on the gate. Pin its /artifacts through
-        PID 1, then let the command go."""
-        self._pin(spec, name)
+        PID 1 (unless `pinned_maybe` and a holder is there), then let the command go.
+        Returns podman's view of the container and its PID 1, asked while the command
+        still waits (once a short job has ended, `podman container cleanup` holds the
+        container's lock, and an inspect would wait for it)."""
+        info, pid = self._running_pid(name)
+        if not (pinned_maybe and artifactpin.holders(spec.job_id)):
+            self._pin(spec, name, pid)
         if not artifactpin.open_gate(gate_path(spec), GATE_SECONDS):
             raise ContainerError("the job's command did not start", f"{name}: nobody read its gate")
+        return info, pid
 
-    def _pin(self, spec: JobSpec, name: str) -> None:
-        if artifactpin.holders(spec.job_id):
-            return
-        pid = self._running_pid(name)[1]
+    def _pin(self, spec: JobSpec, name: str, pid: int | None) -> None:
         if pid is None:
             raise ContainerError("the container has no process to pin /artifacts through")
         try:
-            artifactpin.pin(
+            holder = artifactpin.pin(
                 pid,
                 spec.job_id,
                 spec.disk_gb * cli.GIB,
@@ -376,6 +438,17 @@ class PodmanRuntime:
             raise ContainerError(
                 "cannot pin the job's /artifacts", f"pinning /artifacts of {name}: {exc}"
             ) from exc
+        with self._lock:
+            self._holders[spec.job_id] = holder
+
+    def _holder(self, job_id: str) -> int | None:
+        """The pid of the job's pin holder if this process started it."""
+        with self._lock:
+            return self._holders.get(job_id)
+
+    def _forget_pin(self, job_id: str) -> None:
+        with self._lock:
+            self._holders.pop(job_id, None)
 
     def cancel(self, job_id: str) -> None:
         with self._lock:
@@ -393,15 +466,15 @@ class PodmanRuntime:
             started_at = info.started_at
             if info.state in NOT_STARTED:
                 # The API died between create and start: carry on with the start.
-                self._checked(["start", name])
-                self._pin_and_open_gate(spec, name)
-                refreshed = self.inspect(name)
+                self._api.start(name)
+                refreshed, _ = self._pin_and_open_gate(spec, name, pinned_maybe=True)
                 started_at = (refreshed.started_at if refreshed else None) or utc_now()
                 hooks.on_running(spec.job_id, started_at)
             running = info.state in LIVE_STATES
             if info.state in ("running", "paused"):
                 try:  # the API died before the gate opened, or the holder is gone
-                    self._pin(spec, name)
+                    if not artifactpin.holders(spec.job_id):
+                        self._pin(spec, name, self._running_pid(name)[1])
                     # A command just started may not be reading its gate yet.
                     age = (utc_now() - (started_at or utc_now())).total_seconds()
                     artifactpin.open_gate(gate_path(spec), max(0.0, GATE_SECONDS - age))
@@ -414,31 +487,26 @@ class PodmanRuntime:
             raise
 
     def list_job_containers(self) -> list[ContainerInfo]:
-        ids = self._checked(cli.list_args(self.config.instance)).split()
-        if not ids:
-            return []
         mine = []
-        for raw in self._inspect_raw(ids):
-            # Only this instance's job containers, whatever podman's filter semantics.
-            if _labels(raw).get(cli.LABEL_INSTANCE) == self.config.instance:
+        for container_id in self._api.list_ids(cli.job_labels(self.config.instance)):
+            raw = self._api.inspect(container_id)
+            # Only this instance's job containers, whatever podman's filter semantics
+            # (one removed since the listing is simply not there any more).
+            if raw is not None and _labels(raw).get(cli.LABEL_INSTANCE) == self.config.instance:
                 mine.append(_container_info(raw))
         return [info for info in mine if info.job_id]
 
     def remove_container(self, container_id: str) -> None:
-        found = self._inspect_raw([container_id])
-        result = self._podman(["rm", "--force", "--time", "0", container_id])
-        if result.returncode != 0 and not _is_missing(result.stderr):
-            raise ContainerError(
-                f"podman rm failed: {cli.scrub_paths(result.stderr)}",
-                f"podman rm exited {result.returncode}: {cli.one_line(result.stderr)}",
-            )
+        found = self._api.inspect(container_id)
+        self._api.remove(container_id)
         # The raw log lives outside podman's storage (see raw_log_path); rm leaves it behind,
         # and the pin of its /artifacts.
-        for raw in found:
-            job_id = _labels(raw).get(cli.LABEL_JOB_ID)
+        if found is not None:
+            job_id = _labels(found).get(cli.LABEL_JOB_ID)
             if job_id:
                 artifactpin.release(job_id)
-            path = Path(((raw.get("HostConfig") or {}).get("LogConfig") or {}).get("Path") or "")
+            config = (found.get("HostConfig") or {}).get("LogConfig") or {}
+            path = Path(config.get("Path") or "")
             if path.name.startswith(".") and path.name.endswith(".ctr.log"):
                 path.unlink(missing_ok=True)
 
@@ -446,9 +514,11 @@ class PodmanRuntime:
         """Stop watching (the containers keep running; a restart resumes them)."""
         with self._lock:
             jobs = list(self._jobs.values())
+            self._closed.set()
+            for wake in self._wakes:
+                os.eventfd_write(wake, 1)
         for sup in jobs:
             sup.abandon()
-        self._closed.set()
 
 
 def _podman_error(operation: str) -> Callable[[ProgramFailure], ContainerError]:

@@ -1,4 +1,5 @@
-"""The argv of every podman call the runtime makes, as pure functions.
+"""The argv of `podman create` (the one podman call the runtime makes as a program; the
+others go to podman's REST API, podman_rest) and the names it gives, as pure functions.
 
 User text (the worker's command, the agent's task and context) only ever becomes an
 environment value of the podman client, passed on as `-e NAME` (value taken from the
@@ -229,26 +230,9 @@ def create_args(
     return [*args, "--workdir", "/work", spec.image, *entry_argv(spec, gate is not None)]
 
 
-def stop_args(name_or_id: str) -> list[str]:
-    return ["stop", "--time", str(STOP_GRACE_SECONDS), name_or_id]
-
-
-def list_args(instance: str) -> list[str]:
-    return [
-        "ps",
-        "--all",
-        "--quiet",
-        "--no-trunc",
-        "--filter",
-        f"label={LABEL_JOB}=true",
-        "--filter",
-        f"label={LABEL_INSTANCE}={instance}",
-    ]
-
-
-def inspect_args(names_or_ids: list[str]) -> list[str]:
-    # The plain JSON array: podman 4.3's remote client breaks on `--format '{"k":…}'`.
-    return ["container", "inspect", *names_or_ids]
+def job_labels(instance: str) -> dict[str, str]:
+    """The labels every job container of this instance carries (listing filters on them)."""
+    return {LABEL_JOB: "true", LABEL_INSTANCE: instance}
 
 
 _HOST_PATH = re.compile(r"(?<![\w.-])/[^\s:'\"]*")

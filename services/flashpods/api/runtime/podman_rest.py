@@ -50,9 +50,10 @@ class Answer:
         return self.body.decode("utf-8", "replace").strip()
 
     def is_missing(self) -> bool:
-        """podman says there is no such container (a 404 of an unknown route, or of a
-        podman too old for an endpoint, is not that: it is an error)."""
-        if self.status != 404:
+        """podman says there is no such container: a 404, or a 500 when it went while
+        podman looked at it ("does not exist in database"). A 404 of an unknown route (a
+        podman without the endpoint) is not that: it is an error."""
+        if self.status not in (404, 500):
             return False
         try:
             data = json.loads(self.body)
@@ -149,12 +150,6 @@ class PodmanApi:
         if not isinstance(data, dict):
             raise _failed("inspect", Answer(answer.status, b"not a JSON object"))
         return data
-
-    def init(self, name: str) -> None:
-        """Prepare the container (mounts, OCI runtime create) without starting its process;
-        already initialized is fine (304)."""
-        answer = self._call("init", "POST", self._container(name) + "/init")
-        self._expect("init", answer, 204, 304)
 
     def start(self, name: str) -> None:
         """Start it; already running is fine (304)."""

@@ -92,7 +92,9 @@ def decide_outcome(
 class ContainerOps:
     """What a supervisor needs from podman (PodmanRuntime provides it)."""
 
-    wait: Callable[[str], None]  # blocks until the container is not running
+    # Blocks until the container (name, PID 1 if known) has ended; podman's view of it
+    # then, None if it is gone.
+    wait: Callable[[str, int | None], ContainerInfo | None]
     stop: Callable[[str], None]  # SIGTERM, grace, SIGKILL
     inspect: Callable[[str], ContainerInfo | None]  # None: the container is gone
     finalize: Callable[[JobSpec], None]  # remove the container and the job's scratch files
@@ -119,6 +121,7 @@ class JobSupervisor:
         self._cancel = threading.Event()
         self._wake = threading.Event()
         self._exited = threading.Event()
+        self._end_seen: ContainerInfo | None = None  # what the wait saw at the end
         self._abandoned = threading.Event()
         self._thread: threading.Thread | None = None
         self._reported = False  # on_finished succeeded
@@ -177,8 +180,8 @@ class JobSupervisor:
         except Exception:
             log.exception("job %s: container not removed; the reconciler removes it", self.name)
 
-    def _wait_exit(self) -> None:
-        self.ops.wait(self.name)
+    def _wait_exit(self, pid: int | None) -> None:
+        self._end_seen = self.ops.wait(self.name, pid)
         self._exited.set()
         self._wake.set()
 
@@ -191,7 +194,7 @@ class JobSupervisor:
         if disk:
             disk.start()
         threading.Thread(
-            target=self._wait_exit, name=f"wait-{self.spec.job_id}", daemon=True
+            target=self._wait_exit, args=(pid,), name=f"wait-{self.spec.job_id}", daemon=True
         ).start()
         deadline = started_at + timedelta(minutes=self.spec.timeout_minutes)
         stop_reason: StopReason | None = None
@@ -234,7 +237,7 @@ class JobSupervisor:
     def _finish(
         self, stop_reason: StopReason | None, oom: OomWatch | None, disk: DiskWatch | None
     ) -> None:
-        info = self._retry("inspect", lambda: self.ops.inspect(self.name))
+        info = self._end_seen or self._retry("inspect", lambda: self.ops.inspect(self.name))
         oom_seen = oom.stop(info.exit_code if info else None) if oom else False
         filled = disk.stop() if disk else []
         self.capture.finish()
