@@ -253,3 +253,15 @@ def test_a_capture_stopped_before_it_started_never_starts(tmp_path: Path) -> Non
         stop(capture)
         capture.start()
         assert [p for p in processes() if names_a_path_under(p, tmp_path)] == []
+
+
+def test_a_capture_started_early_is_not_started_again(tmp_path: Path) -> None:
+    # The runtime starts it before podman creates the container; the supervisor asks again.
+    raw, log = tmp_path / ".job_1.ctr.log", tmp_path / "job_1.log"
+    raw.write_bytes(_raw(["stdout F once"]))
+    capture = LogCapture(raw, log, 1 << 20)
+    capture.start()
+    capture.start()
+    assert len([p for p in processes() if names_a_path_under(p, tmp_path)]) == 1
+    capture.finish(10)
+    assert log.read_text() == "[21:34:32.579] once\n"

@@ -414,4 +414,8 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    status = main(sys.argv[1:])
+    # Everything is written by now (the job log unbuffered and closed, stdout by os.write):
+    # skip the interpreter's teardown, which took 30-120 ms of the job's end here.
+    logging.shutdown()
+    os._exit(status)
