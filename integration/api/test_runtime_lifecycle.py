@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import subprocess
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from flashpods.api.runtime import ContainerError
+from flashpods.api.runtime import podman as podman_module
 from flashpods.api.runtime.podman import PodmanRuntime, raw_log_path
 from flashpods.common.polling import wait_until
 from flashpods.deployment import JOB_IMAGE
@@ -40,6 +42,44 @@ def test_nonzero_exit_fails_with_its_code(runtime: PodmanRuntime, hooks, make_sp
     outcome = hooks.wait(spec.job_id)
     assert (outcome.status, outcome.exit_code, outcome.error) == ("failed", 3, None)
     assert [strip_prefix(line) for line in log_lines(spec)] == ["about to fail"]
+
+
+def test_the_end_is_seen_without_a_pidfd(
+    runtime: PodmanRuntime, hooks, make_spec, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_pidfd(pid: int) -> int:
+        raise OSError(errno.ENOSYS, "pidfd_open not here")
+
+    monkeypatch.setattr(podman_module.os, "pidfd_open", no_pidfd)
+    spec = make_spec("echo last words; exit 3")
+    runtime.start(spec, hooks)
+    outcome = hooks.wait(spec.job_id)  # podman's own wait, then inspect
+    assert (outcome.status, outcome.exit_code) == ("failed", 3)
+    assert [strip_prefix(line) for line in log_lines(spec)] == ["last words"]
+
+
+def test_a_pid_that_is_not_the_containers_is_not_waited_on(
+    runtime: PodmanRuntime, hooks, make_spec, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Were the container's PID 1 number reused before its pidfd is opened, podman no
+    # longer says it runs as that pid: the end is then seen from podman alone.
+    stranger = subprocess.Popen(["sleep", "300"])
+    try:
+        real = PodmanRuntime._pin_and_open_gate
+
+        def started(self: PodmanRuntime, *args: object, **kwargs: object) -> object:
+            info, _ = real(self, *args, **kwargs)  # type: ignore[arg-type]
+            return info, stranger.pid
+
+        monkeypatch.setattr(PodmanRuntime, "_pin_and_open_gate", started)
+        spec = make_spec("sleep 1; exit 4")
+        runtime.start(spec, hooks)
+        outcome = hooks.wait(spec.job_id, 30)
+        assert (outcome.status, outcome.exit_code) == ("failed", 4)
+        assert stranger.poll() is None
+    finally:
+        stranger.kill()
+        stranger.wait()
 
 
 def test_stdout_and_stderr_interleave_with_timestamps(

@@ -6,6 +6,7 @@ fixture before the other tests and checked last, so its minute overlaps with the
 
 from __future__ import annotations
 
+import os
 import subprocess
 import threading
 import time
@@ -148,7 +149,7 @@ class _Crash(BaseException):
 
 
 class _DiesBeforeTheGate(PodmanRuntime):
-    def _pin_and_open_gate(self, spec: JobSpec, name: str) -> None:
+    def _pin_and_open_gate(self, spec: JobSpec, name: str, **_: object) -> None:  # type: ignore[override]
         raise _Crash
 
 
@@ -256,26 +257,35 @@ def test_timeout_after_one_minute(timeout_job: tuple[JobSpec, RecordingHooks]) -
     assert 60 <= (outcome.ended_at - started).total_seconds() < 75
 
 
-def test_podman_service_restart_mid_job_is_survived(
-    tmp_path: Path, hooks, make_spec, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_podman_service_restart_mid_job_is_survived(tmp_path: Path, hooks, make_spec) -> None:
     service = PodmanService(tmp_path)
     runtime = PodmanRuntime(make_config(service.start()))
-    spec = make_spec("echo before; sleep 4; echo after > /artifacts/after.txt; echo after")
+    # The job goes on only once the test says so (a file in its /artifacts), so it runs
+    # across the whole outage; its end is then seen through the restarted service.
+    spec = make_spec(
+        "echo before; while [ ! -e /artifacts/go ]; do sleep 0.05; done; "
+        "echo after > /artifacts/after.txt; echo after"
+    )
     try:
         runtime.start(spec, hooks)
         wait_until(lambda: "before" in spec.log_path.read_text(), 10, "first line")
         service.kill()  # the socket service dies; conmon keeps the container running
-        # The runtime's wait for the job found podman gone (and retries) before it is back.
-        wait_until(lambda: "podman unreachable while waiting" in caplog.text, 20, "the outage")
         service.start()  # same socket path, the stale socket file removed first
+        assert spec.job_id not in hooks.outcomes
+        pinned = artifactpin.open_pinned(spec.job_id)
+        try:
+            os.close(os.open("go", os.O_WRONLY | os.O_CREAT, 0o600, dir_fd=pinned))
+        finally:
+            os.close(pinned)
         outcome = hooks.wait(spec.job_id, 40)
+        # The end goes on after the outcome (the container's removal needs the service).
+        wait_until(lambda: not container_exists(spec.job_id), 30, "the container's removal")
     finally:
         runtime.shutdown()
         service.stop()
     assert (outcome.status, outcome.exit_code) == ("completed", 0)
     assert [strip_prefix(line) for line in log_lines(spec)] == ["before", "after"]
-    assert [a.name for a in outcome.artifacts] == ["after.txt"]
+    assert sorted(a.name for a in outcome.artifacts) == ["after.txt", "go"]
 
 
 def test_shutdown_leaves_no_exit_waiter_behind(tmp_path: Path, hooks, make_spec) -> None:
