@@ -10,6 +10,10 @@ each) so both see the same machine state:
   `completed` (polled every 10 ms), plus when `running` was first seen and the 201 itself;
 - plain: wall time of `podman --url <same socket> run --rm --pull=never IMAGE true`.
 
+The API reports `completed` before it removes the container (and podman's own cleanup of
+it runs on): the next measurement starts only once that container is gone, so neither
+side is timed while the other's leftovers still run.
+
     /var/cache/flashpods/venv/bin/python bench/job_start.py [--runs 20]
 """
 
@@ -27,13 +31,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "testing"))
 
 import requests
 from flashpods.common.jobstates import ENDED
+from flashpods.common.polling import wait_until
 from flashpods_testing.localhost import JOB_IMAGE, bench_host
 
 TOKEN = "c" * 64
 
 
-def api_run(session: requests.Session, url: str) -> tuple[float, float, float]:
-    """(201 received, running first seen, completed first seen), seconds from the POST."""
+def api_run(session: requests.Session, url: str, sock: Path) -> tuple[float, float, float]:
+    """(201 received, running first seen, completed first seen), seconds from the POST;
+    returns once the job's container is removed."""
     start = time.perf_counter()
     created = session.post(f"{url}/jobs", json={"type": "worker", "command": "true"}, timeout=60)
     t_created = time.perf_counter() - start
@@ -49,8 +55,14 @@ def api_run(session: requests.Session, url: str) -> tuple[float, float, float]:
         if job["status"] in ENDED:
             if job["status"] != "completed":
                 raise SystemExit(f"job ended {job['status']}: {job}")
+            wait_until(lambda: not container_exists(sock, f"job_{job_id}"), 60, "its removal")
             return t_created, t_running, now
         time.sleep(0.01)
+
+
+def container_exists(sock: Path, name: str) -> bool:
+    argv = ["podman", "--url", f"unix://{sock}", "container", "exists", name]
+    return subprocess.run(argv, check=False).returncode == 0
 
 
 def plain_run(sock: Path) -> float:
@@ -81,11 +93,11 @@ def main() -> None:
     with bench_host(TOKEN) as (api, sock):
         session = requests.Session()
         session.headers["Authorization"] = f"Bearer {TOKEN}"
-        api_run(session, api.url)  # warm-up: image layers, page cache, podman's state
+        api_run(session, api.url, sock)  # warm-up: image layers, page cache, podman's state
         plain_run(sock)
         created, running, completed, plain = [], [], [], []
         for _ in range(args.runs):
-            c, r, d = api_run(session, api.url)
+            c, r, d = api_run(session, api.url, sock)
             created.append(c)
             running.append(r)
             completed.append(d)
