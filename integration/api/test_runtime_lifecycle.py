@@ -10,9 +10,9 @@ import uuid
 from pathlib import Path
 
 import pytest
-from flashpods.api.runtime import ContainerError
+from flashpods.api.runtime import ContainerError, artifactpin
 from flashpods.api.runtime import podman as podman_module
-from flashpods.api.runtime.podman import PodmanRuntime, raw_log_path
+from flashpods.api.runtime.podman import PodmanRuntime, gate_path, raw_log_path
 from flashpods.common.polling import wait_until
 from flashpods.deployment import JOB_IMAGE
 from flashpods_testing.localhost import podman
@@ -207,6 +207,26 @@ def test_missing_image_raises_and_leaves_nothing(runtime: PodmanRuntime, hooks, 
     assert not raw_log_path(spec).exists()
     assert "[flashpods]" in spec.log_path.read_text()
     runtime.cancel(spec.job_id)  # unknown to the runtime now: a no-op
+
+
+def test_a_command_that_never_reads_its_gate_fails_to_start_and_leaves_nothing(
+    runtime: PodmanRuntime, hooks, make_spec, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An entry that ignores the gate (as an image's own entrypoint might): the start
+    # gives up after GATE_SECONDS instead of waiting forever.
+    monkeypatch.setattr(podman_module, "GATE_SECONDS", 1.0)
+    monkeypatch.setattr(
+        podman_module.cli, "entry_argv", lambda spec, gated: ["/bin/sh", "-c", "sleep 60"]
+    )
+    spec = make_spec("true")
+    with pytest.raises(ContainerError) as raised:
+        runtime.start(spec, hooks)
+    assert str(raised.value) == "the job's command did not start"
+    assert hooks.events == []
+    assert not container_exists(spec.job_id)
+    assert not artifactpin.holders(spec.job_id)
+    assert not raw_log_path(spec).exists() and not gate_path(spec).exists()
+    assert "the job's command did not start" in spec.log_path.read_text()
 
 
 def test_bad_command_fails_at_start(runtime: PodmanRuntime, hooks, make_spec) -> None:
