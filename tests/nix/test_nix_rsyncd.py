@@ -70,6 +70,8 @@ def listening(pid: int) -> list[str]:
 def test_rsync_ignores_address_under_a_global_header(daemon: tuple[int, dict[str, Any]]) -> None:
     pid, settings = daemon
     assert settings["global"]["address"] == deployment.values()["wireguard"]["hostAddress"]
-    wait_until(lambda: listening(pid) != [], timeout=10, what="rsync to listen")
+    # rsync binds one socket per address family, one after the other: wait for both
+    # (honouring `address` would leave only 10.0.0.1:873, and this wait would time out).
+    wait_until(lambda: len(listening(pid)) >= 2, timeout=10, what="rsync to listen twice")
     # Not 10.0.0.1:873 only: every IPv4 and IPv6 address.
     assert listening(pid) == ["0.0.0.0:873", "[::]:873"]
