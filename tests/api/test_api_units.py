@@ -531,6 +531,32 @@ def test_send_file_sends_the_range_and_restores_the_socket(tmp_path: Path) -> No
     assert bytes(got) == data[12345:-7]
 
 
+def test_send_file_over_tcp_uncorks_so_the_tail_leaves_at_once(tmp_path: Path) -> None:
+    data = os.urandom((1 << 20) + 123)  # not a whole number of segments
+    (tmp_path / "f").write_bytes(data)
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        sender = socket.create_connection(server.getsockname())
+        receiver, _ = server.accept()
+    sender.settimeout(7.0)
+    got = bytearray()
+
+    def read_all() -> None:
+        while len(got) < len(data):
+            got.extend(receiver.recv(1 << 16))
+
+    reader = threading.Thread(target=read_all)
+    reader.start()
+    with open(tmp_path / "f", "rb") as handle:
+        send_file(sender, handle.fileno(), 0, len(data), 5)
+    # Left corked, the last partial segment would wait for more data (or 200 ms).
+    assert sender.getsockopt(socket.IPPROTO_TCP, socket.TCP_CORK) == 0
+    reader.join(10)
+    assert bytes(got) == data
+    assert sender.gettimeout() == 7.0
+    sender.close()
+    receiver.close()
+
+
 def test_send_file_gives_up_on_a_client_that_reads_nothing(tmp_path: Path) -> None:
     (tmp_path / "f").write_bytes(os.urandom(16 << 20))  # more than both socket buffers
     sender, receiver = _pair()

