@@ -60,7 +60,8 @@ def stamps(data: bytes) -> list[float]:
 
 
 class Follower(threading.Thread):
-    """Follows one job's log from its start with follow=true; records each line's latency."""
+    """Follows one job's log from its start with follow=true; records the latency of each
+    line printed after the follower started (the backlog it reads first is not a push)."""
 
     def __init__(self, url: str, job_id: str, stop: threading.Event) -> None:
         super().__init__(daemon=True)
@@ -69,6 +70,7 @@ class Follower(threading.Thread):
         self.first_line = threading.Event()
 
     def run(self) -> None:
+        began = time.time()
         session = requests.Session()
         session.headers["Authorization"] = f"Bearer {TOKEN}"
         offset, carry = 0, b""
@@ -82,7 +84,7 @@ class Follower(threading.Thread):
                     offset += len(data)
                     carry += data
                     whole, _, carry = carry.rpartition(b"\n")
-                    self.latencies += [now - t for t in stamps(whole)]
+                    self.latencies += [now - t for t in stamps(whole) if t >= began]
                     self.first_line.set()
                     if self.stop.is_set():
                         return
