@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
 from flashpods.api.logs import TRUNCATED_RE
-from flashpods.api.runtime import joblog
+from flashpods.api.runtime import joblog, logcapture
 from flashpods.api.runtime.joblog import format_size
 from flashpods.api.runtime.logcapture import (
     MAX_LINE_BYTES,
@@ -172,6 +174,31 @@ def test_capture_follows_a_rotated_file(tmp_path: Path) -> None:
     rotated.replace(raw)  # what conmon does past max-size
     capture.finish(10)
     assert [line[15:] for line in log.read_text().splitlines()] == ["before", "after"]
+
+
+def test_a_write_to_the_raw_log_wakes_capture_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Woken by inotify, not by its fallback timer (made a minute long here)."""
+    monkeypatch.setattr(logcapture, "POLL_SECONDS", 60.0)
+    raw, log = tmp_path / "raw", tmp_path / "job.log"
+    raw.write_bytes(_raw(["stdout F one"]))
+    control_read, control_write = os.pipe()
+    capture = threading.Thread(
+        target=logcapture.follow, args=(raw, log, 1 << 20, control_read), daemon=True
+    )
+    capture.start()
+    try:
+        wait_until(lambda: log.exists() and b"one" in log.read_bytes(), 10, "first line")
+        with raw.open("ab") as fh:
+            fh.write(_raw(["stdout F two"]))
+        wait_until(lambda: b"two" in log.read_bytes(), 10, "the line written later")
+    finally:
+        os.write(control_write, logcapture.ENDED)
+        capture.join(10)
+        os.close(control_write)
+        os.close(control_read)
+    assert not capture.is_alive()
 
 
 def test_an_unreadable_rotated_file_ends_capture_saying_so(tmp_path: Path) -> None:

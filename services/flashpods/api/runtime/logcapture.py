@@ -36,12 +36,14 @@ from pathlib import Path
 from typing import IO, BinaryIO
 
 from flashpods.api.runtime import joblog
+from flashpods.common.filewatch import FileWatch
 from flashpods.common.timefmt import log_prefix, utc_now
 
 log = logging.getLogger(__name__)
 
 # A job that never prints a newline (progress bars with \r) still produces bounded lines.
 MAX_LINE_BYTES = 256 * 1024
+# Between inotify's wakes: for a rotated or not yet created raw log, or no inotify.
 POLL_SECONDS = 0.1
 READ_BYTES = 1 << 20
 ENDED = b"E"  # parent → capture process: the container has exited, drain and stop
@@ -220,10 +222,13 @@ def inspect_log(path: Path, limit_bytes: int) -> LogState:
     return LogState(lines, size, joblog.ends_with_marker(path, limit_bytes))
 
 
-def _control(fd: int, timeout: float) -> bytes | None:
-    """None: nothing yet; ENDED: the container has exited; b"": the API is gone."""
-    ready, _, _ = select.select([fd], [], [], timeout)
-    if not ready:
+def _control(fd: int, watch: FileWatch, timeout: float) -> bytes | None:
+    """Waits for the API's word or a write to the raw log, at most `timeout` (the raw
+    log may be rotated or not there yet, which no watch sees). None: nothing from the
+    API yet; ENDED: the container has exited; b"": the API is gone."""
+    ready, _, _ = select.select([fd] if watch.fd is None else [fd, watch.fd], [], [], timeout)
+    if fd not in ready:
+        watch.drain()
         return None
     return os.read(fd, 1)
 
@@ -250,8 +255,11 @@ def follow(
         return
     state = CaptureState(limit_bytes, skip=previous.lines, size=previous.size)
     ended = False
+    watch = FileWatch()
     with log_path.open("ab", buffering=0) as out:
         raw = _open_raw(raw_path)
+        if raw:
+            watch.watch(raw_path)
         try:
             while True:
                 chunk = raw.read(READ_BYTES) if raw else b""
@@ -273,16 +281,18 @@ def follow(
                     if raw:
                         raw.close()
                     raw = rotated
+                    watch.watch(raw_path)
                     continue
                 if ended:
                     out.write(state.finish())
                     _tell_grew(notify_fd)
                     return
-                message = _control(control_fd, POLL_SECONDS)
+                message = _control(control_fd, watch, POLL_SECONDS)
                 if message == b"":
                     return  # abandoned: the next API resumes from the files
                 ended = message == ENDED  # read before the last drain
         finally:
+            watch.close()
             if raw:
                 raw.close()
 
