@@ -10,9 +10,10 @@ from __future__ import annotations
 import functools
 import json
 import os
-import subprocess
 from pathlib import Path
 from typing import Any
+
+from flashpods.common.programs import ProgramFailure, run_program
 
 # The job image this repository builds (scripts/build-image.sh; nix/job-image.nix loads
 # the same name): what the lab, the real-component tests and the benchmarks run.
@@ -35,6 +36,18 @@ def data_dir() -> Path:
     return repo_root() / "modules" / "data"
 
 
+class DeploymentError(Exception):
+    """The deployment data could not be read."""
+
+
+def _evaluation_error(failure: ProgramFailure) -> DeploymentError:
+    if failure.reason == "not found":
+        return DeploymentError("nix-instantiate is missing (Debian's nix-bin: scripts/setup.sh)")
+    return DeploymentError(
+        f"evaluating modules/data/flashpods.nix failed ({failure.reason}): {failure.last_line}"
+    )
+
+
 @functools.cache
 def values() -> dict[str, Any]:
     """modules/data/flashpods.nix as a dict.
@@ -46,11 +59,10 @@ def values() -> dict[str, Any]:
     if rendered:
         from_nixos: dict[str, Any] = json.loads(Path(rendered).read_text())
         return from_nixos
-    out = subprocess.run(
+    out = run_program(
         ["nix-instantiate", "--eval", "--strict", "--json", str(data_dir() / "flashpods.nix")],
-        check=True,
-        capture_output=True,
-        text=True,
+        fail=_evaluation_error,
+        timeout=120,
     )
     result: dict[str, Any] = json.loads(out.stdout)
     return result

@@ -18,6 +18,7 @@ from flashpods.client.upload import (
     classify_failure,
     parse_progress,
     parse_stats,
+    read_cut_marker,
     rsync_command,
 )
 
@@ -168,3 +169,10 @@ def test_rsync_stats_parse() -> None:
     assert parse_stats(STATS) == TransferStats(1_152_093, 1_048_576, 104_857_600)
     assert parse_stats(STATS.replace("Literal data", "Literal")) is None
     assert parse_stats("") is None
+
+
+def test_no_cut_marker_when_rsync_cannot_run(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # no rsync: no word from the host, no crash
+    assert read_cut_marker("rsync://10.0.0.1:873/uploads", "up_1") is None

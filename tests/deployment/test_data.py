@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import re
 import subprocess
+from pathlib import Path
 
+import pytest
 from flashpods import deployment
 
 
@@ -27,3 +29,12 @@ def test_firewall_ruleset_passes_nft_check(tmp_path) -> None:
     rules = tmp_path / "flashpods.nft"
     rules.write_text(deployment.firewall_ruleset())
     subprocess.run(["nft", "--check", "-f", str(rules)], check=True)
+
+
+def test_values_without_nix_instantiate_says_what_is_missing(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("FLASHPODS_DEPLOYMENT_JSON", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))  # an empty directory: no nix-instantiate
+    with pytest.raises(deployment.DeploymentError, match="nix-instantiate is missing"):
+        deployment.values.__wrapped__()

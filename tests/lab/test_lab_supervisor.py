@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 from flashpods.common.polling import wait_until
-from flashpods.lab.proc import alive
+from flashpods.lab import supervisor
+from flashpods.lab.proc import LabError, alive
 from flashpods.lab.units import FileMode, Readiness, Unit, save
 
 # A socket-activated server: checks the systemd protocol, answers each connection with
@@ -185,3 +186,20 @@ def test_shutdown_ends_every_unit_and_removes_the_socket(supervised) -> None:
             os.kill(pid, 0)
     assert not (state / "t.sock").exists()
     assert not (state / "supervisor.sock").exists()
+
+
+def test_a_readiness_command_that_hangs_is_not_ready_and_a_missing_one_is_a_set_up_fault(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(supervisor, "PROBE_SECONDS", 0.2)
+    unit_process = subprocess.Popen(["true"])  # the unit itself (only "exit" looks at it)
+    unit_process.wait()
+
+    def unit(ready: Readiness) -> Unit:
+        return Unit(name="u", argv=("true",), env={}, after=(), ready=ready)
+
+    hung = Readiness("command", argv=("sleep", "30"))
+    assert not supervisor._probe(unit(hung), unit_process)
+    missing = Readiness("command", argv=("flashpods-no-such-program",))
+    with pytest.raises(LabError, match="missing program: flashpods-no-such-program"):
+        supervisor._probe(unit(missing), unit_process)

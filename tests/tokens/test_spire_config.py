@@ -21,6 +21,7 @@ from flashpods.spire.bootstrap import (
     can_resume,
     desired_entries,
     read_stored_svid,
+    wait_for_agent,
 )
 from flashpods.spire.config import (
     SpireSettings,
@@ -194,3 +195,10 @@ def test_tools_dir_is_assembled_idempotently(tmp_path: Path) -> None:
     inode = (dest / "bin" / "spire-agent").stat().st_ino
     assemble_tools_dir(dest, spire_bin_dir(REAL.version))
     assert (dest / "bin" / "spire-agent").stat().st_ino == inode
+
+
+def test_waiting_for_an_agent_whose_binary_is_missing_times_out_saying_so(
+    tmp_path: Path,
+) -> None:
+    with pytest.raises(TimeoutError, match="not found"):
+        wait_for_agent(REAL, tmp_path, timeout=0.5)

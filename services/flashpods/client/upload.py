@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from flashpods.client.errors import FlashpodsError
+from flashpods.common.programs import ProgramFailure, run_program
 
 DEFAULT_EXCLUDES = (".git", "node_modules", "target", "__pycache__", ".venv")
 # An agent's /work keeps its repository: the agent works on a branch of it and pushes
@@ -146,18 +147,24 @@ def run_rsync(
     return parse_stats(stdout)
 
 
+class _NoMarker(Exception):
+    pass
+
+
+def _no_marker(failure: ProgramFailure) -> _NoMarker:
+    return _NoMarker(failure.reason)
+
+
 def read_cut_marker(rsync_url: str, upload_id: str) -> dict[str, Any] | None:
     """The host's CUT_MARKER in the upload (fetched over rsync), None if there is none.
     Asked only after rsync failed: the host's watcher writes it before it ends the
     transfer, so a cut upload always has it."""
     with tempfile.TemporaryDirectory() as tmp:
-        fetch = subprocess.run(
-            ["rsync", "-q", "--timeout=30", f"{rsync_url}/{upload_id}/{CUT_MARKER}", f"{tmp}/"],
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            timeout=60,
-            check=False,
-        )
+        argv = ["rsync", "-q", "--timeout=30", f"{rsync_url}/{upload_id}/{CUT_MARKER}", f"{tmp}/"]
+        try:
+            fetch = run_program(argv, fail=_no_marker, check=False, timeout=60)
+        except _NoMarker:  # rsync missing or hung: no word from the host either
+            return None
         if fetch.returncode != 0:
             return None
         try:

@@ -30,11 +30,14 @@ from pathlib import Path
 from typing import Any
 
 from flashpods.common.polling import poll
-from flashpods.lab.proc import in_netns
+from flashpods.common.programs import ProgramFailure, run_program
+from flashpods.lab.proc import LabError, in_netns
 from flashpods.lab.units import FileMode, Unit, load, start_order
 from flashpods.tokens.activation import listen_unix, spawn_with_socket
 
 STOP_GRACE = 10.0
+# A readiness command that takes longer says "not ready yet"; the next probe asks again.
+PROBE_SECONDS = 10.0
 
 
 class PreStartFailed(Exception):
@@ -50,6 +53,24 @@ def make_listen_socket(spec: FileMode) -> socket.socket:
     """The token service's own listen_unix: owned and moded before listen()."""
     owner = (pwd.getpwnam(spec.user).pw_uid, grp.getgrnam(spec.group).gr_gid)
     return listen_unix(Path(spec.path), int(spec.mode, 8), owner)
+
+
+class _ProbeHung(Exception):
+    pass
+
+
+def _probe_failed(failure: ProgramFailure) -> Exception:
+    if failure.reason == "not found":  # a set-up fault, not a unit that is slow to come up
+        return LabError(f"missing program: {failure.argv[0]} (run scripts/setup.sh)")
+    return _ProbeHung(failure.reason)
+
+
+def _run_probe(argv: list[str]) -> subprocess.CompletedProcess[str] | None:
+    """A readiness command's result; None if it did not finish in time."""
+    try:
+        return run_program(argv, fail=_probe_failed, check=False, timeout=PROBE_SECONDS)
+    except _ProbeHung:
+        return None
 
 
 def _probe(unit: Unit, proc: subprocess.Popen[bytes]) -> bool:
@@ -68,10 +89,11 @@ def _probe(unit: Unit, proc: subprocess.Popen[bytes]) -> bool:
             s.close()
     if ready.kind == "listen":
         argv = in_netns(ready.netns, ["ss", "-Hltn", f"sport = :{ready.port}"])
-        out = subprocess.run(argv, capture_output=True, text=True, check=False).stdout
-        return bool(out.strip())
+        probe = _run_probe(argv)
+        return probe is not None and bool(probe.stdout.strip())
     if ready.kind == "command":
-        return subprocess.run(list(ready.argv), capture_output=True, check=False).returncode == 0
+        probe = _run_probe(list(ready.argv))
+        return probe is not None and probe.returncode == 0
     raise ValueError(f"unknown readiness kind {ready.kind!r}")
 
 

@@ -19,7 +19,6 @@ import base64
 import json
 import logging
 import os
-import subprocess
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -27,6 +26,7 @@ from pathlib import Path
 from cryptography import x509
 
 from flashpods.common.polling import poll
+from flashpods.common.programs import ProgramFailure, run_program
 from flashpods.spire.config import SpireSettings
 from flashpods.spire.server_cli import Entry, SpireServerCli
 
@@ -193,6 +193,14 @@ def bootstrap(
     )
 
 
+class _Unhealthy(Exception):
+    pass
+
+
+def _unhealthy(failure: ProgramFailure) -> _Unhealthy:
+    return _Unhealthy(f"spire-agent healthcheck {failure.reason}: {failure.output.strip()}")
+
+
 def wait_for_agent(settings: SpireSettings, bin_dir: Path, timeout: float = 60.0) -> None:
     """Until the agent answers `healthcheck` on its Workload API socket."""
     cmd = [
@@ -205,7 +213,11 @@ def wait_for_agent(settings: SpireSettings, bin_dir: Path, timeout: float = 60.0
 
     def healthy() -> bool:
         nonlocal last_error
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+        try:
+            proc = run_program(cmd, fail=_unhealthy, check=False, timeout=30)
+        except _Unhealthy as exc:  # missing or hung: not healthy yet, and say why
+            last_error = str(exc)
+            return False
         last_error = proc.stderr.strip()
         return proc.returncode == 0
 
