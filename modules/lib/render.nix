@@ -21,8 +21,15 @@ rec {
       apiPort ? data.api.port,
       rsyncPort ? data.rsync.port,
       jobUid ? data.uid,
-      extraEgressDenyV4 ? [ ],
+      # The laptop's addresses besides its WireGuard one (v4 or v6): never reachable by a
+      # job, not even on port 53 (the lab passes its end of the "internet" veth).
+      laptopOtherAddresses ? [ ],
     }:
+    let
+      isV6 = address: builtins.match ".*:.*" address != null;
+      otherV6 = builtins.filter isV6 laptopOtherAddresses;
+      otherV4 = builtins.filter (address: !isV6 address) laptopOtherAddresses;
+    in
     builtins.replaceStrings
       [
         "@WG_IFACE@"
@@ -31,6 +38,8 @@ rec {
         "@RSYNC_PORT@"
         "@JOB_UID@"
         "@EGRESS_DENY_V4@"
+        "@LAPTOP_V4@"
+        "@LAPTOP_V6_ELEMENTS@"
       ]
       [
         interface
@@ -38,7 +47,10 @@ rec {
         (toString apiPort)
         (toString rsyncPort)
         (toString jobUid)
-        (builtins.concatStringsSep ", " (data.egressDenyV4 ++ extraEgressDenyV4))
+        (builtins.concatStringsSep ", " data.egressDenyV4)
+        (builtins.concatStringsSep ", " ([ laptopAddress ] ++ otherV4))
+        # nft refuses `elements = { }`: no element, no line.
+        (if otherV6 == [ ] then "" else "elements = { ${builtins.concatStringsSep ", " otherV6} }")
       ]
       (builtins.readFile ../data/firewall.nft);
 

@@ -72,19 +72,26 @@ def firewall_table_body(
     data: dict[str, Any] | None = None,
     *,
     job_uid: int | None = None,
-    extra_egress_deny_v4: tuple[str, ...] = (),
+    laptop_other_addresses: tuple[str, ...] = (),
 ) -> str:
     """The `table inet flashpods` body with its placeholders filled, as the module does
-    (`job_uid`: the service user's real uid; the lab's is whatever useradd gave it)."""
+    (`job_uid`: the service user's real uid, the lab's is whatever useradd gave it;
+    `laptop_other_addresses`: v4 or v6 addresses of the laptop besides its WireGuard one,
+    which jobs may never reach, not even on port 53 — the lab's "internet" veth end)."""
     data = data or values()
     text = (data_dir() / "firewall.nft").read_text()
+    other_v6 = [a for a in laptop_other_addresses if ":" in a]
+    other_v4 = [a for a in laptop_other_addresses if ":" not in a]
     substitutions = {
         "@WG_IFACE@": data["wireguard"]["interface"],
         "@LAPTOP_ADDR@": data["wireguard"]["laptopAddress"],
         "@API_PORT@": str(data["api"]["port"]),
         "@RSYNC_PORT@": str(data["rsync"]["port"]),
         "@JOB_UID@": str(data["uid"] if job_uid is None else job_uid),
-        "@EGRESS_DENY_V4@": ", ".join([*data["egressDenyV4"], *extra_egress_deny_v4]),
+        "@EGRESS_DENY_V4@": ", ".join(data["egressDenyV4"]),
+        "@LAPTOP_V4@": ", ".join([data["wireguard"]["laptopAddress"], *other_v4]),
+        # nft refuses `elements = { }`: no element, no line (as render.nix does).
+        "@LAPTOP_V6_ELEMENTS@": f"elements = {{ {', '.join(other_v6)} }}" if other_v6 else "",
     }
     for placeholder, value in substitutions.items():
         text = text.replace(placeholder, value)
@@ -95,8 +102,8 @@ def firewall_ruleset(
     data: dict[str, Any] | None = None,
     *,
     job_uid: int | None = None,
-    extra_egress_deny_v4: tuple[str, ...] = (),
+    laptop_other_addresses: tuple[str, ...] = (),
 ) -> str:
     """A complete ruleset for `nft -f`, the same table NixOS generates."""
-    body = firewall_table_body(data, job_uid=job_uid, extra_egress_deny_v4=extra_egress_deny_v4)
+    body = firewall_table_body(data, job_uid=job_uid, laptop_other_addresses=laptop_other_addresses)
     return "table inet flashpods {\n" + body + "}\n"

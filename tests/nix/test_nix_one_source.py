@@ -30,6 +30,20 @@ def test_firewall_table_is_the_labs(render: dict[str, Any]) -> None:
     assert re.search(r"@[A-Z0-9_]+@", render["firewallTable"]) is None  # nft sets are @name
 
 
+def test_firewall_table_with_the_laptops_other_addresses_is_the_labs(
+    nix_eval: Callable[[str], Any],
+) -> None:
+    """The lab passes the laptop's other addresses (v4 and v6); both renderers agree."""
+    others = ("192.0.2.2", "fd42:f1a5:b0d5:1::2")
+    table = nix_eval(
+        "(import ./modules/lib/render.nix).firewallTable"
+        f' {{ laptopOtherAddresses = [ "{others[0]}" "{others[1]}" ]; }}'
+    )
+    assert table == deployment.firewall_table_body(laptop_other_addresses=others)
+    assert "elements = { 10.0.0.2, 192.0.2.2 }" in table
+    assert "elements = { fd42:f1a5:b0d5:1::2 }" in table
+
+
 def test_spire_configs_are_the_labs(render: dict[str, Any]) -> None:
     settings = spire_config.SpireSettings.from_deployment()
     assert render["spirePlaceholders"] == settings.placeholders()

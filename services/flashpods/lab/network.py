@@ -1,6 +1,7 @@
 """Namespaces, links, WireGuard and the host firewall of the lab (idempotent).
 
 laptop ──veth 192.0.2.0/24 ("internet")──► host ──veth 198.51.100.0/24──► internet
+        fd42:f1a5:b0d5:1::/64 (a LAN)           2001:db8:2::/64 ("internet")
   wglap 10.0.0.2 ═══════ WireGuard (wireguard-go) ═══════ wg0 10.0.0.1
 
 wireguard-go keeps its control sockets in the shared /var/run/wireguard/, so the two
@@ -39,36 +40,34 @@ def ensure_namespaces(topo: Topology) -> None:
         ns_run(ns, ["ip", "link", "set", "lo", "up"])
 
 
-def _ensure_veth(a_ns: str, a_if: str, a_addr: str, b_ns: str, b_if: str, b_addr: str) -> None:
+def _ensure_veth(a: tuple[str, str, str, str], b: tuple[str, str, str, str]) -> None:
+    """Each end (netns, interface, IPv4 address, IPv6 address)."""
+    (a_ns, a_if, _, _), (b_ns, b_if, _, _) = a, b
     if not _link_exists(a_ns, a_if):
         # Created in a_ns, the peer moved into b_ns in the same command.
         ns_run(
             a_ns, ["ip", "link", "add", a_if, "type", "veth", "peer", "name", b_if, "netns", b_ns]
         )
-    for ns, ifname, addr in ((a_ns, a_if, a_addr), (b_ns, b_if, b_addr)):
+    for ns, ifname, addr, addr6 in (a, b):
         ns_run(ns, ["ip", "addr", "replace", f"{addr}/24", "dev", ifname])
+        # nodad: usable at once (duplicate address detection would hold it "tentative"
+        # for a second or two; nothing else is on the link).
+        ns_run(ns, ["ip", "-6", "addr", "replace", f"{addr6}/64", "dev", ifname, "nodad"])
         ns_run(ns, ["ip", "link", "set", ifname, "up"])
 
 
 def ensure_links(topo: Topology) -> None:
     _ensure_veth(
-        topo.host_ns,
-        topo.wan_host_if,
-        topo.wan_host_addr,
-        topo.laptop_ns,
-        topo.wan_laptop_if,
-        topo.wan_laptop_addr,
+        (topo.host_ns, topo.wan_host_if, topo.wan_host_addr, topo.wan_host_addr6),
+        (topo.laptop_ns, topo.wan_laptop_if, topo.wan_laptop_addr, topo.wan_laptop_addr6),
     )
     _ensure_veth(
-        topo.host_ns,
-        topo.up_host_if,
-        topo.up_host_addr,
-        topo.internet_ns,
-        topo.up_inet_if,
-        topo.up_inet_addr,
+        (topo.host_ns, topo.up_host_if, topo.up_host_addr, topo.up_host_addr6),
+        (topo.internet_ns, topo.up_inet_if, topo.up_inet_addr, topo.up_inet_addr6),
     )
-    # The internet namespace is the host's way out (job containers' egress).
+    # The internet namespace is the host's way out (job containers' egress), both families.
     ns_run(topo.host_ns, ["ip", "route", "replace", "default", "via", topo.up_inet_addr])
+    ns_run(topo.host_ns, ["ip", "-6", "route", "replace", "default", "via", topo.up_inet_addr6])
     ns_run(topo.host_ns, ["sysctl", "-qw", "net.ipv4.ip_forward=1"])
 
 
@@ -175,13 +174,14 @@ def ensure_firewall(topo: Topology) -> None:
     """The deployment's `table inet flashpods`, replaced atomically inside the host netns.
 
     Lab differences: the service user's uid is the one useradd gave it, and the laptop's
-    other address (its end of the lab's "internet" veth) is denied to jobs as well — on a
-    real network the laptop reaches the host from a private network (denied by the data)
-    or from the internet (where it is just another internet address)."""
+    other addresses (its end of the lab's veth, v4 and v6) are the laptop's as well —
+    never reachable by jobs, port 53 included. On a real network the laptop reaches the
+    host from a private network (denied by the data but for DNS) or from the internet
+    (where it is just another internet address)."""
     values = deployment.values()
     ruleset = deployment.firewall_ruleset(
         job_uid=pwd.getpwnam(values["user"]).pw_uid,
-        extra_egress_deny_v4=(f"{topo.wan_laptop_addr}/32",),
+        laptop_other_addresses=(topo.wan_laptop_addr, topo.wan_laptop_addr6),
     )
     script = "table inet flashpods\ndelete table inet flashpods\n" + ruleset
     ns_run(topo.host_ns, ["nft", "-f", "-"], input=script)

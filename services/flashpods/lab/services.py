@@ -177,8 +177,10 @@ def build(values: dict[str, Any], topo: Topology, inputs: LabInputs) -> list[Uni
             py,
             "-m",
             "http.server",
+            # `::`: http.server's dual-stack server (IPV6_V6ONLY off), so the internet
+            # answers on 198.51.100.2 and 2001:db8:2::2 (the namespace has no other).
             "--bind",
-            topo.up_inet_addr,
+            "::",
             "--directory",
             str(inputs.www_dir),
             str(topo.http_port),

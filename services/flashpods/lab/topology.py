@@ -5,6 +5,10 @@ stand-in for the world around the host: a veth "internet" between laptop and hos
 (TEST-NET-1, 192.0.2.0/24) and an "internet" namespace behind the host's default route
 (TEST-NET-2, 198.51.100.0/24) with an HTTP server (to prove containers' egress), the
 scripted model service and a git server.
+
+IPv6, to try the firewall's v6 rules: the uplink is "internet" too (the documentation
+prefix 2001:db8::/32, RFC 3849) and the laptop's link a LAN (a ULA, RFC 4193): a laptop
+reached from a private network. WireGuard stays IPv4 (the deployment's addresses).
 """
 
 from __future__ import annotations
@@ -40,11 +44,15 @@ class Topology:
     wan_laptop_if: str = "veth-wan"
     wan_host_addr: str = "192.0.2.1"
     wan_laptop_addr: str = "192.0.2.2"
+    wan_host_addr6: str = "fd42:f1a5:b0d5:1::1"
+    wan_laptop_addr6: str = "fd42:f1a5:b0d5:1::2"
     # host <-> internet namespace, the host's default route
     up_host_if: str = "veth-inet"
     up_inet_if: str = "veth-up"
     up_host_addr: str = "198.51.100.1"
     up_inet_addr: str = "198.51.100.2"
+    up_host_addr6: str = "2001:db8:2::1"
+    up_inet_addr6: str = "2001:db8:2::2"
     http_port: int = 80
     # More of the world, also in the internet namespace: the scripted model service
     # (model_endpoint.py) and a git server for agents' pushes (git daemon).
