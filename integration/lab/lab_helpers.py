@@ -45,8 +45,8 @@ def tcp_probe(ns: str, host: str, port: int, timeout: float = 2.0) -> str:
     """'open', 'refused' or 'dropped' (no answer within the timeout) from netns `ns`."""
     code = (
         "import socket,sys\n"
-        "s=socket.socket(); s.settimeout(float(sys.argv[3]))\n"
-        "try: s.connect((sys.argv[1], int(sys.argv[2]))); print('open')\n"
+        "try: socket.create_connection((sys.argv[1], int(sys.argv[2])), float(sys.argv[3]));"
+        " print('open')\n"
         "except ConnectionRefusedError: print('refused')\n"
         "except (TimeoutError, socket.timeout): print('dropped')\n"
         "except OSError as e: print('unreachable', e)\n"
@@ -63,11 +63,12 @@ def tcp_probe(ns: str, host: str, port: int, timeout: float = 2.0) -> str:
 
 # A probe run inside job containers (sh + curl, what every job image has): one line per
 # target, "HOST:PORT open|refused|dropped", then "internet <body or curl exit code>".
-# curl exits 28 when the connect times out (dropped), 7 when refused.
+# curl exits 28 when the connect times out (dropped), 7 when refused. -g: an IPv6
+# target ([addr]:port) is an address, not a glob.
 CONTAINER_PROBE = r"""
 for target in "$@"; do
   (
-    curl -s -o /dev/null --connect-timeout 2 -m 4 "http://$target/"; code=$?
+    curl -g -s -o /dev/null --connect-timeout 2 -m 4 "http://$target/"; code=$?
     case $code in 28) r=dropped ;; 7) r=refused ;; *) r=open ;; esac
     echo "$target $r"
   ) &

@@ -12,14 +12,18 @@ import shutil
 import subprocess
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 from flashpods.client.upload import CUT_MARKER, classify_failure
+from flashpods.deployment import JOB_IMAGE
 from flashpods.lab.proc import in_netns, run
 from flashpods.lab.topology import Topology
 from flashpods_testing.job_containers import job_spec
+from flashpods_testing.localhost import HostError, require_podman
+from flashpods_testing.rootless import RootlessUser
 from flashpods_testing.trees import LargestSize, tree_size
 from lab_helpers import (
     CONTAINER_PROBE,
@@ -38,58 +42,112 @@ from lab_helpers import (
 
 LAPTOP_WG_PORT = 9999
 LAPTOP_WAN_PORT = 9998
+LAPTOP_V6_PORT = 9996
 HOST_SERVICE_PORT = 9997
+DNS_PORT = 53
+# A resolver on the host's loopback, where systemd-resolved listens.
+HOST_RESOLVER = "127.0.0.53"
+INTERNET_V6 = "http://[2001:db8:2::2]/"
 
 
 @contextlib.contextmanager
 def listener(ns: str, address: str, port: int) -> Iterator[None]:
-    """An HTTP server in netns `ns` (something the developer or the host runs)."""
+    """An HTTP server in netns `ns` (something the developer or the host runs); on `::`
+    it is http.server's dual-stack server (every v4 and v6 address)."""
     proc = subprocess.Popen(
         in_netns(ns, ["python3", "-m", "http.server", "--bind", address, str(port)]),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         cwd="/var/empty" if Path("/var/empty").is_dir() else "/",
     )
+    probe = "::1" if address == "::" else address
     try:
-        wait_for(lambda: tcp_probe(ns, address, port, 1) == "open", 20, f"{address}:{port}")
+        wait_for(lambda: tcp_probe(ns, probe, port, 1) == "open", 20, f"{address}:{port}")
         yield
     finally:
         proc.terminate()
         proc.wait(timeout=10)
 
 
+def hostport(address: str, port: int) -> str:
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
+@dataclass(frozen=True)
+class Targets:
+    """What a job must not reach, as HOST:PORT ([v6]:PORT)."""
+
+    laptop: list[str]  # the laptop's services, on each of its addresses (v4)
+    host: list[str]  # a host service on every host address (v4)
+    laptop_dns: list[str]  # the laptop's port 53 on each of its addresses, v4 and v6
+    laptop_v6: list[str]
+    host_v6: list[str]  # every global v6 address of the host (not ::1, not link-local)
+
+    @property
+    def v4(self) -> list[str]:
+        return [*self.laptop, *self.host]
+
+
 @pytest.fixture(scope="module")
-def laptop_and_host_services(topo: Topology) -> Iterator[list[str]]:
-    """Listeners on the laptop (tunnel and 'internet' addresses) and a host service on
-    every host address; returns them as HOST:PORT."""
-    targets = [
+def laptop_and_host_services(topo: Topology) -> Iterator[Targets]:
+    """Listeners on the laptop (tunnel, "internet" and v6 addresses, and port 53 on all
+    of them), a host service on every host address and a resolver on the host's
+    loopback."""
+    listeners = [
         (topo.laptop_ns, topo.laptop_addr, LAPTOP_WG_PORT),
         (topo.laptop_ns, topo.wan_laptop_addr, LAPTOP_WAN_PORT),
-        (topo.host_ns, "0.0.0.0", HOST_SERVICE_PORT),
+        (topo.laptop_ns, topo.wan_laptop_addr6, LAPTOP_V6_PORT),
+        (topo.laptop_ns, "::", DNS_PORT),
+        (topo.host_ns, "::", HOST_SERVICE_PORT),
+        (topo.host_ns, HOST_RESOLVER, DNS_PORT),
     ]
     with contextlib.ExitStack() as stack:
-        for ns, address, port in targets:
+        for ns, address, port in listeners:
             stack.enter_context(listener(ns, address, port))
-        yield [
-            f"{topo.laptop_addr}:{LAPTOP_WG_PORT}",
-            f"{topo.wan_laptop_addr}:{LAPTOP_WAN_PORT}",
-            *(
-                f"{addr}:{HOST_SERVICE_PORT}"
+        yield Targets(
+            laptop=[
+                hostport(topo.laptop_addr, LAPTOP_WG_PORT),
+                hostport(topo.wan_laptop_addr, LAPTOP_WAN_PORT),
+            ],
+            host=[
+                hostport(addr, HOST_SERVICE_PORT)
                 for addr in (topo.host_addr, topo.wan_host_addr, topo.up_host_addr)
-            ),
-        ]
+            ],
+            laptop_dns=[
+                hostport(addr, DNS_PORT)
+                for addr in (topo.laptop_addr, topo.wan_laptop_addr, topo.wan_laptop_addr6)
+            ],
+            laptop_v6=[hostport(topo.wan_laptop_addr6, LAPTOP_V6_PORT)],
+            host_v6=[
+                hostport(addr, HOST_SERVICE_PORT)
+                for addr in (topo.wan_host_addr6, topo.up_host_addr6)
+            ],
+        )
+
+
+# The bridge's IPv6, after the probe: how many global v6 addresses the container has
+# (/proc/net/if_inet6, scope 00) and whether the v6 internet answers.
+BRIDGE_V6 = r"""
+echo "v6-global-addresses $(awk '$4 == "00"' /proc/net/if_inet6 | wc -l)"
+curl -s -m 5 -g "$INTERNET_V6" >/dev/null; echo "internet6 curl-exit-$?"
+"""
 
 
 def test_bridge_jobs_reach_the_internet_and_not_the_laptop_or_host_services(
-    podman: Podman, topo: Topology, laptop_and_host_services: list[str]
+    podman: Podman, topo: Topology, laptop_and_host_services: Targets
 ) -> None:
     # Reachable from where they should be: the laptop's own services from the laptop.
     assert tcp_probe(topo.laptop_ns, topo.laptop_addr, LAPTOP_WG_PORT) == "open"
-    targets = laptop_and_host_services
-    proc = podman.job_container("worker", "bridge", ["sh", "-c", CONTAINER_PROBE, "p", *targets])
+    targets = [*laptop_and_host_services.v4, *laptop_and_host_services.laptop_dns[:2]]
+    script = f"INTERNET_V6='{INTERNET_V6}'\n{CONTAINER_PROBE}\n{BRIDGE_V6}"
+    proc = podman.job_container("worker", "bridge", ["sh", "-c", script, "p", *targets])
     assert proc.returncode == 0, proc.stderr
     result = parse_probe(proc.stdout)
     assert result.pop("internet") == "hello from the internet"
+    # Podman 4.3's CNI bridge (`podman` network, 10.88.0.0/16) has no IPv6 unless it is
+    # configured: no global address, so no v6 at all (curl 7: couldn't connect).
+    assert result.pop("v6-global-addresses") == "0"
+    assert result.pop("internet6") == "curl-exit-7"
     assert result == dict.fromkeys(targets, "dropped")
 
 
@@ -97,26 +155,50 @@ PROBE_AS_USER = r"""
 import socket, sys, urllib.request
 for target in sys.argv[1:]:
     host, port = target.rsplit(":", 1)
-    s = socket.socket(); s.settimeout(2)
     try:
-        s.connect((host, int(port))); print(target, "open")
+        socket.create_connection((host.strip("[]"), int(port)), timeout=2); print(target, "open")
     except ConnectionRefusedError:
         print(target, "refused")
     except OSError:
         print(target, "dropped")
-body = urllib.request.urlopen("http://198.51.100.2/", timeout=5).read().decode().strip()
-print("internet", body)
-"""
+for name, url in (("internet", "http://198.51.100.2/"), ("internet6", "INTERNET_V6")):
+    body = urllib.request.urlopen(url, timeout=5).read().decode().strip()
+    print(name, body)
+""".replace("INTERNET_V6", INTERNET_V6)
+
+
+def link_local(topo: Topology, ifname: str) -> str:
+    out = run(in_netns(topo.host_ns, ["ip", "-6", "-j", "addr", "show", "dev", ifname]))
+    addresses = [
+        a["local"]
+        for link in json.loads(out.stdout)
+        for a in link["addr_info"]
+        if a.get("scope") == "link"
+    ]
+    assert addresses, out.stdout
+    return f"{addresses[0]}%{ifname}"
 
 
 def test_rootless_job_traffic_by_the_service_uid_reaches_only_the_internet(
-    topo: Topology, values: dict[str, Any], laptop_and_host_services: list[str]
+    topo: Topology, values: dict[str, Any], laptop_and_host_services: Targets
 ) -> None:
     """Rootless podman (NixOS) runs slirp4netns/pasta as the service user: a job's
     connection is the host's own, opened by that uid. The output chain sees exactly that
-    here: a process of the service user in the host namespace."""
+    here: a process of the service user in the host namespace. Both families: the
+    laptop (port 53 too), every host address, loopback and link-local are dropped; DNS
+    to the host's resolver and the internet pass."""
     user = pwd.getpwnam(values["user"])
-    targets = [*laptop_and_host_services, f"127.0.0.1:{HOST_SERVICE_PORT}"]
+    t = laptop_and_host_services
+    dropped = [
+        *t.v4,
+        *t.laptop_dns,
+        *t.laptop_v6,
+        *t.host_v6,
+        hostport("127.0.0.1", HOST_SERVICE_PORT),
+        hostport("::1", HOST_SERVICE_PORT),
+        hostport(link_local(topo, topo.up_host_if), HOST_SERVICE_PORT),
+    ]
+    resolver = hostport(HOST_RESOLVER, DNS_PORT)
     argv = in_netns(
         topo.host_ns,
         [
@@ -127,15 +209,102 @@ def test_rootless_job_traffic_by_the_service_uid_reaches_only_the_internet(
             "python3",
             "-c",
             PROBE_AS_USER,
-            *targets,
+            *dropped,
+            resolver,
         ],
     )
-    out = run(argv, timeout=60).stdout
+    out = run(argv, timeout=120).stdout
     result = parse_probe(out)
     assert result.pop("internet") == "hello from the internet"
-    assert result == dict.fromkeys(targets, "dropped")
+    assert result.pop("internet6") == "hello from the internet"
+    assert result.pop(resolver) == "open"  # DNS to the host's own resolver stays allowed
+    assert result == dict.fromkeys(dropped, "dropped"), out
     # Other host users are not jobs: root still reaches the laptop's service.
     assert tcp_probe(topo.host_ns, topo.laptop_addr, LAPTOP_WG_PORT) == "open"
+
+
+@pytest.fixture(scope="module")
+def rootless_service_user(values: dict[str, Any]) -> Iterator[RootlessUser]:
+    """The lab's service user (the uid chain output matches) with rootless podman of its
+    own: subids, a scratch HOME with its storage and configuration, the job image.
+    Everything this added is removed afterwards, also on failure; the user, its
+    home and the lab's processes of that uid (the API) stay."""
+    user = RootlessUser(
+        values["user"], Path("/var/tmp") / f"fp-lab-rootless-{uuid.uuid4().hex[:8]}", created=False
+    )
+    try:
+        require_podman()
+        user.create()
+        user.load_image()
+    except BaseException as exc:
+        problems = user.remove()
+        if isinstance(exc, HostError | TimeoutError | subprocess.TimeoutExpired):
+            pytest.fail(f"rootless podman set-up failed: {exc} {problems or ''}", pytrace=False)
+        raise
+    yield user
+    problems = user.remove()
+    assert not problems, f"rootless tear-down left: {problems}"
+
+
+INTERNET6_PROBE = f"""
+body=$(curl -s -m 5 -g {INTERNET_V6}) && echo "internet6 $body" || echo "internet6 error $?"
+"""
+# slirp4netns with IPv6 (containers.conf(5): enable_ipv6) and the host's loopback
+# reachable at 10.0.2.2 / fd00::2 (allow_host_loopback, off by default): so the firewall,
+# not slirp's default, is what keeps the job off the host's loopback.
+SLIRP = "slirp4netns:enable_ipv6=true,allow_host_loopback=true"
+
+
+def test_a_rootless_slirp4netns_container_of_the_service_user_reaches_only_the_internet(
+    topo: Topology, laptop_and_host_services: Targets, rootless_service_user: RootlessUser
+) -> None:
+    """A real rootless container (podman 4.3 from Debian, slirp4netns: this podman has
+    no pasta) run by the service user in the host namespace, as NixOS runs jobs. Its
+    traffic leaves through slirp4netns, a process of that uid: only the internet
+    answers, on v4 and v6; the laptop (port 53 too), every host address and the host's
+    loopback do not."""
+    user = rootless_service_user
+    t = laptop_and_host_services
+    dropped = [
+        *t.v4,
+        *t.laptop_dns,
+        *t.laptop_v6,
+        *t.host_v6,
+        hostport("10.0.2.2", HOST_SERVICE_PORT),  # slirp's name for the host's 127.0.0.1
+        hostport("fd00::2", HOST_SERVICE_PORT),  # and for its ::1
+    ]
+    script = CONTAINER_PROBE + INTERNET6_PROBE
+    argv = in_netns(
+        topo.host_ns,
+        user.argv(
+            "podman",
+            "run",
+            "--rm",
+            "--pull=never",
+            "--network",
+            SLIRP,
+            JOB_IMAGE,
+            "sh",
+            "-c",
+            script,
+            "p",
+            *dropped,
+        ),
+    )
+    proc = subprocess.run(
+        argv,
+        env=user.env(),
+        cwd=user.home,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    result = parse_probe(proc.stdout)
+    assert result.pop("internet") == "hello from the internet", proc.stdout
+    assert result.pop("internet6") == "hello from the internet", proc.stdout
+    assert result == dict.fromkeys(dropped, "dropped"), proc.stdout
 
 
 # --- W1: one job cannot starve the token service ---------------------------------------
