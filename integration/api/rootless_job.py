@@ -104,7 +104,6 @@ def container_facts(socket: str, name: str) -> dict[str, Any]:
     status = Path(f"/proc/{pid}/status").read_text().splitlines()
     uid_line = next(line for line in status if line.startswith("Uid:"))
     return {
-        "create_command": found["Config"]["CreateCommand"],
         # podman 4.3 shows keep-id as a "private" userns with these mappings (container
         # id:id in podman's namespace:count; the user is id 0 there).
         "id_mappings": found["HostConfig"]["IDMappings"],
@@ -167,7 +166,7 @@ def main(socket: str, root: Path, instance: str) -> dict[str, Any]:
             "uid": os.getuid(),
             "gid": os.getgid(),
             "rootless": user.rootless,
-            "user_args": user.args(),
+            "user_body": user.body(),
             "running_container": facts,
             "upload_entries": sorted(os.listdir(upload)),
             "jobs": results,

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from flashpods.api.runtime.podman_cli import PIDS_LIMIT
+from flashpods.api.runtime.podman_spec import PIDS_LIMIT
 from flashpods.common.jobstates import ENDED
 from flashpods.common.polling import wait_until
 from flashpods_testing.hostile import (

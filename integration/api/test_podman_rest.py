@@ -1,15 +1,16 @@
 """PodmanApi (podman's REST API) against a real podman service: every operation the
 runtime uses, what each does with a container that is not there, and the errors.
 
-Containers are made with the podman CLI, as the runtime makes them, and carry this
+Containers are made through PodmanApi.create from small bodies (the runtime's full one,
+podman_spec.container_spec, is exercised by the runtime's tests) and carry this
 session's instance label (the session removes whatever is left)."""
 
 from __future__ import annotations
 
-import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from flashpods.api.runtime import ContainerError
@@ -24,20 +25,26 @@ def api(podman_socket: Path) -> PodmanApi:
     return PodmanApi(podman_socket)
 
 
+def body(name: str, *argv: str, label: str = "rest", init: bool = True) -> dict[str, Any]:
+    return {
+        "name": name,
+        "labels": {"flashpods-instance": INSTANCE, "probe": label},
+        "init": init,
+        "image": JOB_IMAGE,
+        "command": list(argv),
+    }
+
+
 @pytest.fixture
-def create(podman_socket: Path) -> Iterator[object]:
+def create(api: PodmanApi) -> Iterator[object]:
     """create(*argv, label=..., init=...) → the new container's name; all go at the end."""
     made: list[str] = []
 
     def make(*argv: str, label: str = "rest", init: bool = True) -> str:
         name = f"rest_{uuid.uuid4().hex[:12]}"
-        subprocess.run(
-            ["podman", "--url", f"unix://{podman_socket}", "create", "--name", name,
-             "--label", f"flashpods-instance={INSTANCE}", "--label", f"probe={label}",
-             *(["--init"] if init else []), "--pull=never", JOB_IMAGE, *argv],
-            check=True, capture_output=True, text=True,
-        )  # fmt: skip
         made.append(name)
+        container_id = api.create(body(name, *argv, label=label, init=init))
+        assert podman("inspect", "--format", "{{.Id}}", name).stdout.strip() == container_id
         return name
 
     yield make
@@ -148,3 +155,43 @@ def test_an_unreachable_podman_is_an_error_without_its_path(tmp_path: Path) -> N
         assert "no answer from podman (FileNotFoundError)" in str(raised.value)
         assert str(tmp_path) not in str(raised.value)
         assert str(tmp_path) in raised.value.cause
+
+
+def test_a_create_that_podman_refuses_says_why_without_host_paths(api: PodmanApi) -> None:
+    """The words the CLI's `podman create` printed (after its "Error: "), scrubbed."""
+    name = f"rest_{uuid.uuid4().hex[:12]}"
+    missing = body(name, "true")
+    missing["mounts"] = [
+        {"destination": "/x", "type": "bind", "source": "/nonexistent/dir", "options": ["ro"]}
+    ]
+    with pytest.raises(ContainerError) as raised:
+        api.create(missing)
+    assert str(raised.value) == "podman create failed: statfs <path>: no such file or directory"
+    assert raised.value.cause == (
+        "podman create answered 500: statfs /nonexistent/dir: no such file or directory"
+    )
+    unknown = {**body(name, "true"), "image": "localhost/does-not-exist:latest"}
+    with pytest.raises(ContainerError) as raised:
+        api.create(unknown)
+    assert str(raised.value) == (
+        "podman create failed: localhost/does-not-exist:latest: image not known"
+    )
+    assert not exists(name)
+
+
+def test_pull_applies_the_policy(api: PodmanApi) -> None:
+    for policy in ("missing", "never"):
+        api.pull(JOB_IMAGE, policy)  # present: nothing to do
+    # The failure comes in podman's progress stream after a 200.
+    with pytest.raises(ContainerError) as raised:
+        api.pull("localhost/does-not-exist:latest", "never")
+    assert str(raised.value) == (
+        "podman create failed: localhost/does-not-exist:latest: image not known"
+    )
+    assert raised.value.cause == (
+        "pulling localhost/does-not-exist:latest (policy never): podman create answered 200:"
+        " localhost/does-not-exist:latest: image not known"
+    )
+    with pytest.raises(ContainerError) as raised:
+        api.pull(JOB_IMAGE, "sometimes")
+    assert str(raised.value) == 'podman create failed: unsupported pull policy "sometimes"'

@@ -216,7 +216,7 @@ def test_a_command_that_never_reads_its_gate_fails_to_start_and_leaves_nothing(
     # gives up after GATE_SECONDS instead of waiting forever.
     monkeypatch.setattr(podman_module, "GATE_SECONDS", 1.0)
     monkeypatch.setattr(
-        podman_module.cli, "entry_argv", lambda spec, gated: ["/bin/sh", "-c", "sleep 60"]
+        podman_module.ctr, "entry_argv", lambda spec, gated: ["/bin/sh", "-c", "sleep 60"]
     )
     spec = make_spec("true")
     with pytest.raises(ContainerError) as raised:

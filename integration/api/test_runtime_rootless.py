@@ -79,9 +79,8 @@ def test_runtime_runs_jobs_rootless_with_keep_id(rootless_user: RootlessUser) ->
     # user's uid inside is the user's uid on the host, root inside is a subordinate id,
     # and PID 1 runs as the user.
     assert report["rootless"] is True
-    assert report["user_args"] == ["--userns=keep-id"]
+    assert report["user_body"] == {"userns": {"nsmode": "keep-id"}}
     container = report["running_container"]
-    assert "--userns=keep-id" in container["create_command"]
     assert f"{uid}:0:1" in container["id_mappings"]["UidMap"]
     assert f"{gid}:0:1" in container["id_mappings"]["GidMap"]
     uid_map = {

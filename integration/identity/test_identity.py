@@ -16,7 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from flashpods.api.runtime.podman_cli import Mount, upload_mount
+from flashpods.api.runtime.podman_spec import Mount, upload_mount
 from flashpods.common.polling import wait_until
 from flashpods.tokens.client import exchange
 from flashpods_testing.identity_jobs import (

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from flashpods import deployment
-from flashpods.api.runtime.podman_cli import ContainerUser
+from flashpods.api.runtime.podman_spec import ContainerUser
 from flashpods.lab import lab
 from flashpods.lab.proc import in_netns
 from flashpods.lab.services import default_inputs
@@ -57,6 +57,7 @@ def podman(
     socket = api["FLASHPODS_PODMAN_SOCKET"]
     jobs = JobContainers(
         podman=tuple(in_netns(topo.host_ns, ["podman", "--url", f"unix://{socket}"])),
+        socket=Path(socket),
         instance="lab-test",
         user=ContainerUser(rootless=False, uid=user.pw_uid, gid=user.pw_gid),
         mounts=identity_mounts(

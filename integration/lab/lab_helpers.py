@@ -116,7 +116,7 @@ class Podman:
     def job_container(
         self, role: str | None, network: str, command: list[str], timeout: float = 120
     ) -> Ran:
-        """`command` as a worker's, in a container the runtime's create_args makes, on
+        """`command` as a worker's, in a container made from the runtime's container_spec, on
         `network`, carrying the role label `role` (None: no role label)."""
         spec = job_spec(self.scratch, "worker", command=command)
         return self.jobs.run(

@@ -1,6 +1,6 @@
 """SPIRE attestation of job containers and the token exchange, in the running lab.
 
-The containers are made by the runtime's own create_args, as the lab's API makes jobs
+The containers are made by the runtime's own container_spec, as the lab's API makes jobs
 (role label, flashpods uid, hardening, the SPIRE socket directory, the token socket, the
 tools at /opt/flashpods), only their role label changed where a test says so; the
 secrets are compared by hash so they never appear in the test output.

@@ -1,5 +1,5 @@
 """Job containers on an IdentityStack (the identity tests and bench/token_exchange.py):
-made by the runtime's own create_args (flashpods_testing.job_containers), against the
+made by the runtime's own container_spec (flashpods_testing.job_containers), against the
 stack's podman API socket, with its SPIRE socket directory, token socket and tools
 directory mounted as the API mounts them.
 """
@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from flashpods.api.runtime.podman_cli import ContainerUser
+from flashpods.api.runtime.podman_spec import ContainerUser
 from flashpods.common.polling import poll
 from flashpods.common.programs import run_program
 from flashpods.deployment import JOB_IMAGE
@@ -57,6 +57,7 @@ class Containers:
         settings = self.stack.settings
         self.jobs = JobContainers(
             podman=("podman", "--url", f"unix://{self.stack.podman_socket}"),
+            socket=self.stack.podman_socket,
             instance=self.instance,
             user=ContainerUser(rootless=False, uid=self.uid, gid=self.gid),
             mounts=identity_mounts(

@@ -1,18 +1,19 @@
-"""Job containers for the attestation tests, made by the runtime's own argv.
+"""Job containers for the attestation tests, made by the runtime's own definition.
 
-`podman create` gets exactly what `podman_cli.create_args` gives the API (labels, user,
-hardening, read-only root, the scratch and /artifacts tmpfs, the worker's shell reading
+They are created through the runtime's own call (podman_rest.PodmanApi.create) with
+exactly the body `podman_spec.container_spec` gives the API (labels, user, hardening,
+read-only root, the scratch and /artifacts tmpfs, the worker's shell reading
 FLASHPODS_COMMAND from the environment `job_environment` fills, behind its gate); then,
 as the runtime does, `podman start`, the /artifacts pin through PID 1 (artifactpin) and
 the gate opened; `run` waits for the end and reads `podman logs`. What a test may
 change, and only through this module:
 
 - the role label (`role=`): replaced or left out, for the containers SPIRE must not
-  trust (`with_role` checks create_args set it exactly once);
-- the podman network (`network=`): create_args leaves it to podman's default, the lab's
-  tests pick one per trust boundary;
+  trust (`with_role` checks container_spec set it to the job's type);
+- the podman network (`network=`): container_spec's own `network` (the API's
+  FLASHPODS_JOB_NETWORK), unset by default; the lab's tests pick one per trust boundary;
 - the mounts: the caller's, as the API's own `_mounts` would give them (the upload's:
-  `podman_cli.upload_mount`).
+  `podman_spec.upload_mount`).
 """
 
 from __future__ import annotations
@@ -30,37 +31,32 @@ from typing import Any
 
 from flashpods.api.config import ModelService
 from flashpods.api.runtime import JobSpec, JobType, artifactpin
-from flashpods.api.runtime import podman_cli as cli
+from flashpods.api.runtime import podman_spec as ctr
 from flashpods.api.runtime.podman import (
     GATE_SECONDS,
     RAW_LOG_MIN_BYTES,
     gate_path,
     raw_log_path,
 )
+from flashpods.api.runtime.podman_rest import PodmanApi
 from flashpods.common.limits import LIMITS
 from flashpods.common.programs import run_program
 from flashpods.deployment import JOB_IMAGE
 
 from flashpods_testing.localhost import as_assertion
 
-SAME_ROLE = "same"  # with_role: keep the label create_args set
+SAME_ROLE = "same"  # with_role: keep the label container_spec set
 
 
-def with_role(args: list[str], spec: JobSpec, role: str | None) -> list[str]:
-    """create_args' output for `spec` with its role label (the one SPIRE attests by)
+def with_role(body: dict[str, Any], spec: JobSpec, role: str | None) -> dict[str, Any]:
+    """container_spec's body for `spec` with its role label (the one SPIRE attests by)
     set to `role`, or left out when `role` is None."""
-    label = ["--label", f"{cli.LABEL_JOB_TYPE}={spec.job_type}"]
-    places = [i for i in range(len(args) - 1) if args[i : i + 2] == label]
-    assert len(places) == 1, f"create_args must set the role label once: {args}"
-    given = [] if role is None else ["--label", f"{cli.LABEL_JOB_TYPE}={role}"]
-    at = places[0]
-    return [*args[:at], *given, *args[at + 2 :]]
-
-
-def with_network(args: list[str], network: str) -> list[str]:
-    assert args[0] == "create", args
-    assert not any(a.startswith("--network") for a in args), "create_args chose a network"
-    return ["create", f"--network={network}", *args[1:]]
+    labels = dict(body["labels"])
+    assert labels.get(ctr.LABEL_JOB_TYPE) == spec.job_type, f"no role label: {labels}"
+    del labels[ctr.LABEL_JOB_TYPE]
+    if role is not None:
+        labels[ctr.LABEL_JOB_TYPE] = role
+    return {**body, "labels": labels}
 
 
 def job_spec(
@@ -97,12 +93,12 @@ def job_spec(
 
 def identity_mounts(
     spire_socket_dir: Path, token_socket: Path, tools_dir: Path
-) -> tuple[cli.Mount, ...]:
+) -> tuple[ctr.Mount, ...]:
     """The read-only mounts the API gives every job (podman.py's `_mounts`)."""
     return (
-        cli.Mount(spire_socket_dir, "/run/spire/sockets", read_only=True),
-        cli.Mount(token_socket, "/run/flashpods/token.sock", read_only=True),
-        cli.Mount(tools_dir, "/opt/flashpods", read_only=True),
+        ctr.Mount(spire_socket_dir, "/run/spire/sockets", read_only=True),
+        ctr.Mount(token_socket, "/run/flashpods/token.sock", read_only=True),
+        ctr.Mount(tools_dir, "/opt/flashpods", read_only=True),
     )
 
 
@@ -119,18 +115,16 @@ class Ran:
 @dataclass(frozen=True)
 class JobContainers:
     podman: tuple[str, ...]  # the argv up to and including `--url unix://…`
+    socket: Path  # the same podman's API socket (creates go through it, as the API's)
     instance: str
-    user: cli.ContainerUser
-    mounts: tuple[cli.Mount, ...]
+    user: ctr.ContainerUser
+    mounts: tuple[ctr.Mount, ...]
     agent_command: str = "claude"
 
     def _podman(
-        self, args: Sequence[str], *, env: dict[str, str] | None = None, timeout: float = 120
+        self, args: Sequence[str], *, timeout: float = 120
     ) -> subprocess.CompletedProcess[str]:
-        full_env = None if env is None else {**os.environ, **env}
-        return run_program(
-            [*self.podman, *args], fail=as_assertion, check=False, env=full_env, timeout=timeout
-        )
+        return run_program([*self.podman, *args], fail=as_assertion, check=False, timeout=timeout)
 
     def create(
         self,
@@ -138,8 +132,8 @@ class JobContainers:
         *,
         role: str | None = SAME_ROLE,
         network: str | None = None,
-        user: cli.ContainerUser | None = None,
-        mounts: Sequence[cli.Mount] = (),
+        user: ctr.ContainerUser | None = None,
+        mounts: Sequence[ctr.Mount] = (),
     ) -> str:
         """The container's id, created as the runtime creates `spec`'s: its command waits
         on its gate until `start` has pinned its /artifacts."""
@@ -148,24 +142,20 @@ class JobContainers:
         gate = gate_path(spec)
         os.mkfifo(gate, 0o600)
         os.chown(gate, user.uid, user.gid)  # the API's own user, as the container's
-        args = cli.create_args(
+        body = ctr.container_spec(
             spec,
             instance=self.instance,
             user=user,
             mounts=[*self.mounts, *mounts],
-            pull_policy="never",
             raw_log_path=raw_log_path(spec),
             raw_log_max_bytes=RAW_LOG_MIN_BYTES,
+            environment=ctr.job_environment(spec, self.agent_command, ModelService()),
             gate=gate,
+            network=network,
         )
         if role != SAME_ROLE:
-            args = with_role(args, spec, role)
-        if network is not None:
-            args = with_network(args, network)
-        env = cli.job_environment(spec, self.agent_command, ModelService())
-        created = self._podman(args, env=env)
-        assert created.returncode == 0, created.stderr
-        return created.stdout.strip()
+            body = with_role(body, spec, role)
+        return PodmanApi(self.socket).create(body)
 
     def start(self, spec: JobSpec, container: str) -> None:
         """As the runtime starts a job: start, pin /artifacts through PID 1, open the gate."""
@@ -173,7 +163,7 @@ class JobContainers:
         assert started.returncode == 0, started.stderr
         lifetime = spec.timeout_minutes * 60
         pid = self._state(container)["Pid"]
-        artifactpin.pin(pid, spec.job_id, spec.disk_gb * cli.GIB, lifetime, GATE_SECONDS)
+        artifactpin.pin(pid, spec.job_id, spec.disk_gb * ctr.GIB, lifetime, GATE_SECONDS)
         assert artifactpin.open_gate(gate_path(spec), GATE_SECONDS), "nobody read the gate"
 
     def labels(self, container: str) -> dict[str, str]:

@@ -29,6 +29,7 @@ def test_from_api_config_carries_every_runtime_knob(tmp_path: Path) -> None:
         "FLASHPODS_MODEL_BASE_URL": "http://198.51.100.2:8001",
         "FLASHPODS_MODEL_MAX_RETRIES": "0",
         "FLASHPODS_MODEL_TIMEOUT_MS": "15000",
+        "FLASHPODS_JOB_NETWORK": "flashpods-jobs",
     }
     runtime = PodmanRuntime(load_config(env))
     config = runtime.config
@@ -38,6 +39,8 @@ def test_from_api_config_carries_every_runtime_knob(tmp_path: Path) -> None:
     assert config.agent_command == "fake-agent"
     assert config.artifact_limits.max_files == 7
     assert config.model_service == ModelService("http://198.51.100.2:8001", 0, 15000)
+    assert config.network == "flashpods-jobs"
+    assert PodmanConfig.from_api(load_config({**env, "FLASHPODS_JOB_NETWORK": ""})).network is None
 
 
 @pytest.mark.parametrize(

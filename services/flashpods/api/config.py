@@ -84,6 +84,7 @@ class Config:
     tools_dir: Path | None = None
     agent_command: str = "claude"
     model_service: ModelService = field(default_factory=ModelService)
+    job_network: str | None = None  # a podman network for jobs; None: podman's default
     # TTLs (seconds)
     upload_unfinalized_ttl: int = 30 * 60
     upload_finalized_ttl: int = 60 * 60
@@ -135,6 +136,7 @@ _STR_KNOBS: dict[str, str] = {
     "FLASHPODS_DEFAULT_IMAGE": "default_image",
     "FLASHPODS_PULL_POLICY": "pull_policy",
     "FLASHPODS_AGENT_COMMAND": "agent_command",
+    "FLASHPODS_JOB_NETWORK": "job_network",
 }
 
 DEFAULT_PATHS = {

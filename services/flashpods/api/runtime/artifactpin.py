@@ -1,8 +1,8 @@
 """The pin that keeps a job's /artifacts readable after its container is gone.
 
-/artifacts is a size-limited tmpfs inside the container (podman_cli.scratch_mounts), so
+/artifacts is a size-limited tmpfs inside the container (podman_spec.scratch_mounts), so
 the kernel bounds it while the job runs; it dies with the container's mount namespace
-unless something holds it. The job's command waits on a gate (a FIFO, podman_cli
+unless something holds it. The job's command waits on a gate (a FIFO, podman_spec
 GATE_TARGET) while the runtime opens the tmpfs through the container's PID 1 (`podman
 init`'s process would be earlier, but in rootful podman it is root's until it execs, so
 the API's user may not look into it) by descriptor (`/proc/<pid>/root/artifacts`, never

@@ -1,10 +1,10 @@
-"""The real Runtime: podman's API socket, through its CLI for `create` (`podman --url
-unix://… create`, the one definition of a job's container) and its REST API for every
-other operation (podman_rest: a request, not a client process, per operation).
+"""The real Runtime: podman's REST API on its service socket (podman_rest: a request,
+not a client process, per operation); a job's container is created from one body,
+podman_spec.container_spec.
 
-The same code runs rootless on NixOS (user flashpods, `--userns=keep-id`) and against
-the lab's rootful `podman system service` (`--user` = the API's own uid:gid); which one
-is asked of podman's info once.
+The same code runs rootless on NixOS (user flashpods, userns keep-id) and against the
+lab's rootful `podman system service` (user = the API's own uid:gid); which one is asked
+of podman's info once.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import logging
 import os
 import select
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -28,14 +27,13 @@ from flashpods.api.runtime import (
     artifactpin,
     joblog,
 )
-from flashpods.api.runtime import podman_cli as cli
+from flashpods.api.runtime import podman_spec as ctr
 from flashpods.api.runtime.artifacts_collect import ArtifactLimits
 from flashpods.api.runtime.logcapture import LogCapture, parse_conmon_time
 from flashpods.api.runtime.podman_rest import PodmanApi
 from flashpods.api.runtime.supervisor import ContainerOps, JobSupervisor
 from flashpods.common import envconfig
 from flashpods.common.polling import poll
-from flashpods.common.programs import ProgramFailure, run_program
 from flashpods.common.timefmt import utc_now
 
 log = logging.getLogger(__name__)
@@ -69,7 +67,7 @@ class PodmanConfig:
     tools_dir: Path | None = None
     agent_command: str = "claude"
     model_service: ModelService = field(default_factory=ModelService)
-    podman_binary: str = "podman"
+    network: str | None = None  # FLASHPODS_JOB_NETWORK; None: podman's default network
     artifact_limits: ArtifactLimits = field(default_factory=ArtifactLimits)
 
     @classmethod
@@ -85,6 +83,7 @@ class PodmanConfig:
             tools_dir=config.tools_dir,
             agent_command=config.agent_command,
             model_service=config.model_service,
+            network=config.job_network,
             artifact_limits=ArtifactLimits(
                 max_file_bytes=config.artifact_max_file_bytes,
                 max_total_bytes=config.artifact_max_job_bytes,
@@ -93,8 +92,8 @@ class PodmanConfig:
         )
 
     def __post_init__(self) -> None:
-        if self.pull_policy not in cli.PULL_POLICIES:
-            raise ValueError(f"FLASHPODS_PULL_POLICY must be one of {cli.PULL_POLICIES}")
+        if self.pull_policy not in envconfig.PULL_POLICIES:
+            raise ValueError(f"FLASHPODS_PULL_POLICY must be one of {envconfig.PULL_POLICIES}")
         if self.log_max_bytes < 1024:
             raise ValueError("FLASHPODS_LOG_MAX_BYTES must be at least 1024")
         for path in (self.spire_socket_dir, self.token_socket, self.tools_dir):
@@ -108,7 +107,7 @@ def raw_log_path(spec: JobSpec) -> Path:
 
 
 def gate_path(spec: JobSpec) -> Path:
-    """The job's gate FIFO (podman_cli.GATE_TARGET), next to the job log."""
+    """The job's gate FIFO (podman_spec.GATE_TARGET), next to the job log."""
     return spec.log_path.with_name(f".{spec.job_id}.gate")
 
 
@@ -128,7 +127,7 @@ def _container_info(raw: dict[str, Any]) -> ContainerInfo:
     exit_code = state.get("ExitCode")
     return ContainerInfo(
         container_id=str(raw["Id"]),
-        job_id=str(_labels(raw).get(cli.LABEL_JOB_ID, "")),
+        job_id=str(_labels(raw).get(ctr.LABEL_JOB_ID, "")),
         state=str(state.get("Status", "")),
         exit_code=exit_code if isinstance(exit_code, int) else None,
         oom_killed=bool(state.get("OOMKilled")),
@@ -158,23 +157,23 @@ class PodmanRuntime:
         self._api = PodmanApi(self.config.socket_path, PODMAN_TIMEOUT_SECONDS)
         self._lock = threading.Lock()
         self._jobs: dict[str, JobSupervisor] = {}
-        self._user: cli.ContainerUser | None = None
+        self._user: ctr.ContainerUser | None = None
         self._closed = threading.Event()  # shutdown(): waiters stop retrying
         self._wakes: set[int] = set()  # eventfds of exit waiters, written at shutdown
         self._holders: dict[str, int] = {}  # job id → pid of the pin holder we started
 
     # ---- podman plumbing -------------------------------------------------------------
 
-    def _create(self, args: list[str], env: dict[str, str]) -> None:
-        """`podman create`, the one call left to the CLI: its argv is the container's
-        definition (podman_cli.create_args), and it pulls the image when told to."""
-        argv = cli.base(self.config.socket_path, self.config.podman_binary) + args
-        # A pull may take a while.
-        run_program(argv, fail=_podman_error("create"), env={**os.environ, **env}, timeout=600)
+    def _create(self, body: dict[str, Any]) -> None:
+        """Pull the image as the pull policy says (the CLI's `create --pull=<policy>`
+        did), then create the container from its one definition."""
+        if self.config.pull_policy != "never":
+            self._api.pull(body["image"], self.config.pull_policy)
+        self._api.create(body)
 
-    def container_user(self) -> cli.ContainerUser:
+    def container_user(self) -> ctr.ContainerUser:
         if self._user is None:
-            self._user = cli.ContainerUser(
+            self._user = ctr.ContainerUser(
                 rootless=self._api.rootless(), uid=os.getuid(), gid=os.getgid()
             )
         return self._user
@@ -271,7 +270,7 @@ class PodmanRuntime:
 
     def _stop(self, name: str) -> None:
         try:
-            self._api.stop(name, cli.STOP_GRACE_SECONDS)
+            self._api.stop(name, ctr.STOP_GRACE_SECONDS)
         except ContainerError as exc:
             log.warning("podman stop %s: %s", name, exc.cause)
 
@@ -285,8 +284,8 @@ class PodmanRuntime:
 
     # ---- job scratch files -----------------------------------------------------------
 
-    def _mounts(self, spec: JobSpec) -> list[cli.Mount]:
-        upload = cli.upload_mount(spec)
+    def _mounts(self, spec: JobSpec) -> list[ctr.Mount]:
+        upload = ctr.upload_mount(spec)
         mounts = [] if upload is None else [upload]
         optional = [
             (self.config.spire_socket_dir, "/run/spire/sockets"),
@@ -296,7 +295,7 @@ class PodmanRuntime:
             optional.append((self.config.tools_dir, "/opt/flashpods"))
         for source, target in optional:
             if source.exists():
-                mounts.append(cli.Mount(source, target, read_only=True))
+                mounts.append(ctr.Mount(source, target, read_only=True))
             else:
                 log.warning(
                     "%s does not exist; job %s runs without %s", source, spec.job_id, target
@@ -319,12 +318,12 @@ class PodmanRuntime:
         files go."""
         artifactpin.release(spec.job_id)  # collected: the tmpfs may go
         self._forget_pin(spec.job_id)
-        self._remove(cli.container_name(spec.job_id))
+        self._remove(ctr.container_name(spec.job_id))
         raw_log_path(spec).unlink(missing_ok=True)
         gate_path(spec).unlink(missing_ok=True)
 
     def _fail_start(self, spec: JobSpec, error: ContainerError) -> ContainerError:
-        self._remove(cli.container_name(spec.job_id))
+        self._remove(ctr.container_name(spec.job_id))
         artifactpin.release(spec.job_id)
         self._forget_pin(spec.job_id)
         raw_log_path(spec).unlink(missing_ok=True)
@@ -367,7 +366,7 @@ class PodmanRuntime:
             raise
 
     def _start(self, spec: JobSpec, hooks: JobHooks, sup: JobSupervisor) -> None:
-        name = cli.container_name(spec.job_id)
+        name = ctr.container_name(spec.job_id)
         try:
             self._prepare_files(spec)
             user = self.container_user()
@@ -383,22 +382,24 @@ class PodmanRuntime:
         except ContainerError as exc:
             raise self._fail_start(spec, exc) from exc
         raw_max = max(RAW_LOG_MIN_BYTES, RAW_LOG_FACTOR * self.config.log_max_bytes)
-        args = cli.create_args(
+        body = ctr.container_spec(
             spec,
             instance=self.config.instance,
             user=user,
             mounts=self._mounts(spec),
-            pull_policy=self.config.pull_policy,
             raw_log_path=raw_log_path(spec),
             raw_log_max_bytes=raw_max,
+            environment=ctr.job_environment(
+                spec, self.config.agent_command, self.config.model_service
+            ),
             gate=gate_path(spec),
+            network=self.config.network,
         )
-        env = cli.job_environment(spec, self.config.agent_command, self.config.model_service)
         # The capture process starts (an interpreter, tens of ms) while podman creates and
         # starts the container: a short job's end does not wait for it to come up.
         sup.capture.start()
         try:
-            self._create(args, env)
+            self._create(body)
             self._api.start(name)
             info, pid = self._pin_and_open_gate(spec, name, pinned_maybe=False)
         except ContainerError as exc:
@@ -430,7 +431,7 @@ class PodmanRuntime:
             holder = artifactpin.pin(
                 pid,
                 spec.job_id,
-                spec.disk_gb * cli.GIB,
+                spec.disk_gb * ctr.GIB,
                 spec.timeout_minutes * 60 + artifactpin.MARGIN_SECONDS,
                 GATE_SECONDS,
             )
@@ -461,7 +462,7 @@ class PodmanRuntime:
             if spec.job_id in self._jobs:
                 return  # already supervised (a periodic reconciliation)
         sup = self._supervisor(spec, hooks)
-        name = cli.container_name(spec.job_id)
+        name = ctr.container_name(spec.job_id)
         try:
             started_at = info.started_at
             if info.state in NOT_STARTED:
@@ -488,11 +489,11 @@ class PodmanRuntime:
 
     def list_job_containers(self) -> list[ContainerInfo]:
         mine = []
-        for container_id in self._api.list_ids(cli.job_labels(self.config.instance)):
+        for container_id in self._api.list_ids(ctr.job_labels(self.config.instance)):
             raw = self._api.inspect(container_id)
             # Only this instance's job containers, whatever podman's filter semantics
             # (one removed since the listing is simply not there any more).
-            if raw is not None and _labels(raw).get(cli.LABEL_INSTANCE) == self.config.instance:
+            if raw is not None and _labels(raw).get(ctr.LABEL_INSTANCE) == self.config.instance:
                 mine.append(_container_info(raw))
         return [info for info in mine if info.job_id]
 
@@ -502,7 +503,7 @@ class PodmanRuntime:
         # The raw log lives outside podman's storage (see raw_log_path); rm leaves it behind,
         # and the pin of its /artifacts.
         if found is not None:
-            job_id = _labels(found).get(cli.LABEL_JOB_ID)
+            job_id = _labels(found).get(ctr.LABEL_JOB_ID)
             if job_id:
                 artifactpin.release(job_id)
             config = (found.get("HostConfig") or {}).get("LogConfig") or {}
@@ -519,22 +520,3 @@ class PodmanRuntime:
                 os.eventfd_write(wake, 1)
         for sup in jobs:
             sup.abandon()
-
-
-def _podman_error(operation: str) -> Callable[[ProgramFailure], ContainerError]:
-    """podman's failure as a ContainerError: the last line, host paths scrubbed, to show;
-    everything it said, for the service's own log."""
-
-    def error(failure: ProgramFailure) -> ContainerError:
-        if failure.returncode is None:  # it did not run to the end
-            return ContainerError(
-                f"podman {operation} failed: {failure.reason}",
-                f"podman {operation}: {failure.reason} {failure.output}".strip(),
-            )
-        said = cli.scrub_paths(failure.last_line)
-        return ContainerError(
-            f"podman {operation} failed: {said or failure.reason}",
-            f"podman {operation} exited {failure.returncode}: {cli.one_line(failure.output)}",
-        )
-
-    return error

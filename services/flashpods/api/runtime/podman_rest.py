@@ -2,9 +2,13 @@
 
 Every `podman --url …` call is a process of its own (a Go client starting, tens of ms,
 far more on a loaded host); the same operation sent to the service that client would
-talk to costs a connect and a few hundred bytes. The runtime uses this for everything
-but `create`, whose argv (podman_cli.create_args) stays the one definition of a job's
-container.
+talk to costs a connect and a few hundred bytes. The runtime makes every podman call
+here, `create` too: its body (podman_spec.container_spec) is the one definition of a
+job's container. The image is pulled (as the CLI's `create --pull=<policy>` did) by a
+request of its own before the create: `POST /libpod/images/pull?reference=…&policy=…`
+(pkg/api/server/register_images.go: policy "always" (its default), "missing", "newer",
+"never"; 4.3 here refuses an unknown one with 400), whose 200 streams one JSON object a
+line, a failure as {"error": …}.
 
 Only libpod endpoints and parameters that podman 4.3 (Debian 12: the lab, CI) and
 podman 5 (NixOS) both serve, under the oldest libpod API version podman 5 still accepts
@@ -23,11 +27,13 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 from flashpods.api.runtime import ContainerError
-from flashpods.api.runtime.podman_cli import one_line, scrub_paths
+from flashpods.api.runtime.podman_spec import one_line, scrub_paths
 from flashpods.common.unixhttp import UnixHTTPConnection
 
 API_PREFIX = "/v4.0.0/libpod"
 REQUEST_TIMEOUT_SECONDS = 120.0
+# A pull may take a while (the bound the CLI's create, which pulled, had).
+PULL_TIMEOUT_SECONDS = 600.0
 WAIT_CONDITIONS = ("stopped", "exited")
 
 Query = list[tuple[str, str]]
@@ -71,6 +77,18 @@ class Answer:
             ) from exc
 
 
+def _json_lines(data: bytes) -> list[Any]:
+    """The JSON values of a body of one per line (podman's pull progress: its encoder
+    ends each with a newline); a line that is not JSON is skipped."""
+    values = []
+    for line in data.splitlines():
+        try:
+            values.append(json.loads(line))
+        except ValueError:
+            continue
+    return values
+
+
 def _failed(operation: str, answer: Answer) -> ContainerError:
     said = answer.error_text()
     return ContainerError(
@@ -97,13 +115,19 @@ class PodmanApi:
         query: Query | None = None,
         *,
         timeout: float | None,
+        body: Any = None,
     ) -> Answer:
-        """One request; ContainerError when podman cannot be reached or the exchange
-        breaks off (the service went away mid-request). `timeout` None: no limit."""
+        """One request (`body`, if any, sent as JSON); ContainerError when podman cannot
+        be reached or the exchange breaks off (the service went away mid-request).
+        `timeout` None: no limit."""
         target = API_PREFIX + path + (f"?{urlencode(query)}" if query else "")
         conn = UnixHTTPConnection(self.socket_path, timeout)
         try:
-            conn.request(method, target)
+            if body is None:
+                conn.request(method, target)
+            else:
+                headers = {"Content-Type": "application/json"}
+                conn.request(method, target, json.dumps(body).encode(), headers)
             response = conn.getresponse()
             return Answer(response.status, response.read())
         except (OSError, http.client.HTTPException) as exc:
@@ -115,8 +139,15 @@ class PodmanApi:
         finally:
             conn.close()
 
-    def _call(self, operation: str, method: str, path: str, query: Query | None = None) -> Answer:
-        return self.request(operation, method, path, query, timeout=self.timeout)
+    def _call(
+        self,
+        operation: str,
+        method: str,
+        path: str,
+        query: Query | None = None,
+        body: Any = None,
+    ) -> Answer:
+        return self.request(operation, method, path, query, timeout=self.timeout, body=body)
 
     @staticmethod
     def _container(name: str) -> str:
@@ -150,6 +181,37 @@ class PodmanApi:
         if not isinstance(data, dict):
             raise _failed("inspect", Answer(answer.status, b"not a JSON object"))
         return data
+
+    def pull(self, image: str, policy: str) -> None:
+        """Make `image` present as the pull `policy` says (podman's --pull values:
+        always, missing, never, newer), within PULL_TIMEOUT_SECONDS. podman streams its
+        progress as JSON objects after a 200, a failure as one with an `error`. To show,
+        a failure reads as the create's did when the CLI's create pulled (`podman create
+        failed: …`); the log line says it was the pull."""
+        query = [("reference", image), ("policy", policy)]
+        timeout = max(self.timeout, PULL_TIMEOUT_SECONDS)
+        answer = self.request("create", "POST", "/images/pull", query, timeout=timeout)
+        if answer.status == 200:
+            said = [
+                str(item["error"])
+                for item in _json_lines(answer.body)
+                if isinstance(item, dict) and item.get("error")
+            ]
+            if not said:
+                return
+            answer = Answer(answer.status, json.dumps({"message": said[-1]}).encode())
+        failed = _failed("create", answer)
+        raise ContainerError(str(failed), f"pulling {image} (policy {policy}): {failed.cause}")
+
+    def create(self, body: dict[str, Any]) -> str:
+        """Create a container from a SpecGenerator (podman_spec.container_spec); its id."""
+        answer = self._expect(
+            "create", self._call("create", "POST", "/containers/create", body=body), 201
+        )
+        created = answer.json("create")
+        if not isinstance(created, dict) or not isinstance(created.get("Id"), str):
+            raise _failed("create", Answer(answer.status, b"no container id in the answer"))
+        return str(created["Id"])
 
     def start(self, name: str) -> None:
         """Start it; already running is fine (304)."""

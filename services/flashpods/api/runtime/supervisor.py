@@ -35,7 +35,7 @@ from flashpods.api.runtime.artifacts_collect import (
 from flashpods.api.runtime.diskwatch import DiskWatch
 from flashpods.api.runtime.logcapture import LogCapture
 from flashpods.api.runtime.oomwatch import OomWatch
-from flashpods.api.runtime.podman_cli import scratch_mounts
+from flashpods.api.runtime.podman_spec import scratch_mounts
 from flashpods.common.timefmt import utc_now
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ CONTAINER_GONE = "artifact_copy_container_gone"
 
 
 def scratch_targets(spec: JobSpec) -> list[str]:
-    """The job's writable size-limited filesystems (podman_cli.scratch_mounts)."""
+    """The job's writable size-limited filesystems (podman_spec.scratch_mounts)."""
     return [mount.target for mount in scratch_mounts(spec) if not mount.read_only]
 
 
