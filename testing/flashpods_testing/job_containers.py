@@ -10,8 +10,10 @@ change, and only through this module:
 
 - the role label (`role=`): replaced or left out, for the containers SPIRE must not
   trust (`with_role` checks container_spec set it to the job's type);
-- the podman network (`network=`): container_spec's own `network` (the API's
-  FLASHPODS_JOB_NETWORK), unset by default; the lab's tests pick one per trust boundary;
+- the podman network (`network=`), as `podman --network` took it: a network mode
+  (`with_network`: bridge, slirp4netns, …) or a network's name (container_spec's own
+  `network`, the API's FLASHPODS_JOB_NETWORK); unset, podman's default. The lab's tests
+  pick one per trust boundary;
 - the mounts: the caller's, as the API's own `_mounts` would give them (the upload's:
   `podman_spec.upload_mount`).
 """
@@ -57,6 +59,18 @@ def with_role(body: dict[str, Any], spec: JobSpec, role: str | None) -> dict[str
     if role is not None:
         labels[ctr.LABEL_JOB_TYPE] = role
     return {**body, "labels": labels}
+
+
+# The values `podman --network` reads as a mode rather than a network's name
+# (pkg/specgen/namespaces.go, ParseNetworkFlag; the same in podman 4.3 and 5).
+NETWORK_MODES = ("bridge", "slirp4netns", "pasta", "host", "none", "private")
+
+
+def with_network(body: dict[str, Any], mode: str) -> dict[str, Any]:
+    """container_spec's body in network mode `mode` (bridge: podman's default network)."""
+    assert mode in NETWORK_MODES, mode
+    assert "netns" not in body and "Networks" not in body, "container_spec chose a network"
+    return {**body, "netns": {"nsmode": mode}}
 
 
 def job_spec(
@@ -151,10 +165,12 @@ class JobContainers:
             raw_log_max_bytes=RAW_LOG_MIN_BYTES,
             environment=ctr.job_environment(spec, self.agent_command, ModelService()),
             gate=gate,
-            network=network,
+            network=None if network in NETWORK_MODES else network,
         )
         if role != SAME_ROLE:
             body = with_role(body, spec, role)
+        if network in NETWORK_MODES:
+            body = with_network(body, network)
         return PodmanApi(self.socket).create(body)
 
     def start(self, spec: JobSpec, container: str) -> None:
