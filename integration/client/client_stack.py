@@ -95,19 +95,26 @@ def watch_program(bin_dir: Path) -> None:
 
 
 @contextmanager
-def rsync_daemon(home: Path, uploads: Path, upload_max_bytes: int | None = None) -> Iterator[str]:
+def rsync_daemon(
+    home: Path,
+    uploads: Path,
+    upload_max_bytes: int | None = None,
+    upload_max_entries: int | None = None,
+) -> Iterator[str]:
     """rsyncd from the deployment's settings, moved to 127.0.0.1:<port> and the API's
-    uploads directory (and root, as the API here runs as root); `upload_max_bytes`
-    replaces the limit its pre-xfer exec (flashpods-rsync-watch) holds uploads to."""
+    uploads directory (and root, as the API here runs as root); `upload_max_bytes` and
+    `upload_max_entries` replace the limits its pre-xfer exec (flashpods-rsync-watch
+    LIMIT ENTRIES) holds uploads to."""
     deployment = values()
     settings = {k: dict(v) for k, v in deployment["rsyncd"].items()}
     module = deployment["rsync"]["module"]
     port = free_port()
     settings["global"].update({"address": "127.0.0.1", "hosts allow": "127.0.0.1"})
     settings[module].update({"path": str(uploads), "uid": "root", "gid": "root"})
-    if upload_max_bytes is not None:
-        program = settings[module]["pre-xfer exec"].split()[0]
-        settings[module]["pre-xfer exec"] = f"{program} {upload_max_bytes}"
+    program, max_bytes, max_entries = settings[module]["pre-xfer exec"].split()
+    settings[module]["pre-xfer exec"] = " ".join(
+        [program, str(upload_max_bytes or max_bytes), str(upload_max_entries or max_entries)]
+    )
     conf = home / "rsyncd.conf"
     conf.write_text(rsyncd.render(settings))
     watch_program(home / "bin")

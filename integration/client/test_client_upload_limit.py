@@ -2,7 +2,8 @@
 the limit, are cut by the daemon's pre-xfer watcher (flashpods.rsyncwatch) once the
 upload passes the limit; the upload's directory, sampled while rsync runs, never grows
 past the limit plus the documented overshoot; the client says `upload_too_large`; an
-upload under the limit, and a re-upload over a base that rewrites every file, go through."""
+upload under the limit, and a re-upload over a base that rewrites every file, go through.
+The entry limit holds the same way: a flood of empty directories is cut near it."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from flashpods.client.errors import FlashpodsError
 from flashpods.client.upload import CUT_MARKER, run_rsync
 from flashpods.common.polling import wait_until
 from flashpods_testing.localhost import HostError
-from flashpods_testing.trees import LargestSize, tree_size
+from flashpods_testing.trees import LargestCount, LargestSize, tree_entries, tree_size
 
 LIMIT = 8 << 20
 # What rsync writes in one 100 ms poll plus one measurement (docs/trust.md W6), with room
@@ -50,7 +51,7 @@ def small_files(folder: Path, total: int, fill: int = 0x5A, mtime: int | None = 
             os.utime(path, (mtime, mtime))
 
 
-def watchers() -> list[int]:
+def watchers(limit: int = LIMIT) -> list[int]:
     """The rsync watchers of this test's daemon (their limit is the test's)."""
     found = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
@@ -58,7 +59,7 @@ def watchers() -> list[int]:
             argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"flashpods.rsyncwatch" in argv and str(LIMIT).encode() in argv:
+        if b"flashpods.rsyncwatch" in argv and str(limit).encode() in argv:
             found.append(int(pid))
     return found
 
@@ -145,3 +146,78 @@ def test_preallocation_is_refused(limited_host: tuple[Api, str], tmp_path: Path)
     assert refused.returncode == 4, refused.stderr  # rsync: "requested action not supported"
     assert "refuse --preallocate" in refused.stderr
     assert not (api.uploads / "upload_prealloc").exists()
+
+
+ENTRY_LIMIT = 2_000
+# Entries rsync creates while the watcher lists the tree once: the walk runs 2 ms of
+# every 22 (~9% of a core), so it takes ~11x its CPU time, and rsync makes empty
+# directories at tens of thousands a second. Measured here 1,400-3,800 over the limit
+# (docs/trust.md W6); the overshoot grows with the limit (it is a share of it).
+ENTRY_OVERSHOOT = 2 * ENTRY_LIMIT + 1_000
+
+
+@pytest.fixture
+def entry_limited_host(tmp_path: Path, podman_socket: Path) -> Iterator[tuple[Api, str]]:
+    (tmp_path / "rsyncd").mkdir()
+    limit = str(ENTRY_LIMIT)
+    try:
+        with (
+            flashpods_api(
+                tmp_path / "api", podman_socket, "entries", FLASHPODS_UPLOAD_MAX_ENTRIES=limit
+            ) as api,
+            rsync_daemon(tmp_path / "rsyncd", api.uploads, upload_max_entries=ENTRY_LIMIT) as url,
+        ):
+            yield api, url
+    except (HostError, TimeoutError) as exc:
+        pytest.fail(str(exc), pytrace=False)
+
+
+def test_a_flood_of_empty_directories_is_cut_at_the_entry_limit_while_rsync_writes(
+    entry_limited_host: tuple[Api, str], tmp_path: Path
+) -> None:
+    """60,000 empty directories: no file data, so no byte count stops them; the watcher's
+    walk does, near the entry limit. The SDK says upload_too_many_entries and deletes
+    the upload; nothing is left on the host."""
+    api, rsync_url = entry_limited_host
+    project = tmp_path / "project"
+    project.mkdir()
+    for n in range(60):
+        group = project / f"g{n:02d}"
+        group.mkdir()
+        for m in range(1000):
+            (group / f"d{m:03d}").mkdir()
+    client = api.client(rsync_url)
+    with (
+        LargestCount(api.uploads / "upload_flood", every=0.002) as sampler,
+        pytest.raises(FlashpodsError) as err,
+    ):
+        client.upload(project, upload_id="upload_flood")
+    cut = err.value.details["cut"]
+    print(
+        f"entries: largest sampled {sampler.largest} ({sampler.samples} samples), "
+        f"counted at the cut {cut['measured_entries']}, limit {ENTRY_LIMIT}"
+    )
+    assert (err.value.code, err.value.status) == ("upload_too_many_entries", None)
+    assert f"limit of {ENTRY_LIMIT}" in err.value.message
+    assert cut["limit_entries"] == ENTRY_LIMIT
+    assert ENTRY_LIMIT < cut["measured_entries"] <= ENTRY_LIMIT + ENTRY_OVERSHOOT
+    # Cut while it ran: the tree reached the limit and never got far past it.
+    assert ENTRY_LIMIT < sampler.largest <= ENTRY_LIMIT + ENTRY_OVERSHOOT
+    assert list(api.uploads.iterdir()) == []  # the cut upload was deleted
+    assert client.get_upload("upload_flood").state == "expired"
+    wait_until(lambda: watchers(ENTRY_LIMIT) == [], 10, "the watcher ends with its transfer")
+
+
+def test_an_upload_at_the_entry_limit_goes_through(
+    entry_limited_host: tuple[Api, str], tmp_path: Path
+) -> None:
+    api, rsync_url = entry_limited_host
+    project = tmp_path / "project"
+    project.mkdir()
+    for n in range(ENTRY_LIMIT // 2):  # a directory and a file in it: 2 entries each
+        (project / f"d{n:04d}").mkdir()
+        (project / f"d{n:04d}" / "f").write_bytes(b"x")
+    assert tree_entries(project) == ENTRY_LIMIT
+    upload = api.client(rsync_url).upload(project, upload_id="upload_atlimit")
+    assert (upload.state, upload.file_count) == ("finalized", ENTRY_LIMIT // 2)
+    wait_until(lambda: watchers(ENTRY_LIMIT) == [], 10, "the watcher ends with its transfer")

@@ -553,7 +553,8 @@ def test_many_files_under_the_limit_are_cut_when_the_upload_passes_it(
     upload_too_large). The next upload of the same daemon goes through."""
     limit = int(values["rsync"]["maxFileBytes"])
     module = values["rsync"]["module"]
-    assert values["rsyncd"][module]["pre-xfer exec"] == f"flashpods-rsync-watch {limit}"
+    entries = values["rsync"]["maxUploadEntries"]
+    assert values["rsyncd"][module]["pre-xfer exec"] == f"flashpods-rsync-watch {limit} {entries}"
     upload_id = f"upload_many{uuid.uuid4().hex[:8]}"
     source = tmp_path / "src"
     source.mkdir()

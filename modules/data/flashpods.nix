@@ -9,6 +9,12 @@ let
   # and the rsync daemon's largest file (RLIMIT_FSIZE, while it writes) and upload
   # (pre-xfer exec flashpods-rsync-watch, while it writes).
   uploadMaxBytes = 2147483648;
+  # An upload's entry limit (files, directories, symlinks): the API's
+  # FLASHPODS_UPLOAD_MAX_ENTRIES (checked at finalize) and the watcher's second argument
+  # (while rsync writes). ~2x a big monorepo's 100k-300k entries; 500,000 empty
+  # directories take 500,000 inodes and ~1.9 GiB of directory blocks on ext4, under
+  # the byte limit's 2 GiB.
+  uploadMaxEntries = 500000;
 in
 {
   user = "flashpods";
@@ -55,6 +61,8 @@ in
     # to grow any file past the upload limit while rsync writes it (SIGXFSZ ends that
     # transfer); rsyncd has no size setting of its own.
     maxFileBytes = uploadMaxBytes;
+    # The pre-xfer watcher's entry limit (flashpods.rsyncwatch), = FLASHPODS_UPLOAD_MAX_ENTRIES.
+    maxUploadEntries = uploadMaxEntries;
   };
 
   # Every directory and file the host needs, with owner and mode (system.md "Host layout").
@@ -98,6 +106,7 @@ in
     FLASHPODS_SPIRE_SOCKET_DIR = "/run/spire/sockets";
     FLASHPODS_TOKEN_SOCKET = "/run/flashpods/token.sock";
     FLASHPODS_UPLOAD_MAX_BYTES = toString uploadMaxBytes;
+    FLASHPODS_UPLOAD_MAX_ENTRIES = toString uploadMaxEntries;
     RUST_LOG = "info";
   };
 
@@ -132,9 +141,9 @@ in
       "incoming chmod" = "go-rwx";
       # RLIMIT_FSIZE bounds each file; this bounds the upload: before each transfer rsync
       # runs it (found on the daemon's PATH: the NixOS unit's `path`, the lab's service
-      # venv), and it cuts a transfer whose upload passes the limit while rsync writes
-      # (flashpods.rsyncwatch).
-      "pre-xfer exec" = "flashpods-rsync-watch ${toString uploadMaxBytes}";
+      # venv), and it cuts a transfer whose upload passes the byte or the entry limit
+      # while rsync writes (flashpods.rsyncwatch).
+      "pre-xfer exec" = "flashpods-rsync-watch ${toString uploadMaxBytes} ${toString uploadMaxEntries}";
       # fallocate takes space without a write the watcher counts (up to a file's limit).
       "refuse options" = "preallocate";
     };

@@ -103,3 +103,17 @@ class LargestSize:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+
+
+def tree_entries(root: Path) -> int:
+    """Entries under root (files, directories, links), as finalize counts them."""
+    return sum(len(dirs) + len(files) for _, dirs, files in os.walk(root))
+
+
+class LargestCount(LargestSize):
+    """The largest tree_entries of a directory seen while something writes it."""
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            self.largest = max(self.largest, tree_entries(self.root))
+            self.samples += 1

@@ -256,6 +256,30 @@ def test_insufficient_storage_per_upload_and_total(config: Config) -> None:
         api.server.stop(grace=2)
 
 
+def test_an_upload_over_the_entry_limit_is_refused_at_finalize(config: Config) -> None:
+    """Entries are everything under the upload (files, directories, symlinks); exactly
+    the limit is finalized, one more is 507 upload_too_many_entries and stays uploading."""
+    from api_harness import with_config
+
+    api = start_api(with_config(config, upload_max_entries=5), FakeRuntime())
+    try:
+        # 5 entries: the file a, directories d and d/e, the file d/e/f, the symlink l.
+        root = api.upload("upload_five", {"a": b"1", "d/e/f": b""}, finalize=False)
+        (root / "l").symlink_to("/etc")  # counted, never followed
+        assert api.post("/uploads/upload_five/finalize").json()["state"] == "finalized"
+        root = api.upload("upload_six", {"a": b"1", "d/e/f": b""}, finalize=False)
+        (root / "l").symlink_to("/etc")
+        (root / "d" / "empty").mkdir()
+        api.get("/uploads/upload_six")  # discovered: a row exists before finalize
+        with unchanged(api):
+            body = expect(api.post("/uploads/upload_six/finalize"), 507, "upload_too_many_entries")
+        assert body["details"] == {"entry_count": 6, "max_upload_entries": 5}
+        assert api.get("/uploads/upload_six").json()["state"] == "uploading"
+        assert not (api.config.snapshots_path / "upload_six").exists()
+    finally:
+        api.server.stop(grace=2)
+
+
 # --- job creation ------------------------------------------------------------------------
 
 

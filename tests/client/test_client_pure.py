@@ -108,6 +108,16 @@ def test_an_upload_cut_at_the_limit_is_upload_too_large() -> None:
     assert classify_failure(12, closed).code == "upload_failed"  # no marker: not ours to say
 
 
+def test_an_upload_cut_at_the_entry_limit_is_upload_too_many_entries() -> None:
+    """The code finalize answers for the same limit (507), here with status None."""
+    closed = "rsync: connection unexpectedly closed (3807 bytes received so far) [sender]\n"
+    marker = {"limit_entries": 500000, "measured_entries": 500321}
+    cut = classify_failure(12, closed, marker)
+    assert (cut.code, cut.status) == ("upload_too_many_entries", None)
+    assert "limit of 500000" in cut.message
+    assert cut.details["cut"] == marker
+
+
 def test_progress2_lines_parse() -> None:
     assert parse_progress("    1,234,567  42%    1.18MB/s    0:00:01 (xfr#3, to-chk=0/5)") == (
         1234567,

@@ -122,7 +122,8 @@ def test_rsyncd_is_the_datas(deployed: dict[str, Any], data: dict[str, Any]) -> 
     assert unit["path"] == [deployed["config"]["services"]["flashpods"]["package"]]
     scripts = tomllib.loads((deployment.repo_root() / "pyproject.toml").read_text())
     assert scripts["project"]["scripts"][program] == "flashpods.rsyncwatch:main"
-    assert module["pre-xfer exec"] == f"{program} {data['rsync']['maxFileBytes']}"
+    limits = f"{data['rsync']['maxFileBytes']} {data['rsync']['maxUploadEntries']}"
+    assert module["pre-xfer exec"] == f"{program} {limits}"
 
 
 def test_tmpfiles_create_the_datas_paths(deployed: dict[str, Any], data: dict[str, Any]) -> None:

@@ -84,6 +84,9 @@ def test_data_agrees_with_itself(data: dict[str, Any]) -> None:
     assert data["rsyncd"]["global"]["hosts allow"] == wg["laptopAddress"]
     assert data["rsyncd"]["global"]["address"] == wg["hostAddress"]
     assert data["rsyncd"][data["rsync"]["module"]]["path"] == env["FLASHPODS_UPLOADS_PATH"]
+    # The watcher's limits (pre-xfer exec) are the API's finalize limits.
+    assert str(data["rsync"]["maxFileBytes"]) == env["FLASHPODS_UPLOAD_MAX_BYTES"]
+    assert str(data["rsync"]["maxUploadEntries"]) == env["FLASHPODS_UPLOAD_MAX_ENTRIES"]
     # The admin socket must not sit in the directory job containers mount.
     assert Path(spire["serverSocketPath"]).parent != Path(env["FLASHPODS_SPIRE_SOCKET_DIR"])
 

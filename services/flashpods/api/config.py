@@ -92,6 +92,10 @@ class Config:
     logs_ttl: int = 24 * 60 * 60
     # Quotas (bytes / counts)
     upload_max_bytes: int = 2 * GIB
+    # Entries of one upload (files, directories, symlinks): 500,000 is ~2x a big
+    # monorepo's 100k-300k, and as empty directories (one 4 KiB block each on ext4)
+    # still under the byte limit's 2 GiB of disk (docs/api.md).
+    upload_max_entries: int = 500_000
     uploads_total_max_bytes: int = 10 * GIB
     logs_total_max_bytes: int = 10 * GIB
     artifacts_total_max_bytes: int = 50 * GIB
@@ -116,6 +120,7 @@ _INT_KNOBS: dict[str, str] = {
     "FLASHPODS_ARTIFACTS_TTL_SECONDS": "artifacts_ttl",
     "FLASHPODS_LOGS_TTL_SECONDS": "logs_ttl",
     "FLASHPODS_UPLOAD_MAX_BYTES": "upload_max_bytes",
+    "FLASHPODS_UPLOAD_MAX_ENTRIES": "upload_max_entries",
     "FLASHPODS_UPLOADS_TOTAL_MAX_BYTES": "uploads_total_max_bytes",
     "FLASHPODS_LOGS_TOTAL_MAX_BYTES": "logs_total_max_bytes",
     "FLASHPODS_ARTIFACTS_TOTAL_MAX_BYTES": "artifacts_total_max_bytes",

@@ -39,6 +39,7 @@ from flashpods.api.treecopy import FATAL_ERRNOS, copy_tree
 from flashpods.common.errors import ServiceError
 from flashpods.common.fdtree import remove_path
 from flashpods.common.timefmt import from_epoch, iso_z
+from flashpods.common.uploadlimits import TOO_MANY_ENTRIES, over
 
 log = logging.getLogger("flashpods.api.uploads")
 
@@ -46,7 +47,8 @@ log = logging.getLogger("flashpods.api.uploads")
 @dataclass(frozen=True)
 class TreeStats:
     size_bytes: int
-    file_count: int
+    file_count: int  # non-directory entries
+    entry_count: int  # every entry, directories too (flashpods.common.uploadlimits)
     fingerprint: str
 
 
@@ -54,7 +56,7 @@ def tree_stats(root: Path) -> TreeStats:
     """Size and count of everything under root, by lstat; never follows a symlink.
     The fingerprint hashes one line per entry (relative path, mode, size, mtime), each
     directory's entries in name order, directories depth first."""
-    size = count = 0
+    size = count = every = 0
     digest = hashlib.sha256()
     stack = [(str(root), "")]  # (directory, its path relative to root with a trailing /)
     while stack:
@@ -66,13 +68,14 @@ def tree_stats(root: Path) -> TreeStats:
             info = entry.stat(follow_symlinks=False)
             rel = prefix + entry.name
             lines.append(f"{rel}\0{info.st_mode}\0{info.st_size}\0{info.st_mtime_ns}\n")
+            every += 1
             if stat.S_ISDIR(info.st_mode):
                 stack.append((entry.path, rel + "/"))
             else:
                 size += info.st_size
                 count += 1
         digest.update("".join(lines).encode("utf-8", "surrogateescape"))
-    return TreeStats(size, count, digest.hexdigest())
+    return TreeStats(size, count, every, digest.hexdigest())
 
 
 def staging_name(upload_id: str) -> str:
@@ -334,7 +337,7 @@ class Uploads:
             if not incoming.is_dir() or incoming.is_symlink():
                 raise not_found(upload_id)
             stats = tree_stats(incoming)
-            self._check_quota(upload_id, stats.size_bytes)
+            self._check_quota(upload_id, stats)
             snapshot = self.snapshot_dir(upload_id)
             remove_tree(snapshot)  # a leftover of a crash between rename and commit
             os.rename(incoming, snapshot)
@@ -403,14 +406,23 @@ class Uploads:
             {"size_bytes": size, "used_bytes": used, "total_max_bytes": total},
         )
 
-    def _check_quota(self, upload_id: str, size: int) -> None:
-        limit = self.config.upload_max_bytes
-        if size > limit:
+    def _check_quota(self, upload_id: str, stats: TreeStats) -> None:
+        size, limit = stats.size_bytes, self.config.upload_max_bytes
+        if over(size, limit):
             raise ServiceError(
                 507,
                 "insufficient_storage",
                 f"Upload {upload_id} is {size} bytes, over the per-upload maximum of {limit}",
                 {"size_bytes": size, "max_upload_bytes": limit},
+            )
+        entries, most = stats.entry_count, self.config.upload_max_entries
+        if over(entries, most):
+            raise ServiceError(
+                507,
+                TOO_MANY_ENTRIES,
+                f"Upload {upload_id} has {entries} entries (files, directories, links), "
+                f"over the per-upload maximum of {most}",
+                {"entry_count": entries, "max_upload_entries": most},
             )
         self._make_room(size, upload_id)
 

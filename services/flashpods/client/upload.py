@@ -23,14 +23,16 @@ from typing import Any
 
 from flashpods.client.errors import FlashpodsError
 from flashpods.common.programs import ProgramFailure, run_program
+from flashpods.common.uploadlimits import MARKER, TOO_MANY_ENTRIES, parse_cut
 
 DEFAULT_EXCLUDES = (".git", "node_modules", "target", "__pycache__", ".venv")
 # An agent's /work keeps its repository: the agent works on a branch of it and pushes
 # that branch to the repository's own `origin`.
 AGENT_EXCLUDES = tuple(p for p in DEFAULT_EXCLUDES if p != ".git")
-# Left in an upload by the host when it cut the transfer at the per-upload limit
-# (flashpods.rsyncwatch.MARKER): JSON {"limit_bytes", "measured_bytes"}.
-CUT_MARKER = ".flashpods-upload-too-large"
+# Left in an upload by the host when it cut the transfer at a per-upload limit
+# (flashpods.common.uploadlimits): JSON {"limit_bytes", "measured_bytes"} or
+# {"limit_entries", "measured_entries"}.
+CUT_MARKER = MARKER
 UPLOAD_ID_RE = re.compile(r"^upload_[A-Za-z0-9_-]{1,64}$")
 # rsync --info=progress2 lines: "   1,234,567  42%   1.23MB/s    0:00:01 (xfr#3, to-chk=0/5)"
 _PROGRESS_RE = re.compile(r"^\s*([\d,]+)\s+(\d+)%\s+(\S+)")
@@ -86,14 +88,23 @@ def classify_failure(
 ) -> FlashpodsError:
     """Pure: the error for a failed rsync run; `cut` is the host's CUT_MARKER, if any."""
     tail = stderr.strip()[-2000:]
+    reason = parse_cut(cut)
+    if reason is not None and reason.unit == "entries":
+        return FlashpodsError(
+            TOO_MANY_ENTRIES,
+            f"the upload has more entries (files, directories, links) than the host's "
+            f"per-upload limit of {reason.limit}; rsync was stopped while it wrote. "
+            "Upload fewer (see --exclude)",
+            details={"cut": cut, "rsync_exit": returncode, "rsync_stderr": tail},
+        )
     if cut is not None or "File too large" in stderr:
         # The host cut the transfer (the upload's total) or refused one file (RLIMIT_FSIZE,
         # the same limit): either way the upload is over the per-upload limit.
-        limit = (cut or {}).get("limit_bytes")
+        limit = reason.limit if reason is not None else None
         return FlashpodsError(
             "upload_too_large",
             "the upload is over the host's per-upload limit"
-            + (f" of {limit} bytes" if isinstance(limit, int) else "")
+            + (f" of {limit} bytes" if limit is not None else "")
             + "; rsync was stopped while it wrote. Upload less (see --exclude)",
             details={
                 **({} if cut is None else {"cut": cut}),
