@@ -86,8 +86,11 @@ def test_changes_arrive_exactly(client: Flashpods, tmp_path: Path) -> None:
     work_of(client, first.upload_id)
 
     changed, deleted = files[7], files[8]
-    size = changed.stat().st_size
-    changed.write_bytes(os.urandom(size))  # same size, new content and mtime
+    size, before = changed.stat().st_size, changed.stat().st_mtime_ns
+    changed.write_bytes(os.urandom(size))  # same size, new content
+    # ... and a new mtime within the same second: rsync's quick check must still see it.
+    again = before + 1 if (before + 1) % 10**9 else before - 1
+    os.utime(changed, ns=(again, again))
     deleted.unlink()
     (project / "new.bin").write_bytes(os.urandom(50_000))
     second = client.upload(project)  # a worker's: .git is left out now

@@ -16,12 +16,19 @@ NOBODY_UID = 65534
 
 
 def holder(tmp_path: Path, job_id: str, uid: int | None = None) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
+    """A holder-like process, returned once its environment shows the pin: Popen returns
+    when exec closes its pipe, a moment before the kernel has set up the new environment
+    (/proc/<pid>/environ is empty in between)."""
+    proc = subprocess.Popen(
         ["sleep", "120"],
         cwd=tmp_path,
         env={"PATH": os.environ["PATH"], artifactpin.PIN_ENV: job_id},
         user=uid,
     )
+    entry = f"{artifactpin.PIN_ENV}={job_id}".encode()
+    environ = Path(f"/proc/{proc.pid}/environ")
+    wait_until(lambda: entry in environ.read_bytes().split(b"\0"), 10, "holder's exec")
+    return proc
 
 
 @pytest.fixture
@@ -57,7 +64,6 @@ def test_open_pinned_reaches_the_holders_directory_and_fails_without_one(
 ) -> None:
     (tmp_path / "left.txt").write_text("x")
     procs.append(holder(tmp_path, "job_c"))
-    wait_until(lambda: os.readlink(f"/proc/{procs[0].pid}/cwd") == str(tmp_path), 10, "chdir")
     pinned = artifactpin.open_pinned("job_c")
     readable = os.open(".", os.O_RDONLY | os.O_DIRECTORY, dir_fd=pinned)
     try:
@@ -78,8 +84,6 @@ def test_open_pinned_takes_a_known_holder_only_if_it_is_the_jobs(
         place.mkdir()
         (place / f"{place.name}.txt").write_text("x")
     procs += [holder(mine, "job_d"), holder(theirs, "job_e")]
-    for proc, place in zip(procs, (mine, theirs), strict=True):
-        wait_until(lambda p=proc, d=place: os.readlink(f"/proc/{p.pid}/cwd") == str(d), 10, "cd")
 
     def listed(pinned: int) -> list[str]:
         readable = os.open(".", os.O_RDONLY | os.O_DIRECTORY, dir_fd=pinned)

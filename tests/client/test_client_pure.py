@@ -65,6 +65,7 @@ def test_rsync_argv_copies_contents_with_delete_and_excludes() -> None:
     assert argv[:3] == ["rsync", "-a", "--delete"]
     # The directory may start as an earlier upload's tree: what is excluded now goes too.
     assert "--delete-excluded" in argv and "--stats" in argv
+    assert "--modify-window=-1" in argv  # a rewrite within the same second is seen
     assert [a for a in argv if a.startswith("--exclude=")] == [
         "--exclude=.git",
         "--exclude=node_modules",

@@ -59,7 +59,11 @@ def rsync_command(
     """Pure: the argv. The trailing slash on the source copies its contents, not the folder."""
     if not UPLOAD_ID_RE.match(upload_id):
         raise FlashpodsError("invalid_upload_id", f"not a valid upload id: {upload_id!r}")
-    argv = ["rsync", "-a", "--delete", "--delete-excluded", "--stats", "--timeout=300"]
+    # --modify-window=-1: the quick check compares nanoseconds, not whole seconds; an agent
+    # that rewrites a file (same size) in the second of its last upload must not have the
+    # host keep the base snapshot's stale copy.
+    argv = ["rsync", "-a", "--delete", "--delete-excluded", "--modify-window=-1"]
+    argv += ["--stats", "--timeout=300"]
     if progress:
         argv += ["--info=progress2", "--no-inc-recursive"]
     argv += [f"--exclude={pattern}" for pattern in excludes]

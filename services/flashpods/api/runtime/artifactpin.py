@@ -86,6 +86,11 @@ def pin(
         os.close(fd)
     # Reaped by a thread of its own once it ends (released or timed out).
     threading.Thread(target=holder.wait, name=f"pin-{holder.pid}", daemon=True).start()
+    # Popen returns when exec closes its pipe, a moment before the kernel has put the new
+    # environment in place: until then the holder cannot be found by its job's id.
+    if not poll(lambda: _holds(holder.pid, job_id, os.geteuid()), timeout, interval=0.001):
+        holder.kill()
+        raise PinError(f"the holder of {TARGET} of pid {container_pid} did not start")
     return holder.pid
 
 
