@@ -10,6 +10,11 @@ each) so both see the same machine state:
   `completed` (polled every 10 ms), plus when `running` was first seen and the 201 itself;
 - plain: wall time of `podman --url <same socket> run --rm --pull=never IMAGE true`.
 
+Both on the same podman network: `--network lean` (the default) is a network made like
+the lab's job network (flashpods.lab.jobnet: the CNI bridge plugin alone, one static nft
+masquerade; created for the run and removed after it), `--network default` podman's own
+default network (bridge with per-container iptables, portmap, firewall, tuning).
+
 The API reports `completed` before it removes the container (and podman's own cleanup of
 it runs on): the next measurement starts only once that container is gone, so neither
 side is timed while the other's leftovers still run.
@@ -20,10 +25,12 @@ side is timed while the other's leftovers still run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 # Test and benchmark scaffolding lives with the tests, outside the installed package.
@@ -32,9 +39,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "testing"))
 import requests
 from flashpods.common.jobstates import ENDED
 from flashpods.common.polling import wait_until
+from flashpods.lab.jobnet import JobNetwork
 from flashpods_testing.localhost import JOB_IMAGE, bench_host
 
 TOKEN = "c" * 64
+BENCH_NETWORK = JobNetwork(
+    name="flashpods-bench", bridge="cni-fpbench0", subnet="10.90.0.0/24", gateway="10.90.0.1"
+)
 
 
 def api_run(session: requests.Session, url: str, sock: Path) -> tuple[float, float, float]:
@@ -65,14 +76,26 @@ def container_exists(sock: Path, name: str) -> bool:
     return subprocess.run(argv, check=False).returncode == 0
 
 
-def plain_run(sock: Path) -> float:
+def plain_run(sock: Path, network: str | None) -> float:
+    argv = ["podman", "--url", f"unix://{sock}", "run", "--rm", "--pull=never"]
+    argv += [f"--network={network}"] if network else []
     start = time.perf_counter()
-    subprocess.run(
-        ["podman", "--url", f"unix://{sock}", "run", "--rm", "--pull=never", JOB_IMAGE, "true"],
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )
+    subprocess.run([*argv, JOB_IMAGE, "true"], check=True, stdout=subprocess.DEVNULL)
     return time.perf_counter() - start
+
+
+@contextlib.contextmanager
+def job_network(kind: str) -> Iterator[str | None]:
+    """The podman network's name for both sides (None: podman's default)."""
+    if kind == "default":
+        yield None
+        return
+    BENCH_NETWORK.ensure(None)
+    try:
+        yield BENCH_NETWORK.name
+    finally:
+        BENCH_NETWORK.remove()
+        BENCH_NETWORK.remove_from_namespace(None)
 
 
 def summary(name: str, values: list[float]) -> str:
@@ -89,20 +112,26 @@ def summary(name: str, values: list[float]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--network", choices=("lean", "default"), default="lean")
     args = parser.parse_args()
-    with bench_host(TOKEN) as (api, sock):
-        session = requests.Session()
-        session.headers["Authorization"] = f"Bearer {TOKEN}"
-        api_run(session, api.url, sock)  # warm-up: image layers, page cache, podman's state
-        plain_run(sock)
-        created, running, completed, plain = [], [], [], []
-        for _ in range(args.runs):
-            c, r, d = api_run(session, api.url, sock)
-            created.append(c)
-            running.append(r)
-            completed.append(d)
-            plain.append(plain_run(sock))
-    print(f"job start overhead, image {JOB_IMAGE}, command `true`, {args.runs} runs each")
+    with job_network(args.network) as network:
+        env = {"FLASHPODS_JOB_NETWORK": network} if network else {}
+        with bench_host(TOKEN, **env) as (api, sock):
+            session = requests.Session()
+            session.headers["Authorization"] = f"Bearer {TOKEN}"
+            api_run(session, api.url, sock)  # warm-up: image layers, page cache, podman
+            plain_run(sock, network)
+            created, running, completed, plain = [], [], [], []
+            for _ in range(args.runs):
+                c, r, d = api_run(session, api.url, sock)
+                created.append(c)
+                running.append(r)
+                completed.append(d)
+                plain.append(plain_run(sock, network))
+    print(
+        f"job start overhead, image {JOB_IMAGE}, command `true`, {args.runs} runs each, "
+        f"network {network or 'podman default'}"
+    )
     print(summary("api: POST /jobs → 201", created))
     print(summary("api: POST → running seen", running))
     print(summary("api: POST → completed seen", completed))

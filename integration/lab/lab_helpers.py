@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 from flashpods.common.polling import wait_until
 from flashpods.common.programs import run_program
 from flashpods.lab import lab
+from flashpods.lab.jobnet import LAB_JOB_NETWORK
 from flashpods.lab.proc import in_netns
 from flashpods.lab.topology import Topology
 from flashpods_testing.job_containers import (
@@ -32,6 +33,7 @@ from flashpods_testing.job_containers import (
 from flashpods_testing.localhost import as_assertion
 
 T = TypeVar("T")
+JOB_NETWORK = LAB_JOB_NETWORK.name  # the podman network the lab's API puts every job on
 CLONE_NEWNET = 0x40000000
 
 

@@ -7,7 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from flashpods.lab.demo import SAMPLE_FILES, write_sample
-from lab_helpers import Laptop, run_demo, secrets_file
+from flashpods.lab.jobnet import LAB_JOB_NETWORK
+from flashpods.lab.topology import Topology
+from lab_helpers import CONTAINER_PROBE, Laptop, parse_probe, run_demo, secrets_file
 
 
 def test_demo_runs_a_job_end_to_end(lab_up, tmp_path: Path, values: dict[str, Any]) -> None:
@@ -59,3 +61,31 @@ def test_sdk_flow_upload_job_log_artifact(laptop: Laptop, tmp_path: Path) -> Non
     assert not Path(f"/tmp/flashpods/uploads/{upload.upload_id}").exists()
     assert Path(f"/var/lib/flashpods/artifacts/{job.id}/sub/n.txt").exists()
     assert Path(f"/var/log/flashpods/{job.id}.log").exists()
+
+
+# The job's default gateway (/proc/net/route: little-endian hex), then the probe of the
+# API and rsync on the tunnel address and on that gateway.
+GATEWAY = r"""
+echo "gateway $(awk '$2 == "00000000" { print $3 }' /proc/net/route)"
+"""
+
+
+def test_an_api_job_is_on_the_lab_job_network_and_reaches_only_the_internet(
+    laptop: Laptop, topo: Topology
+) -> None:
+    gateway = LAB_JOB_NETWORK.gateway
+    targets = [f"{addr}:{port}" for addr in (topo.host_addr, gateway) for port in (8080, 873)]
+    command = f"{GATEWAY}\nset -- {' '.join(targets)}\n{CONTAINER_PROBE}"
+
+    def job() -> tuple[Any, str]:
+        with laptop.client() as fp:
+            created = fp.create_worker(command, cpus=1)
+            return fp.wait(created.job_id, timeout=120), fp.get_output(created.job_id).output
+
+    final, log = laptop.call(job)
+    assert final.status == "completed", final
+    result = parse_probe("".join(line.split("] ", 1)[1] + "\n" for line in log.splitlines()))
+    route = bytes.fromhex(result.pop("gateway"))[::-1]
+    assert ".".join(str(b) for b in route) == gateway
+    assert result.pop("internet") == "hello from the internet"
+    assert result == dict.fromkeys(targets, "dropped")

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from lab_helpers import EXCHANGE, Podman, secrets_file, sha
+from lab_helpers import EXCHANGE, JOB_NETWORK, Podman, secrets_file, sha
 
 FETCH_X509 = (
     "/opt/flashpods/bin/spire-agent api fetch x509 -socketPath "
@@ -22,7 +22,7 @@ FETCH_X509 = (
 @pytest.mark.parametrize("role", ["worker", "agent"])
 def test_container_gets_the_svid_of_its_role(podman: Podman, role: str) -> None:
     # New entries take a few seconds to reach the agent; the lab's entries exist since `up`.
-    proc = podman.job_container(role, "bridge", ["sh", "-c", FETCH_X509])
+    proc = podman.job_container(role, JOB_NETWORK, ["sh", "-c", FETCH_X509])
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == [f"spiffe://flashpods.local/{role}"]
 
@@ -39,7 +39,7 @@ FETCH_STATUS = (
 def test_a_container_without_a_known_role_gets_no_identity(
     podman: Podman, role: str | None
 ) -> None:
-    denied = podman.job_container(role, "bridge", ["sh", "-c", FETCH_STATUS])
+    denied = podman.job_container(role, JOB_NETWORK, ["sh", "-c", FETCH_STATUS])
     assert denied.labels.get("flashpods-job-type") == role  # None: no role label at all
     # The container ran the fetch (exit 0 is the script's), and the agent refused it.
     assert denied.returncode == 0, denied.stderr
@@ -47,7 +47,7 @@ def test_a_container_without_a_known_role_gets_no_identity(
     assert denied.stdout.startswith("fetch="), denied.stdout
     assert "spiffe://" not in denied.stdout
     # The same script in a worker's container does get its SVID: the check can fail.
-    granted = podman.job_container("worker", "bridge", ["sh", "-c", FETCH_STATUS])
+    granted = podman.job_container("worker", JOB_NETWORK, ["sh", "-c", FETCH_STATUS])
     assert granted.labels["flashpods-job-type"] == "worker"
     assert granted.stdout.split() == ["fetch=0", "spiffe://flashpods.local/worker"], granted
 
@@ -56,8 +56,8 @@ def test_token_exchange_gives_an_agent_both_secrets_and_a_worker_only_github(
     podman: Podman, values: dict[str, Any]
 ) -> None:
     secrets = secrets_file(values)
-    agent = podman.job_container("agent", "bridge", ["sh", "-c", EXCHANGE])
-    worker = podman.job_container("worker", "bridge", ["sh", "-c", EXCHANGE])
+    agent = podman.job_container("agent", JOB_NETWORK, ["sh", "-c", EXCHANGE])
+    worker = podman.job_container("worker", JOB_NETWORK, ["sh", "-c", EXCHANGE])
     assert agent.returncode == 0, agent.stderr
     assert worker.returncode == 0, worker.stderr
     assert agent.stdout.split("\n")[:2] == [

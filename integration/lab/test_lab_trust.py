@@ -28,6 +28,7 @@ from flashpods_testing.trees import LargestSize, tree_size
 from lab_helpers import (
     CONTAINER_PROBE,
     EXCHANGE,
+    JOB_NETWORK,
     Laptop,
     Podman,
     ns_sh,
@@ -133,19 +134,21 @@ curl -s -m 5 -g "$INTERNET_V6" >/dev/null; echo "internet6 curl-exit-$?"
 """
 
 
+@pytest.mark.parametrize("network", [JOB_NETWORK, "bridge"])
 def test_bridge_jobs_reach_the_internet_and_not_the_laptop_or_host_services(
-    podman: Podman, topo: Topology, laptop_and_host_services: Targets
+    podman: Podman, topo: Topology, laptop_and_host_services: Targets, network: str
 ) -> None:
     # Reachable from where they should be: the laptop's own services from the laptop.
     assert tcp_probe(topo.laptop_ns, topo.laptop_addr, LAPTOP_WG_PORT) == "open"
     targets = [*laptop_and_host_services.v4, *laptop_and_host_services.laptop_dns[:2]]
     script = f"INTERNET_V6='{INTERNET_V6}'\n{CONTAINER_PROBE}\n{BRIDGE_V6}"
-    proc = podman.job_container("worker", "bridge", ["sh", "-c", script, "p", *targets])
+    proc = podman.job_container("worker", network, ["sh", "-c", script, "p", *targets])
     assert proc.returncode == 0, proc.stderr
     result = parse_probe(proc.stdout)
     assert result.pop("internet") == "hello from the internet"
-    # Podman 4.3's CNI bridge (`podman` network, 10.88.0.0/16) has no IPv6 unless it is
-    # configured: no global address, so no v6 at all (curl 7: couldn't connect).
+    # Neither CNI bridge (the lab's job network, 10.89.0.0/24; podman 4.3's default
+    # `podman`, 10.88.0.0/16) has IPv6 configured: no global address, so no v6 at all
+    # (curl 7: couldn't connect).
     assert result.pop("v6-global-addresses") == "0"
     assert result.pop("internet6") == "curl-exit-7"
     assert result == dict.fromkeys(targets, "dropped")
@@ -339,7 +342,7 @@ def test_an_agent_exchange_succeeds_while_a_worker_hogs_the_token_service(
     podman: Podman, values: dict[str, Any]
 ) -> None:
     spec = job_spec(podman.scratch, "worker", command=["python3", "-c", HOG])
-    hog = podman.jobs.create(spec)
+    hog = podman.jobs.create(spec, network=JOB_NETWORK)
     try:
         podman.jobs.start(spec, hog)
         said: list[str] = []
@@ -353,7 +356,7 @@ def test_an_agent_exchange_succeeds_while_a_worker_hogs_the_token_service(
 
         wait_for(reported, 60, "the hog's report")
         assert said[0].split() == ["holding", "8", "refused", "292"], said
-        agent = podman.job_container("agent", "bridge", ["sh", "-c", EXCHANGE])
+        agent = podman.job_container("agent", JOB_NETWORK, ["sh", "-c", EXCHANGE])
         assert agent.returncode == 0, agent.stderr
         secrets = secrets_file(values)
         assert agent.stdout.split("\n")[:2] == [

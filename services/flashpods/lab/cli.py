@@ -26,7 +26,7 @@ def _down(_: argparse.Namespace) -> int:
     if not left.empty():
         print(f"flashpods-lab: left behind: {left}", file=sys.stderr)
         return 1
-    print("lab down: no namespaces, processes, containers, mounts or interfaces left")
+    print("lab down: no namespaces, processes, containers, mounts, interfaces or job network left")
     return 0
 
 

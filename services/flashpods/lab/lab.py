@@ -19,7 +19,7 @@ from flashpods import deployment
 from flashpods.api.runtime import artifactpin
 from flashpods.common.polling import poll
 from flashpods.deployment import JOB_IMAGE
-from flashpods.lab import host, network, preflight, pyenv, rsyncd, services, units
+from flashpods.lab import host, jobnet, network, preflight, pyenv, rsyncd, services, units
 from flashpods.lab.proc import LabError, alive, in_netns, run
 from flashpods.lab.topology import GIT_DIR, INSTANCE, LOG_DIR, STATE_DIR, Topology
 from flashpods.lab.topology import from_deployment as topology_from_deployment
@@ -181,6 +181,7 @@ def up() -> UpReport:
     network.ensure_links(topo)
     network.ensure_wireguard(topo)
     network.ensure_firewall(topo)
+    jobnet.LAB_JOB_NETWORK.ensure(topo.host_ns)
     network.wait_handshake(topo)
     t = step("network", t)
     _write_service_inputs(values, topo, inputs, spire_bin)
@@ -270,6 +271,7 @@ def down() -> None:
     # The holders of the removed jobs' pinned /artifacts (they outlive the API by design).
     artifactpin.release(None, uid=pwd.getpwnam(values["user"]).pw_uid)
     network.teardown(topo)
+    jobnet.LAB_JOB_NETWORK.remove()
     for sock in (
         values["apiEnvironment"]["FLASHPODS_PODMAN_SOCKET"],
         values["tokenServiceEnvironment"]["FLASHPODS_SOCKET_PATH"],
@@ -287,10 +289,16 @@ class Leftovers:
     containers: list[str]
     mounts: list[str]
     interfaces: list[str]
+    files: list[str]  # outside the lab's state directory: the job network's definition
 
     def empty(self) -> bool:
         return not (
-            self.namespaces or self.processes or self.containers or self.mounts or self.interfaces
+            self.namespaces
+            or self.processes
+            or self.containers
+            or self.mounts
+            or self.interfaces
+            or self.files
         )
 
 
@@ -319,7 +327,13 @@ def leftovers(known_pids: list[int] | None = None) -> Leftovers:
         for p in network.WG_SOCKET_DIR.glob("*.sock")
         if p.stem in (topo.host_wg, topo.laptop_wg)
     ]
-    return Leftovers(namespaces, pids, _lab_containers(), mounts, interfaces)
+    job_network = jobnet.LAB_JOB_NETWORK
+    files = [
+        str(path)
+        for path in (job_network.conflist_path, jobnet.CNI_LEASE_DIR / job_network.name)
+        if path.exists()
+    ]
+    return Leftovers(namespaces, pids, _lab_containers(), mounts, interfaces, files)
 
 
 def status() -> dict[str, Any]:

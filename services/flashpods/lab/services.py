@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from flashpods.deployment import JOB_IMAGE
+from flashpods.lab.jobnet import LAB_JOB_NETWORK
 from flashpods.lab.proc import as_user, in_netns
 from flashpods.lab.topology import GIT_DIR, INSTANCE, STATE_DIR, Topology
 from flashpods.lab.units import FileMode, Readiness, Unit
@@ -123,6 +124,7 @@ def build(values: dict[str, Any], topo: Topology, inputs: LabInputs) -> list[Uni
         "FLASHPODS_PULL_POLICY": "never",
         "FLASHPODS_TOOLS_DIR": str(inputs.tools_dir),
         "FLASHPODS_INSTANCE": INSTANCE,
+        "FLASHPODS_JOB_NETWORK": LAB_JOB_NETWORK.name,
         "FLASHPODS_MODEL_BASE_URL": topo.model_url,
         "FLASHPODS_MODEL_MAX_RETRIES": "1",
         "FLASHPODS_MODEL_TIMEOUT_MS": "30000",
