@@ -21,6 +21,8 @@ from flashpods.client.upload import CUT_MARKER, classify_failure
 from flashpods.deployment import JOB_IMAGE
 from flashpods.lab.proc import in_netns, run
 from flashpods.lab.topology import Topology
+from flashpods.spire.binaries import spire_bin_dir
+from flashpods.spire.config import SpireSettings
 from flashpods_testing.job_containers import job_spec
 from flashpods_testing.localhost import HostError, require_podman
 from flashpods_testing.rootless import RootlessUser
@@ -499,6 +501,41 @@ def test_a_local_user_reads_no_database_upload_artifact_or_log(
                 fp.kill(running_id)
 
         laptop.call(cancel)
+
+
+def test_a_local_user_reaches_the_spire_agent_but_gets_no_identity(
+    lab_up: Any, values: dict[str, Any], local_user: pwd.struct_passwd
+) -> None:
+    """The Workload API socket is open to every local process (0777 by design); only a
+    caller some registration entry matches gets an SVID: the token service's uid, and job
+    containers by their role label. A local user, and the service user outside any
+    container, get none."""
+    settings = SpireSettings.from_deployment()
+    agent = spire_bin_dir(values["spire"]["version"]) / "spire-agent"
+    socket = values["spire"]["agentSocketPath"]
+    fetch = [str(agent), "api", "fetch", "x509", "-timeout", "5s", "-socketPath", socket]
+    fetch += ["-output", "json"]
+
+    def fetch_as(uid: int, gid: int) -> subprocess.CompletedProcess[str]:
+        who = [f"--reuid={uid}", f"--regid={gid}", "--clear-groups"]
+        return subprocess.run(
+            ["setpriv", *who, *fetch], capture_output=True, text=True, timeout=30, check=False
+        )
+
+    token_service = pwd.getpwuid(settings.token_service_uid)
+    granted = fetch_as(token_service.pw_uid, token_service.pw_gid)
+    assert granted.returncode == 0, granted.stderr
+    svids = json.loads(granted.stdout)["svids"]
+    assert [svid["spiffe_id"] for svid in svids] == [settings.token_service_spiffe_id]
+    service_user = pwd.getpwnam(values["user"])
+    for user in (local_user, service_user):
+        denied = fetch_as(user.pw_uid, user.pw_gid)
+        assert denied.returncode != 0, (user.pw_name, denied.stdout)
+        # Answered by the agent (so the socket was reached), with no identity.
+        assert "PermissionDenied" in denied.stderr and "no identity issued" in denied.stderr, (
+            user.pw_name,
+            denied.stderr,
+        )
 
 
 # --- W6: an upload cannot grow past its limit while rsync writes it ----------------------
