@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from flashpods.client.upload import CUT_MARKER, classify_failure
 from flashpods.deployment import JOB_IMAGE
+from flashpods.lab.jobnet import LAB_JOB_NETWORK
 from flashpods.lab.proc import in_netns, run
 from flashpods.lab.topology import Topology
 from flashpods.spire.binaries import spire_bin_dir
@@ -154,6 +155,82 @@ def test_bridge_jobs_reach_the_internet_and_not_the_laptop_or_host_services(
     assert result.pop("v6-global-addresses") == "0"
     assert result.pop("internet6") == "curl-exit-7"
     assert result == dict.fromkeys(targets, "dropped")
+
+
+# A job that listens on every address (v4 and v6, port 7777) after printing its v4
+# address and its IPv6 link-local one ("none" if its eth0 has none).
+LISTENER = r"""
+import socket
+probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+probe.connect(("10.89.0.1", 9))  # no packet: only picks the source address
+v6 = [f.split() for f in open("/proc/net/if_inet6")]
+local = [f[0] for f in v6 if f[5] == "eth0" and f[3] == "20"]
+text = "none"
+if local:
+    packed = bytes.fromhex(local[0])
+    text = socket.inet_ntop(socket.AF_INET6, packed)
+server = socket.create_server(("::", 7777), family=socket.AF_INET6, dualstack_ipv6=True)
+print("v4", probe.getsockname()[0])
+print("v6", text, flush=True)
+while True:
+    server.accept()[0].close()
+"""
+
+
+BRIDGE_NF = ("net.bridge.bridge-nf-call-iptables", "net.bridge.bridge-nf-call-ip6tables")
+
+
+def test_jobs_on_the_job_network_do_not_reach_each_other(podman: Podman, topo: Topology) -> None:
+    spec = job_spec(podman.scratch, "worker", command=["python3", "-c", LISTENER])
+    listener = podman.jobs.create(spec, network=JOB_NETWORK)
+    try:
+        podman.jobs.start(spec, listener)
+        said: dict[str, str] = {}
+
+        def listening() -> bool:
+            said.update(parse_probe(podman.run(["logs", listener]).stdout))
+            return "v6" in said
+
+        wait_for(listening, 60, "the listener's addresses")
+        assert said["v6"] != "none", said  # podman gives eth0 a link-local address
+        targets = [f"{said['v4']}:7777", f"[{said['v6']}%25eth0]:7777"]
+        probe = ["sh", "-c", CONTAINER_PROBE, "p", *targets]
+
+        def probed() -> dict[str, str]:
+            proc = podman.job_container("worker", JOB_NETWORK, probe)
+            assert proc.returncode == 0, proc.stderr
+            result = parse_probe(proc.stdout)
+            assert result.pop("internet") == "hello from the internet"
+            return result
+
+        dropped, reached = dict.fromkeys(targets, "dropped"), dict.fromkeys(targets, "open")
+        assert probed() == dropped, said
+
+        # Two layers hold it. This kernel passes bridged frames through the inet hooks
+        # too (br_netfilter), where `table inet flashpods` drops traffic from a bridge to
+        # private and link-local networks; a host without br_netfilter skips that, and
+        # the job network's bridge table holds alone. Without either, the second job
+        # reaches the listener on both addresses: the probe can succeed.
+        def sysctl(name: str, value: str | None = None) -> str:
+            argv = ["sysctl", "-n", name] if value is None else ["sysctl", "-qw", f"{name}={value}"]
+            return run(in_netns(topo.host_ns, argv)).stdout.strip()
+
+        bridge_nf = {name: sysctl(name) for name in BRIDGE_NF}
+        try:
+            for name in BRIDGE_NF:
+                sysctl(name, "0")
+            assert probed() == dropped, said
+            table = LAB_JOB_NETWORK.nft_table
+            run(in_netns(topo.host_ns, ["nft", "delete", "table", "bridge", table]))
+            try:
+                assert probed() == reached, said
+            finally:
+                LAB_JOB_NETWORK.ensure(topo.host_ns)
+        finally:
+            for name, value in bridge_nf.items():
+                sysctl(name, value)
+    finally:
+        podman.jobs.remove(spec, listener)
 
 
 PROBE_AS_USER = r"""

@@ -6,7 +6,8 @@ added and removed per container), portmap, firewall (more iptables chains per
 container) and tuning. A job publishes no ports and the host firewall (`table inet
 flashpods`) is what bounds it, so the job network is the bridge plugin alone with
 host-local addresses, and the masquerade its traffic needs is one static nft rule for
-the whole subnet instead of rules made per container. Measured with bench/job_start.py
+the whole subnet instead of rules made per container; a second keeps jobs from reaching
+each other across the bridge. Measured with bench/job_start.py
 (the REST start of one container, medians on the 2-core CI machine): 97 ms on the
 default network, 66 ms on this one.
 
@@ -54,7 +55,7 @@ class JobNetwork:
                     "type": "bridge",
                     "bridge": self.bridge,
                     "isGateway": True,
-                    "ipMasq": False,  # masquerade_ruleset: one static rule instead
+                    "ipMasq": False,  # ruleset(): one static rule instead
                     "hairpinMode": True,
                     "ipam": {
                         "type": "host-local",
@@ -65,9 +66,18 @@ class JobNetwork:
             ],
         }
 
-    def masquerade_ruleset(self) -> str:
-        """Pure: nft script for the namespace podman runs in: what leaves the subnet
-        other than onto its own bridge goes out with that namespace's address."""
+    def ruleset(self) -> str:
+        """Pure: nft script for the namespace podman runs in.
+
+        - `ip`: what leaves the subnet other than onto its own bridge goes out with that
+          namespace's address (the masquerade);
+        - `bridge`: nothing is switched from one container's port to another's, v4, v6
+          (link-local) or ARP alike, so jobs never reach each other, as rootless jobs
+          (each behind its own slirp4netns/pasta) cannot. `table inet flashpods` sees
+          bridged frames only where br_netfilter passes them to the inet hooks; this
+          holds without it. This kernel refuses `meta ibrname`, so the rule names the
+          ports (podman's CNI veths), not the bridge: it holds for every bridge in the
+          namespace, which in the lab's host namespace are podman's alone."""
         return (
             f"table ip {self.nft_table} {{\n"
             "  chain postrouting {\n"
@@ -75,6 +85,19 @@ class JobNetwork:
             f'    ip saddr {self.subnet} oifname != "{self.bridge}" masquerade\n'
             "  }\n"
             "}\n"
+            f"table bridge {self.nft_table} {{\n"
+            "  chain forward {\n"
+            "    type filter hook forward priority filter; policy accept;\n"
+            '    iifname "veth*" oifname "veth*" drop\n'
+            "  }\n"
+            "}\n"
+        )
+
+    def _tables(self) -> str:
+        """nft lines that make sure both tables exist, then delete them (idempotent)."""
+        return "".join(
+            f"table {family} {self.nft_table}\ndelete table {family} {self.nft_table}\n"
+            for family in ("ip", "bridge")
         )
 
     def write_conflist(self) -> None:
@@ -89,8 +112,7 @@ class JobNetwork:
         """The network, and its masquerade in `netns` (None: this process's namespace);
         replaced, so idempotent."""
         self.write_conflist()
-        table = f"table ip {self.nft_table}\ndelete table ip {self.nft_table}\n"
-        _nft(netns, table + self.masquerade_ruleset())
+        _nft(netns, self._tables() + self.ruleset())
 
     def remove(self) -> None:
         """The definition and its address leases (the lab's masquerade goes with its host
@@ -99,9 +121,9 @@ class JobNetwork:
         shutil.rmtree(CNI_LEASE_DIR / self.name, ignore_errors=True)
 
     def remove_from_namespace(self, netns: str | None) -> None:
-        """The masquerade and the bridge, from a namespace that stays (None: this
+        """The ruleset and the bridge, from a namespace that stays (None: this
         process's); the bridge plugin leaves its bridge when the last container goes."""
-        _nft(netns, f"table ip {self.nft_table}\ndelete table ip {self.nft_table}\n")
+        _nft(netns, self._tables())
         argv = ["ip", "link", "del", self.bridge]
         if netns is None:
             run(argv, check=False)
