@@ -7,9 +7,8 @@ container) and tuning. A job publishes no ports and the host firewall (`table in
 flashpods`) is what bounds it, so the job network is the bridge plugin alone with
 host-local addresses, and the masquerade its traffic needs is one static nft rule for
 the whole subnet instead of rules made per container; a second keeps jobs from reaching
-each other across the bridge. Measured with bench/job_start.py
-(the REST start of one container, medians on the 2-core CI machine): 97 ms on the
-default network, 66 ms on this one.
+each other across the bridge. POST /jobs → running, bench/job_start.py on the 2-core CI
+machine (medians): 136 ms on podman's default network, 100 ms on one made like this.
 
 The conflist is written where podman's CNI backend reads its networks (podman 4.3 on
 Debian; NixOS runs jobs rootless on slirp4netns/pasta and sets no job network).
@@ -109,34 +108,31 @@ class JobNetwork:
         os.replace(tmp, self.conflist_path)
 
     def ensure(self, netns: str | None) -> None:
-        """The network, and its masquerade in `netns` (None: this process's namespace);
+        """The network, and its ruleset in `netns` (None: this process's namespace);
         replaced, so idempotent."""
         self.write_conflist()
-        _nft(netns, self._tables() + self.ruleset())
+        _run_in(netns, ["nft", "-f", "-"], input=self._tables() + self.ruleset())
 
     def remove(self) -> None:
-        """The definition and its address leases (the lab's masquerade goes with its host
-        namespace)."""
+        """The definition and its address leases (the lab's ruleset and bridge go with
+        its host namespace)."""
         self.conflist_path.unlink(missing_ok=True)
         shutil.rmtree(CNI_LEASE_DIR / self.name, ignore_errors=True)
 
     def remove_from_namespace(self, netns: str | None) -> None:
         """The ruleset and the bridge, from a namespace that stays (None: this
         process's); the bridge plugin leaves its bridge when the last container goes."""
-        _nft(netns, self._tables())
-        argv = ["ip", "link", "del", self.bridge]
-        if netns is None:
-            run(argv, check=False)
-        else:
-            ns_run(netns, argv, check=False)
+        _run_in(netns, ["nft", "-f", "-"], input=self._tables())
+        _run_in(netns, ["ip", "link", "del", self.bridge], check=False)
 
 
-def _nft(netns: str | None, script: str) -> None:
-    argv = ["nft", "-f", "-"]
+def _run_in(
+    netns: str | None, argv: list[str], *, input: str | None = None, check: bool = True
+) -> None:
     if netns is None:
-        run(argv, input=script)
+        run(argv, input=input, check=check)
     else:
-        ns_run(netns, argv, input=script)
+        ns_run(netns, argv, input=input, check=check)
 
 
 LAB_JOB_NETWORK = JobNetwork(
