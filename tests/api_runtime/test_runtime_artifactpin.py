@@ -98,3 +98,29 @@ def test_open_pinned_takes_a_known_holder_only_if_it_is_the_jobs(
     assert listed(artifactpin.open_pinned("job_d", procs[1].pid)) == ["mine.txt"]
     with pytest.raises(artifactpin.PinError):
         artifactpin.open_pinned("job_f", procs[1].pid)
+
+
+def test_pin_returns_once_its_holder_is_found_and_kills_one_that_never_is(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A directory stands in for the container's /artifacts tmpfs (same size check).
+    fs = os.statvfs(tmp_path)
+    size = fs.f_blocks * fs.f_frsize
+    opened = os.O_RDONLY | os.O_DIRECTORY
+
+    monkeypatch.setattr(
+        artifactpin, "_open_through", lambda pid, timeout: os.open(tmp_path, opened)
+    )
+    holder = artifactpin.pin(1, "job_f", size, 60, 5)
+    try:
+        assert artifactpin.holders("job_f") == [holder]  # findable the moment pin returns
+        assert os.readlink(f"/proc/{holder}/cwd") == str(tmp_path)
+    finally:
+        artifactpin.release("job_f")
+
+    found = artifactpin._holds
+    monkeypatch.setattr(artifactpin, "_holds", lambda pid, job_id, uid: False)
+    with pytest.raises(artifactpin.PinError, match="did not start"):
+        artifactpin.pin(1, "job_g", size, 60, 0.05)
+    monkeypatch.setattr(artifactpin, "_holds", found)
+    wait_until(lambda: artifactpin.holders("job_g") == [], 10, "the unfound holder's end")
