@@ -121,9 +121,10 @@ def test_remove_leaves_no_definition_leases_masquerade_or_bridge(
     leases = cni_dirs / "networks" / NET.name
     leases.mkdir(parents=True)
     (leases / "10.97.0.2").write_text("container-id")
+    assert NET.files() == [NET.conflist_path, leases]
     NET.remove()
     NET.remove_from_namespace(netns)
-    assert not NET.conflist_path.exists() and not leases.exists()
+    assert NET.files() == []
     assert ns_run(netns, ["nft", "list", "tables"]).stdout == ""
     assert ns_run(netns, ["ip", "link", "show", NET.bridge], check=False).returncode != 0
     NET.remove()  # again: nothing to do, no error

@@ -113,9 +113,12 @@ class JobNetwork:
         self.write_conflist()
         _run_in(netns, ["nft", "-f", "-"], input=self._tables() + self.ruleset())
 
+    def files(self) -> list[Path]:
+        """What of it exists on disk: the definition and the address leases' directory."""
+        return [p for p in (self.conflist_path, CNI_LEASE_DIR / self.name) if p.exists()]
+
     def remove(self) -> None:
-        """The definition and its address leases (the lab's ruleset and bridge go with
-        its host namespace)."""
+        """Its files (the lab's ruleset and bridge go with its host namespace)."""
         self.conflist_path.unlink(missing_ok=True)
         shutil.rmtree(CNI_LEASE_DIR / self.name, ignore_errors=True)
 

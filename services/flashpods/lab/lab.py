@@ -327,12 +327,7 @@ def leftovers(known_pids: list[int] | None = None) -> Leftovers:
         for p in network.WG_SOCKET_DIR.glob("*.sock")
         if p.stem in (topo.host_wg, topo.laptop_wg)
     ]
-    job_network = jobnet.LAB_JOB_NETWORK
-    files = [
-        str(path)
-        for path in (job_network.conflist_path, jobnet.CNI_LEASE_DIR / job_network.name)
-        if path.exists()
-    ]
+    files = [str(path) for path in jobnet.LAB_JOB_NETWORK.files()]
     return Leftovers(namespaces, pids, _lab_containers(), mounts, interfaces, files)
 
 
