@@ -152,8 +152,9 @@ ENTRY_LIMIT = 2_000
 # Entries rsync creates while the watcher lists the tree once: the walk runs 2 ms of
 # every 22 (~9% of a core), so it takes ~11x its CPU time, and rsync makes empty
 # directories at tens of thousands a second. Measured here 1,400-3,800 over the limit
-# (docs/trust.md W6); the overshoot grows with the limit (it is a share of it).
-ENTRY_OVERSHOOT = 2 * ENTRY_LIMIT + 1_000
+# (docs/trust.md W6), once 5,434 in a full CI run on 2 busy cores; the overshoot grows
+# with the limit (it is a share of it). Still far below the 60,000 of the flood.
+ENTRY_OVERSHOOT = 4 * ENTRY_LIMIT
 
 
 @pytest.fixture
