@@ -3,6 +3,7 @@ guess: another job's holder and a process of someone else stay."""
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 from collections.abc import Iterator
@@ -124,3 +125,18 @@ def test_pin_returns_once_its_holder_is_found_and_kills_one_that_never_is(
         artifactpin.pin(1, "job_g", size, 60, 0.05)
     monkeypatch.setattr(artifactpin, "_holds", found)
     wait_until(lambda: artifactpin.holders("job_g") == [], 10, "the unfound holder's end")
+
+
+def test_release_kills_the_holder_without_pidfd_open(
+    tmp_path: Path, procs: list[subprocess.Popen[bytes]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_pidfd(pid: int) -> int:
+        raise OSError(errno.ENOSYS, "pidfd_open not here")
+
+    mine, other = holder(tmp_path, "job_h"), holder(tmp_path, "job_i")
+    procs += [mine, other]
+    monkeypatch.setattr(artifactpin.os, "pidfd_open", no_pidfd)
+    artifactpin.release("job_h")
+    monkeypatch.undo()  # Popen.wait may use pidfd_open itself
+    assert mine.wait(10) == -9
+    assert other.poll() is None

@@ -164,6 +164,11 @@ def release(job_id: str | None, uid: int | None = None) -> None:
             pidfd = os.pidfd_open(pid)
         except ProcessLookupError:
             continue
+        except OSError:  # no pidfd_open (ENOSYS, before Linux 5.3): checked, then killed
+            if _holds(pid, job_id, owner):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            continue
         try:  # checked again through the pidfd: a reused pid is never signalled
             if _holds(pid, job_id, owner):
                 signal.pidfd_send_signal(pidfd, signal.SIGKILL)
